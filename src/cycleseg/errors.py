@@ -1,0 +1,21 @@
+"""User-facing errors: anything the user can fix (bad config, bad data, bad run directory).
+
+The CLI catches `CycleSegError` and prints its message as one line with a non-zero exit, never a
+traceback. Messages name the file or key at fault and say how to fix it.
+"""
+
+
+class CycleSegError(Exception):
+    """Base class of every error whose message is meant for the user."""
+
+
+class ConfigError(CycleSegError):
+    """An invalid configuration key or value."""
+
+
+class DataError(CycleSegError):
+    """A missing, mismatched or corrupt dataset file or folder."""
+
+
+class RunError(CycleSegError):
+    """A run directory or checkpoint that cannot be used."""
