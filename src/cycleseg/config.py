@@ -1,0 +1,233 @@
+"""Run configuration: typed dataclasses, loaded from YAML (configs/) and overridden with `key=value` strings.
+
+Every field has the paper's value as default (SPEC), so an empty YAML file is the paper's CycleGAN without
+noise. Unknown keys, wrong types and out-of-range values raise ConfigError naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cycleseg.errors import ConfigError
+from cycleseg.noise import NOISE_KINDS, SIGMA_RULES
+
+__all__ = ["Config", "DataConfig", "ModelConfig", "NoiseConfig", "LossConfig", "OptimConfig", "TrainConfig",
+           "load_config", "config_from_dict", "apply_overrides", "MODEL_KINDS"]
+
+MODEL_KINDS = ("cyclegan", "plain")
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"  # Cityscapes-layout folder; `--data` on the command line overrides it
+    height: int = 256  # images are resized to height x width (the paper: 256 x 512)
+    width: int = 512
+    num_workers: int = 0  # DataLoader worker processes
+    max_train_images: int | None = None  # use only the first N training images (quick runs); None = all
+    max_val_images: int | None = None  # same for validation
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "cyclegan"  # "cyclegan": G, F and D_X (Fig. 2); "plain": ERFNet G with J_seg alone
+    num_classes: int = 20  # S: 19 Cityscapes classes + background
+
+
+@dataclass
+class NoiseConfig:
+    kind: str = "none"  # none | max_only | quantize | gaussian
+    bits: int | None = None  # quantize: n in 1..8, 2^n levels on [-1, 1]
+    snr_db: float | None = None  # gaussian: target SNR in dB
+    sigma_rule: str = "equal_snr"  # gaussian: equal_snr (SPEC default) | paper_eq13 (eq. 13 taken literally)
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 0.5  # forward cycle: alpha J_seg + (1 - alpha) J_rec_X
+    beta: float = 1 / 11  # backward cycle: beta J_adv + (1 - beta) J_rec_Y
+    gamma: float = 20 / 31  # J_gen = gamma J_forward + (1 - gamma) J_backward
+    ignore_background: bool = False  # leave background pixels (trainId 255) out of the cross entropies
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 4
+    epochs: int = 200  # total epochs
+    decay_start_epoch: int = 100  # constant LR before this epoch, then linear decay to 0 at `epochs`
+    pool_size: int = 50  # image history buffer for D_X
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 10  # iterations between log.jsonl / TensorBoard entries
+    eval_every: int = 10  # epochs between validations (the last epoch is always validated); 0 = last only
+    max_iters: int | None = None  # stop after this many iterations (smoke tests); None = full schedule
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class Config:
+    name: str = "cyclegan"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (None: defaults), apply `section.key=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found; see configs/ for examples")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({_first_line(e)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
+    apply_overrides(raw, overrides)
+    return config_from_dict(raw, source=str(path) if path else "config")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set `a.b=value` entries into the nested dict `raw` (values parsed as YAML scalars)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. noise.bits=2")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a config section")
+        node[leaf] = value
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    cfg = _build(Config, raw, prefix="", source=source)
+    _validate(cfg, source)
+    return cfg
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'; valid keys: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key + ".", source)
+        else:
+            kwargs[name] = _check_type(value, hint, key, source)
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check value against int, float, str, bool or `X | None`; ints are accepted (and cast) for floats."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in args:
+        return None
+    for t in args:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in args)
+    raise ConfigError(f"{source}: {key} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def _validate(cfg: Config, source: str) -> None:
+    """Cross-field and range rules, checked before anything is built."""
+
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{source}: {key} {why}")
+
+    d, m, n, lo, o, t = cfg.data, cfg.model, cfg.noise, cfg.loss, cfg.optim, cfg.train
+    for key, v in (("data.height", d.height), ("data.width", d.width)):
+        if v < 32 or v % 8:
+            fail(key, f"must be a multiple of 8 and at least 32 (ERFNet and D_X downsample by 8), got {v}")
+    if d.num_workers < 0:
+        fail("data.num_workers", f"must be >= 0, got {d.num_workers}")
+    for key, v in (("data.max_train_images", d.max_train_images), ("data.max_val_images", d.max_val_images)):
+        if v is not None and v < 1:
+            fail(key, f"must be >= 1 or null, got {v}")
+    if m.kind not in MODEL_KINDS:
+        fail("model.kind", f"must be one of {', '.join(MODEL_KINDS)}, got {m.kind!r}")
+    if m.num_classes < 2:
+        fail("model.num_classes", f"must be >= 2, got {m.num_classes}")
+    if n.kind not in NOISE_KINDS:
+        fail("noise.kind", f"must be one of {', '.join(NOISE_KINDS)}, got {n.kind!r}")
+    if n.kind == "quantize" and (n.bits is None or not 1 <= n.bits <= 8):
+        fail("noise.bits", f"must be an integer in 1..8 for noise.kind=quantize, got {n.bits}")
+    if n.kind != "quantize" and n.bits is not None:
+        fail("noise.bits", f"is only used with noise.kind=quantize (kind is {n.kind}); remove it")
+    if n.kind == "gaussian" and n.snr_db is None:
+        fail("noise.snr_db", "is required for noise.kind=gaussian (target SNR in dB, e.g. 7.38)")
+    if n.kind != "gaussian" and n.snr_db is not None:
+        fail("noise.snr_db", f"is only used with noise.kind=gaussian (kind is {n.kind}); remove it")
+    if n.sigma_rule not in SIGMA_RULES:
+        fail("noise.sigma_rule", f"must be one of {', '.join(SIGMA_RULES)}, got {n.sigma_rule!r}")
+    if m.kind == "plain" and n.kind != "none":
+        fail("noise.kind", "must be none for model.kind=plain (the plain ERFNet has no forward cycle)")
+    for key, v in (("loss.alpha", lo.alpha), ("loss.beta", lo.beta), ("loss.gamma", lo.gamma)):
+        if not 0.0 <= v <= 1.0:
+            fail(key, f"must be in [0, 1] (eqs. 5-7), got {v}")
+    if not o.lr > 0:
+        fail("optim.lr", f"must be > 0, got {o.lr}")
+    for key, v in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
+        if not 0.0 <= v < 1.0:
+            fail(key, f"must be in [0, 1), got {v}")
+    if o.batch_size < 1:
+        fail("optim.batch_size", f"must be >= 1, got {o.batch_size}")
+    if o.epochs < 1:
+        fail("optim.epochs", f"must be >= 1, got {o.epochs}")
+    if not 0 <= o.decay_start_epoch <= o.epochs:
+        fail("optim.decay_start_epoch", f"must be in 0..optim.epochs ({o.epochs}), got {o.decay_start_epoch}")
+    if o.pool_size < 0:
+        fail("optim.pool_size", f"must be >= 0, got {o.pool_size}")
+    if t.log_every < 1:
+        fail("train.log_every", f"must be >= 1, got {t.log_every}")
+    if t.eval_every < 0:
+        fail("train.eval_every", f"must be >= 0, got {t.eval_every}")
+    if t.max_iters is not None and t.max_iters < 1:
+        fail("train.max_iters", f"must be >= 1 or null, got {t.max_iters}")
+    if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
+        fail("train.device", f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,0 +1,130 @@
+"""Evaluation of a trained run on a split: class IoU and mIoU, and for cycle models PSNR and SNR.
+
+The noise injection runs at evaluation as in training (SPEC), so PSNR is that of F(noise(G(x))) and SNR
+is the noise's measured SNR on G's logits. Gaussian noise is drawn from a fixed seed, so results repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from cycleseg.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from cycleseg.config import config_from_dict
+from cycleseg.data import CLASS_NAMES, CityscapesDataset
+from cycleseg.errors import ConfigError, RunError
+from cycleseg.metrics import class_iou, confusion_matrix, psnr_db, snr_db
+from cycleseg.models import Models, build_models, resolve_device
+
+__all__ = ["evaluate_models", "evaluate_run", "load_run", "format_results", "write_json"]
+
+NUM_EVAL_CLASSES = 19  # mIoU is over the 19 Cityscapes classes; background is not evaluated
+
+
+@torch.no_grad()
+def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
+                    seed: int = 0) -> dict[str, Any]:
+    """Run G (and the forward cycle) over `batches` of (image (B,3,H,W), labels (B,H,W)) and score them.
+
+    Returns:
+        {"miou": % or None, "iou": {class name: % or None}, "psnr_db": dB or None, "snr_db": dB or None,
+         "num_images": int}. None stands for NaN (class absent) and for "not applicable" (plain model, or
+        no noise, whose SNR is infinite).
+    """
+    was_training = models.training
+    models.eval()
+    conf = torch.zeros(models.num_classes, models.num_classes, dtype=torch.int64, device=device)
+    psnrs, snrs, count = [], [], 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # reproducible Gaussian noise without disturbing the training RNG
+        for image, labels in batches:
+            image, labels = image.to(device), labels.to(device)
+            if models.is_cycle:
+                logits, noisy, reconstruction = models.forward_cycle(image)
+                psnrs.append(psnr_db(image, reconstruction).cpu())
+                snrs.append(snr_db(logits, noisy).cpu())
+            else:
+                logits = models.G(image)
+            conf += confusion_matrix(logits.argmax(dim=1), labels, models.num_classes)
+            count += image.shape[0]
+    models.train(was_training)
+
+    iou = class_iou(conf.cpu(), NUM_EVAL_CLASSES)
+    present = iou[~torch.isnan(iou)]
+    return {
+        "miou": _finite_or_none(100 * present.mean().item()) if len(present) else None,
+        "iou": {name: _finite_or_none(100 * v) for name, v in zip(CLASS_NAMES, iou.tolist())},
+        "psnr_db": _finite_or_none(torch.cat(psnrs).mean().item()) if psnrs else None,
+        "snr_db": _finite_or_none(torch.cat(snrs).mean().item()) if snrs else None,
+        "num_images": count,
+    }
+
+
+def load_run(run_dir: str | Path, device: torch.device) -> tuple[Models, Any]:
+    """The trained models and config of a run directory (its checkpoint.pt)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: run directory not found; pass the --out folder of `cycleseg train`")
+    path = run_dir / CHECKPOINT_NAME
+    state = load_checkpoint(path, map_location=device)
+    try:
+        cfg = config_from_dict(state["config"], source=str(path))
+        models = build_models(cfg.model, cfg.noise)
+        models.load_state_dict(state["models"])
+    except (KeyError, RuntimeError, ConfigError) as e:
+        raise RunError(f"{path}: checkpoint does not match its config ({_first_line(e)})") from None
+    return models.to(device), cfg
+
+
+def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
+                 batch_size: int | None = None) -> dict[str, Any]:
+    """Evaluate a run on `split` of the Cityscapes-layout folder `data_root`; writes RUN_DIR/eval_<split>.json."""
+    if split == "test":
+        raise RunError("the Cityscapes test split has no labels; evaluate on train or val")
+    dev = resolve_device(device)
+    models, cfg = load_run(run_dir, dev)
+    dataset = CityscapesDataset(data_root, split, (cfg.data.height, cfg.data.width))
+    loader = DataLoader(dataset, batch_size=batch_size or cfg.optim.batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers)
+    results = evaluate_models(models, loader, dev, seed=cfg.train.seed)
+    results = {"run": cfg.name, "split": split, "noise": cfg.noise.kind, **results}
+    write_json(Path(run_dir) / f"eval_{split}.json", results)
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """Class IoU table, then mIoU / PSNR / SNR, as printed by `cycleseg evaluate`."""
+    lines = [f"{'class':<15} {'IoU %':>7}"]
+    for name, value in results["iou"].items():
+        lines.append(f"{name:<15} {_fmt(value, 1):>7}")
+    lines.append("-" * 23)
+    lines.append(f"{'mIoU %':<15} {_fmt(results['miou'], 1):>7}")
+    lines.append(f"{'PSNR dB':<15} {_fmt(results['psnr_db'], 2):>7}")
+    lines.append(f"{'SNR dB':<15} {_fmt(results['snr_db'], 2):>7}")
+    lines.append(f"{'images':<15} {results['num_images']:>7}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON through a temporary file so a crash never leaves a truncated result."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
