@@ -38,6 +38,13 @@ def test_overrides_parse_yaml_scalars():
     assert cfg.noise.bits == 2 and cfg.optim.lr == 1e-3 and cfg.loss.ignore_background is True and cfg.name == "q2"
 
 
+def test_floats_written_as_text():
+    cfg = load_config(None, ["loss.beta=1/11", "loss.gamma=20/31", "optim.lr=2e-4"])
+    assert (cfg.loss.beta, cfg.loss.gamma, cfg.optim.lr) == (1 / 11, 20 / 31, 2e-4)
+    with pytest.raises(ConfigError, match="loss.beta must be float"):
+        load_config(None, ["loss.beta=1/0"])
+
+
 def test_int_accepted_for_float():
     cfg = load_config(None, ["noise.kind=gaussian", "noise.snr_db=-10"])
     assert cfg.noise.snr_db == -10.0 and isinstance(cfg.noise.snr_db, float)

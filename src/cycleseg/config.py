@@ -7,6 +7,7 @@ noise. Unknown keys, wrong types and out-of-range values raise ConfigError namin
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -164,6 +165,8 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
             return value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if t is float and isinstance(value, str) and _parse_float(value) is not None:
+            return _parse_float(value)
         if t is str and isinstance(value, str):
             return value
     names = " or ".join("null" if t is type(None) else t.__name__ for t in args)
@@ -227,6 +230,16 @@ def _validate(cfg: Config, source: str) -> None:
         fail("train.max_iters", f"must be >= 1 or null, got {t.max_iters}")
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         fail("train.device", f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+
+
+def _parse_float(text: str) -> float | None:
+    """A float written as text: "1e-3" (which PyYAML reads as a string) or a fraction such as "1/11"."""
+    try:
+        num, sep, den = text.partition("/")
+        value = float(num) / float(den) if sep else float(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _first_line(e: Exception) -> str:
