@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from cycleseg.synthetic import make_synthetic
 
 torch.set_num_threads(2)

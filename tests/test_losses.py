@@ -23,7 +23,7 @@ def np_cross_entropy(logits, labels, ignore_index=None):
     """Mean over evaluated pixels of -log softmax(logits)[label], log-softmax written out by hand."""
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels)
-    b, s, h, w = logits.shape
+    b, _s, h, w = logits.shape
     total, count = 0.0, 0
     for n in range(b):
         for i in range(h):

@@ -33,7 +33,7 @@ def _changed(before, module):
 
 
 def test_generator_step_leaves_d_unchanged_and_updates_g_and_f():
-    cfg, models, opt_g, opt_d, image, labels = _setup(["noise.kind=quantize", "noise.bits=2"])
+    cfg, models, opt_g, _opt_d, image, labels = _setup(["noise.kind=quantize", "noise.bits=2"])
     d_before, g_before, f_before = _snapshot(models.D), _snapshot(models.G), _snapshot(models.F)
     losses, fake = generator_step(models, opt_g, image, labels, cfg)
     assert _changed(d_before, models.D) == []
@@ -57,7 +57,7 @@ def test_discriminator_step_leaves_g_and_f_unchanged_and_updates_d():
 
 
 def test_generator_loss_is_the_weighted_sum_of_the_logged_terms():
-    cfg, models, opt_g, opt_d, image, labels = _setup(["loss.alpha=0.3", "loss.beta=0.2", "loss.gamma=0.7"])
+    cfg, models, opt_g, _opt_d, image, labels = _setup(["loss.alpha=0.3", "loss.beta=0.2", "loss.gamma=0.7"])
     losses, _ = generator_step(models, opt_g, image, labels, cfg)
     seg, rx, adv, ry = (float(losses[f"loss/G/{k}"]) for k in ("seg", "rec_x", "adv", "rec_y"))
     expected = 0.7 * (0.3 * seg + 0.7 * rx) + 0.3 * (0.2 * adv + 0.8 * ry)
@@ -74,7 +74,7 @@ def test_plain_step_uses_only_g():
 
 def test_noise_reaches_f_in_the_forward_cycle():
     """F sees the quantized logits: every value F receives is one of the 2-bit levels."""
-    cfg, models, *_ = _setup(["noise.kind=quantize", "noise.bits=2"])
+    _cfg, models, *_ = _setup(["noise.kind=quantize", "noise.bits=2"])
     seen = []
     models.F.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach()))
     models.forward_cycle(torch.rand(1, 3, 32, 64))
@@ -83,7 +83,7 @@ def test_noise_reaches_f_in_the_forward_cycle():
 
 
 def test_ignore_background_option_changes_only_background_pixels():
-    cfg, models, opt_g, opt_d, image, labels = _setup(["model.kind=plain", "loss.ignore_background=true"])
+    cfg, models, opt_g, _opt_d, image, labels = _setup(["model.kind=plain", "loss.ignore_background=true"])
     labels[:] = 19  # all background, which is ignored, except one pixel: the loss is that pixel's CE
     labels[0, 0, 0] = 3
     models_copy = copy.deepcopy(models)

@@ -11,7 +11,7 @@ import torch
 from cycleseg import __version__
 from cycleseg.errors import RunError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
+__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _FORMAT = "cycleseg-checkpoint-v1"
@@ -41,7 +41,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise RunError(f"{path}: checkpoint not found; train a model first (cycleseg train ...)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated zip, random bytes, pickle errors: all mean "not a usable checkpoint"
+    except Exception as e:  # noqa: BLE001 -- truncated zip, random bytes, pickle errors: all mean "not a usable checkpoint"
         raise RunError(f"{path}: not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt") \
             from None
     if not isinstance(state, dict) or state.get("format") != _FORMAT:

@@ -19,8 +19,19 @@ import yaml
 from cycleseg.errors import ConfigError
 from cycleseg.noise import NOISE_KINDS, SIGMA_RULES
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "NoiseConfig", "LossConfig", "OptimConfig", "TrainConfig",
-           "load_config", "config_from_dict", "apply_overrides", "MODEL_KINDS"]
+__all__ = [
+    "MODEL_KINDS",
+    "Config",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "NoiseConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+]
 
 MODEL_KINDS = ("cyclegan", "plain")
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,7 +23,7 @@ from cycleseg.errors import ConfigError, RunError
 from cycleseg.metrics import class_iou, confusion_matrix, psnr_db, snr_db
 from cycleseg.models import Models, build_models, resolve_device
 
-__all__ = ["evaluate_models", "evaluate_run", "load_run", "format_results", "write_json"]
+__all__ = ["evaluate_models", "evaluate_run", "format_results", "load_run", "write_json"]
 
 NUM_EVAL_CLASSES = 19  # mIoU is over the 19 Cityscapes classes; background is not evaluated
 

@@ -14,9 +14,16 @@ import torch.nn.functional as F_
 from torch import Tensor
 
 __all__ = [
-    "ALPHA", "BETA", "GAMMA",
-    "segmentation_loss", "adversarial_loss", "image_reconstruction_loss", "segmentation_reconstruction_loss",
-    "GeneratorTerms", "generator_loss", "discriminator_loss",
+    "ALPHA",
+    "BETA",
+    "GAMMA",
+    "GeneratorTerms",
+    "adversarial_loss",
+    "discriminator_loss",
+    "generator_loss",
+    "image_reconstruction_loss",
+    "segmentation_loss",
+    "segmentation_reconstruction_loss",
 ]
 
 # The paper's weights (Section 4.2).

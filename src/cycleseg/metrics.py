@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["confusion_matrix", "class_iou", "mean_iou", "psnr_db", "snr_db", "METRICS"]
+__all__ = ["METRICS", "class_iou", "confusion_matrix", "mean_iou", "psnr_db", "snr_db"]
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:

@@ -15,13 +15,13 @@ from torch import Tensor, nn
 
 __all__ = [
     "DownsamplerBlock",
-    "NonBottleneck1d",
-    "UpsamplerBlock",
     "ERFNet",
+    "NonBottleneck1d",
     "PatchDiscriminator",
-    "segmentation_generator",
+    "UpsamplerBlock",
     "image_generator",
     "init_weights",
+    "segmentation_generator",
 ]
 
 # ERFNet uses BatchNorm eps 1e-3 throughout (official code), not PyTorch's default 1e-5.

@@ -8,18 +8,26 @@ Plain torch, no I/O.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from cycleseg.metrics import snr_db
 
-__all__ = ["NoiseInjection", "NOISE_KINDS", "SIGMA_RULES", "register_noise", "quantize", "max_only",
-           "gaussian_sigma", "snr_db"]
+__all__ = [
+    "NOISE_KINDS",
+    "SIGMA_RULES",
+    "NoiseInjection",
+    "gaussian_sigma",
+    "max_only",
+    "quantize",
+    "register_noise",
+    "snr_db",
+]
 
 # name -> function (logits, injection) -> corrupted values; registered below, listed by `cycleseg --help`.
-NOISE_KINDS: dict[str, Callable[[Tensor, "NoiseInjection"], Tensor]] = {}
+NOISE_KINDS: dict[str, Callable[[Tensor, NoiseInjection], Tensor]] = {}
 SIGMA_RULES = ("equal_snr", "paper_eq13")
 
 
@@ -58,22 +66,22 @@ def gaussian_sigma(logits: Tensor, snr_db: float, rule: str = "equal_snr") -> Te
 
 
 @register_noise("none")
-def _none(logits: Tensor, inj: "NoiseInjection") -> Tensor:
+def _none(logits: Tensor, inj: NoiseInjection) -> Tensor:
     return logits
 
 
 @register_noise("max_only")
-def _max_only(logits: Tensor, inj: "NoiseInjection") -> Tensor:
+def _max_only(logits: Tensor, inj: NoiseInjection) -> Tensor:
     return max_only(logits)
 
 
 @register_noise("quantize")
-def _quantize(logits: Tensor, inj: "NoiseInjection") -> Tensor:
+def _quantize(logits: Tensor, inj: NoiseInjection) -> Tensor:
     return quantize(logits, inj.bits)
 
 
 @register_noise("gaussian")
-def _gaussian(logits: Tensor, inj: "NoiseInjection") -> Tensor:
+def _gaussian(logits: Tensor, inj: NoiseInjection) -> Tensor:
     # Fresh noise on every call, as in training; the caller seeds torch for reproducible evaluation.
     return logits + gaussian_sigma(logits, inj.snr_db, inj.sigma_rule) * torch.randn_like(logits)
 

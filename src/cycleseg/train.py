@@ -42,7 +42,7 @@ from cycleseg.losses import (
 from cycleseg.models import Models, build_models, resolve_device
 from cycleseg.pool import ImagePool
 
-__all__ = ["train", "generator_step", "discriminator_step", "plain_step", "lr_factor"]
+__all__ = ["discriminator_step", "generator_step", "lr_factor", "plain_step", "train"]
 
 
 def lr_factor(epoch: int, epochs: int, decay_start_epoch: int) -> float:
@@ -68,7 +68,7 @@ def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, 
     ignore = BACKGROUND if cfg.loss.ignore_background else -100
     models.D.requires_grad_(False)  # D_X is fixed during the generator update (Table 1, step 4)
 
-    logits, noisy, reconstruction = models.forward_cycle(image)  # forward cycle: x -> y_hat -> y_tilde -> x_rec
+    logits, _noisy, reconstruction = models.forward_cycle(image)  # forward cycle: x -> y_hat -> y_tilde -> x_rec
     fake, logits_rec = models.backward_cycle(labels)  # backward cycle: y -> x -> y_rec
     terms = GeneratorTerms(
         seg=segmentation_loss(logits, labels, ignore),
@@ -128,12 +128,12 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     train_loader = _loader(cfg, "train", shuffle=True)
     val_loader = _loader(cfg, "val", shuffle=False)
     models = build_models(cfg.model, cfg.noise).to(device)
-    adam = dict(lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    adam = {"lr": cfg.optim.lr, "betas": (cfg.optim.beta1, cfg.optim.beta2)}
     generator_params = list(models.G.parameters()) + (list(models.F.parameters()) if models.is_cycle else [])
     opt_g = torch.optim.Adam(generator_params, **adam)
     opt_d = torch.optim.Adam(models.D.parameters(), **adam) if models.is_cycle else None
     optimizers = [o for o in (opt_g, opt_d) if o is not None]
-    schedule = lambda epoch: lr_factor(epoch, cfg.optim.epochs, cfg.optim.decay_start_epoch)  # noqa: E731
+    schedule = lambda epoch: lr_factor(epoch, cfg.optim.epochs, cfg.optim.decay_start_epoch)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
     pool = ImagePool(cfg.optim.pool_size, seed=cfg.train.seed)
 
@@ -214,7 +214,7 @@ class _RunLogger:
     def __init__(self, run_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported here: slow import, only needed to train
 
-        self.jsonl = open(run_dir / "log.jsonl", "a")
+        self.jsonl = open(run_dir / "log.jsonl", "a")  # noqa: SIM115 -- kept open for the whole run
         self.tb = SummaryWriter(log_dir=str(run_dir))
 
     def log(self, step: int, epoch: int, values: dict[str, float]) -> None:
