@@ -1,0 +1,161 @@
+"""Cityscapes-layout reader and label tables (SPEC "Data").
+
+Layout: ROOT/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png and
+        ROOT/gtFine/<split>/<city>/<name>_gtFine_labelIds.png (the test split has no labels).
+labelIds map to trainIds with the official table of `cityscapesscripts`; ids whose trainId is 255 (or -1)
+become the background class 19, so there are S = 20 classes. Images are resized bilinearly and scaled to
+[-1, 1]; labels are resized by nearest neighbour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from cityscapesscripts.helpers.labels import labels as _CS_LABELS
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from cycleseg.errors import DataError
+
+__all__ = [
+    "BACKGROUND", "CLASS_NAMES", "IGNORE_TRAIN_ID", "LABEL_ID_TO_TRAIN_ID", "NUM_CLASSES", "PALETTE", "SPLITS",
+    "TRAIN_ID_TO_LABEL_ID", "CityscapesDataset", "Sample", "colorize", "label_ids_to_train_ids",
+    "list_samples", "load_image", "load_label",
+]
+
+NUM_CLASSES = 20
+BACKGROUND = 19
+IGNORE_TRAIN_ID = 255
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+_train_labels = sorted((lab for lab in _CS_LABELS if 0 <= lab.trainId < IGNORE_TRAIN_ID), key=lambda lab: lab.trainId)
+CLASS_NAMES: tuple[str, ...] = tuple(lab.name for lab in _train_labels) + ("background",)
+PALETTE = np.array([lab.color for lab in _train_labels] + [(0, 0, 0)], dtype=np.uint8)  # (20, 3)
+TRAIN_ID_TO_LABEL_ID = np.array([lab.id for lab in _train_labels] + [0], dtype=np.int64)  # (20,)
+
+# (256,) lookup labelId -> trainId; -1 marks values that are not Cityscapes labelIds.
+LABEL_ID_TO_TRAIN_ID = np.full(256, -1, dtype=np.int64)
+for _lab in _CS_LABELS:
+    if 0 <= _lab.id < 256:
+        LABEL_ID_TO_TRAIN_ID[_lab.id] = _lab.trainId if 0 <= _lab.trainId < IGNORE_TRAIN_ID else BACKGROUND
+
+
+def label_ids_to_train_ids(label_ids: np.ndarray, source: str = "<array>") -> np.ndarray:
+    """(H, W) uint8 Cityscapes labelIds -> (H, W) int64 trainIds in 0..19 (background 19)."""
+    train_ids = LABEL_ID_TO_TRAIN_ID[label_ids]
+    if (train_ids < 0).any():
+        unknown = sorted(set(np.unique(label_ids[train_ids < 0]).tolist()))
+        raise DataError(f"{source}: unknown Cityscapes labelIds {unknown[:10]}; labels must be "
+                        "*_gtFine_labelIds.png files with ids 0..33")
+    return train_ids
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split and its label file (None for the test split)."""
+
+    image_path: Path
+    label_path: Path | None
+    city: str
+    name: str
+
+
+def list_samples(root: str | Path, split: str) -> list[Sample]:
+    """All (image, label) pairs of `split`, sorted by city and name; DataError on any missing or extra file."""
+    root = Path(root)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found; pass a Cityscapes folder or run "
+                        f"`cycleseg make-synthetic {root}`")
+    image_dir = root / "leftImg8bit" / split
+    label_dir = root / "gtFine" / split
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: folder not found; {root} must hold leftImg8bit/{split}/<city>/ "
+                        "(the Cityscapes layout)")
+    images = {p.relative_to(image_dir).as_posix()[: -len(IMAGE_SUFFIX)]: p
+              for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}")}
+    if not images:
+        raise DataError(f"{image_dir}: no *{IMAGE_SUFFIX} images in its city folders; the split is empty")
+    if split == "test":
+        return [Sample(p, None, key.split("/")[0], key.split("/")[1]) for key, p in sorted(images.items())]
+    if not label_dir.is_dir():
+        raise DataError(f"{label_dir}: folder not found; labels belong in gtFine/{split}/<city>/")
+    labels = {p.relative_to(label_dir).as_posix()[: -len(LABEL_SUFFIX)]: p
+              for p in label_dir.glob(f"*/*{LABEL_SUFFIX}")}
+    for key in sorted(images.keys() - labels.keys()):
+        raise DataError(f"{images[key]}: image has no label {label_dir / (key + LABEL_SUFFIX)}; add it or "
+                        "remove the image")
+    for key in sorted(labels.keys() - images.keys()):
+        raise DataError(f"{labels[key]}: label has no image {image_dir / (key + IMAGE_SUFFIX)}; add it or "
+                        "remove the label")
+    return [Sample(images[k], labels[k], k.split("/")[0], k.split("/")[1]) for k in sorted(images)]
+
+
+def _open_png(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable or corrupt image ({type(e).__name__}); replace the file") from None
+    return image
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
+    """RGB PNG -> float32 (3, H, W) in [-1, 1], resized bilinearly to size = (H, W)."""
+    image = _open_png(Path(path)).convert("RGB")
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def load_label(path: str | Path, size: tuple[int, int]) -> Tensor:
+    """labelIds PNG (mode L or P) -> int64 trainIds (H, W), resized by nearest neighbour to size = (H, W)."""
+    path = Path(path)
+    label = _open_png(path)
+    if label.mode not in ("L", "P"):
+        raise DataError(f"{path}: label image has mode {label.mode}, expected a single-channel labelIds PNG "
+                        "(mode L); use *_gtFine_labelIds.png, not *_color.png")
+    height, width = size
+    if label.size != (width, height):
+        label = label.resize((width, height), Image.NEAREST)
+    return torch.from_numpy(label_ids_to_train_ids(np.asarray(label, dtype=np.uint8), str(path)))
+
+
+class CityscapesDataset(Dataset):
+    """A split of a Cityscapes-layout folder: items are (image (3, H, W) float32, labels (H, W) int64).
+
+    Labels are trainIds 0..19; for the test split, which has no labels, they are all -1.
+
+    Args:
+        root: the folder holding leftImg8bit/ and gtFine/.
+        split: "train", "val" or "test".
+        size: (H, W) the images and labels are resized to.
+    """
+
+    def __init__(self, root: str | Path, split: str, size: tuple[int, int]) -> None:
+        self.root, self.split, self.size = Path(root), split, size
+        self.samples = list_samples(root, split)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        sample = self.samples[index]
+        image = load_image(sample.image_path, self.size)
+        if sample.label_path is None:
+            return image, torch.full(self.size, -1, dtype=torch.int64)
+        return image, load_label(sample.label_path, self.size)
+
+
+def colorize(train_ids: np.ndarray) -> np.ndarray:
+    """(H, W) trainIds 0..19 -> (H, W, 3) uint8 with the official Cityscapes colours (background black)."""
+    return PALETTE[np.asarray(train_ids)]

@@ -1,0 +1,214 @@
+"""A synthetic "toy city" dataset written in the Cityscapes layout, with real Cityscapes labelIds.
+
+Each image is a procedural street scene: sky, buildings with windows, trees, a road in perspective with lane
+markings, sidewalks, terrain, fences, poles with traffic signs and lights, cars, trucks, buses, persons,
+riders on bicycles, and void regions (ego vehicle, static objects, ground) whose ids map to background.
+Every object draws its own colour and texture, so an image is not a fixed function of its label map, while
+each class keeps a typical appearance a network can learn. Deterministic for a seed: image i of a split uses
+its own generator seeded with (seed, split, i), whatever the number of images generated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cycleseg.data import IMAGE_SUFFIX, LABEL_SUFFIX
+
+__all__ = ["make_synthetic", "render_scene", "CITIES"]
+
+CITIES = {"train": ("toyberg", "pixelstadt", "gridham"), "val": ("rendermund", "polyburg")}
+
+# Cityscapes labelIds used by the scenes.
+EGO, STATIC, GROUND, ROAD, SIDEWALK, PARKING = 1, 4, 6, 7, 8, 9
+BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = 11, 12, 13, 17, 19, 20, 21, 22, 23
+PERSON, RIDER, CAR, TRUCK, BUS, BICYCLE = 24, 25, 26, 27, 28, 33
+
+# Class-typical colour (RGB, 0..255) and how far one object may deviate from it.
+BASE_COLOURS = {
+    SKY: ((120, 170, 225), 35), BUILDING: ((140, 120, 110), 45), WALL: ((170, 160, 140), 30),
+    VEGETATION: ((60, 120, 45), 30), TERRAIN: ((140, 160, 80), 30), ROAD: ((85, 85, 90), 20),
+    SIDEWALK: ((175, 160, 165), 25), FENCE: ((150, 130, 100), 30), POLE: ((110, 110, 115), 25),
+    SIGN: ((235, 210, 40), 25), LIGHT: ((40, 40, 40), 15), PERSON: ((180, 60, 70), 60),
+    RIDER: ((200, 120, 40), 50), BICYCLE: ((60, 40, 120), 40), CAR: ((50, 70, 160), 80),
+    TRUCK: ((200, 200, 195), 40), BUS: ((220, 150, 30), 45), EGO: ((30, 30, 35), 10),
+    STATIC: ((120, 90, 70), 40), GROUND: ((120, 105, 90), 25), PARKING: ((110, 100, 120), 20),
+}
+
+
+class _Canvas:
+    """A label map (H, W) uint8 and an image (H, W, 3) float32 painted together, object by object."""
+
+    def __init__(self, height: int, width: int, rng: np.random.Generator) -> None:
+        self.h, self.w, self.rng = height, width, rng
+        self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        self.label = np.zeros((height, width), np.uint8)  # 0 = unlabeled until painted
+        self.image = np.zeros((height, width, 3), np.float32)
+
+    def paint(self, mask: np.ndarray, label_id: int, texture: float | None = None) -> None:
+        """Paint `mask` with this object's own colour: class colour + jitter + vertical shading + noise."""
+        if not mask.any():
+            return
+        base, spread = BASE_COLOURS[label_id]
+        colour = np.clip(np.asarray(base, np.float32) + self.rng.uniform(-spread, spread, 3), 0, 255)
+        shade = self.rng.uniform(-25, 25) * (self.yy[mask] / self.h - 0.5)
+        amount = self.rng.uniform(3, 14) if texture is None else texture
+        noise = self.rng.normal(0, amount, (int(mask.sum()), 1)) + self.rng.normal(0, amount / 3,
+                                                                                   (int(mask.sum()), 3))
+        self.image[mask] = colour + shade[:, None] + noise
+        self.label[mask] = label_id
+
+    def rect(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        return (self.xx >= x0) & (self.xx < x1) & (self.yy >= y0) & (self.yy < y1)
+
+    def ellipse(self, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+        return ((self.xx - cx) / max(rx, 0.5)) ** 2 + ((self.yy - cy) / max(ry, 0.5)) ** 2 <= 1.0
+
+
+def render_scene(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One street scene: (image (H, W, 3) uint8 RGB, labelIds (H, W) uint8)."""
+    c = _Canvas(height, width, rng)
+    h, w = height, width
+    horizon = h * rng.uniform(0.35, 0.5)
+    vx = w * rng.uniform(0.35, 0.65)  # vanishing point of the road
+    depth = np.clip((c.yy - horizon) / (h - horizon), 0, None)  # 0 at the horizon, 1 at the bottom
+
+    # Sky, then the ground plane: road in perspective, sidewalks, then terrain / void ground further out.
+    c.paint(c.yy < horizon, SKY, texture=rng.uniform(1, 6))
+    below = c.yy >= horizon
+    c.paint(below, rng.choice([TERRAIN, GROUND, TERRAIN]))
+    side_half = w * rng.uniform(0.75, 1.1) * depth
+    road_half = w * rng.uniform(0.35, 0.5) * depth
+    c.paint(below & (np.abs(c.xx - vx) < side_half), SIDEWALK)
+    if rng.random() < 0.3:  # a parking strip (void in Cityscapes) beside the road
+        c.paint(below & (np.abs(c.xx - vx) < road_half * 1.25), PARKING)
+    c.paint(below & (np.abs(c.xx - vx) < road_half), ROAD)
+    lane = below & (np.abs(c.xx - vx) < 0.02 * w * depth + 0.3) & (np.sin(c.yy * 0.6 / (depth + 0.08)) > 0.2)
+    c.image[lane] = rng.uniform(200, 250)  # lane markings: texture on the road, still labelled road
+
+    # Buildings along the horizon, with windows; walls and trees in front of them.
+    x = -rng.uniform(0, 0.1 * w)
+    while x < w:
+        bw = w * rng.uniform(0.08, 0.25)
+        top = horizon - h * rng.uniform(0.1, 0.4)
+        if rng.random() < 0.85:
+            mask = c.rect(x, top, x + bw, horizon + 1)
+            c.paint(mask, BUILDING)
+            win = mask & (np.sin(c.xx * rng.uniform(0.8, 1.6)) > 0.4) & (np.sin(c.yy * rng.uniform(0.8, 1.6)) > 0.3)
+            c.image[win] *= rng.uniform(0.45, 0.75)
+        x += bw
+    for _ in range(rng.integers(0, 3)):
+        x0 = rng.uniform(0, w)
+        c.paint(c.rect(x0, horizon - h * 0.06, x0 + w * rng.uniform(0.1, 0.25), horizon + 1), WALL)
+    for _ in range(rng.integers(1, 5)):
+        tx, r = rng.uniform(0, w), h * rng.uniform(0.05, 0.14)
+        c.paint(c.rect(tx - r * 0.12, horizon - r, tx + r * 0.12, horizon + 2), VEGETATION)
+        c.paint(c.ellipse(tx, horizon - r * 1.4, r * rng.uniform(0.8, 1.3), r), VEGETATION, texture=18)
+
+    # Objects on the ground, far to near so that nearer ones cover farther ones.
+    objects = []
+    for _ in range(rng.integers(1, 5)):
+        objects.append(("vehicle", rng.uniform(0.15, 0.85)))
+    for _ in range(rng.integers(0, 4)):
+        objects.append(("person", rng.uniform(0.2, 1.0)))
+    for _ in range(rng.integers(1, 4)):
+        objects.append(("pole", rng.uniform(0.15, 0.9)))
+    if rng.random() < 0.5:
+        objects.append(("fence", rng.uniform(0.3, 0.8)))
+    if rng.random() < 0.4:
+        objects.append(("static", rng.uniform(0.2, 0.9)))
+    for kind, d in sorted(objects, key=lambda o: o[1]):
+        _draw_object(c, kind, d, horizon, vx, rng)
+
+    if rng.random() < 0.5:  # the ego vehicle's bonnet at the bottom edge (void)
+        bonnet = c.yy > h * (1 - rng.uniform(0.05, 0.12)) + 0.08 * h * ((c.xx - w / 2) / w) ** 2 * 4
+        c.paint(bonnet, EGO, texture=2)
+    image = np.clip(c.image, 0, 255).astype(np.uint8)
+    return image, c.label
+
+
+def _draw_object(c: _Canvas, kind: str, d: float, horizon: float, vx: float, rng: np.random.Generator) -> None:
+    """Draw one object whose base sits at depth d (0 horizon, 1 bottom); sizes shrink with distance."""
+    h, w = c.h, c.w
+    y = horizon + d * (h - horizon)
+    scale = d * h  # apparent size of a 1-unit object at this depth
+    road_half = w * 0.4 * d
+    if kind == "vehicle":
+        x = vx + rng.uniform(-0.9, 0.9) * road_half
+        label = rng.choice([CAR, CAR, CAR, TRUCK, BUS])
+        vw = scale * {CAR: 0.55, TRUCK: 0.7, BUS: 0.85}[label] * rng.uniform(0.85, 1.15)
+        vh = scale * {CAR: 0.32, TRUCK: 0.55, BUS: 0.6}[label] * rng.uniform(0.85, 1.15)
+        body = c.rect(x - vw / 2, y - vh, x + vw / 2, y)
+        c.paint(body, label)
+        glass = c.rect(x - vw * 0.35, y - vh * 0.9, x + vw * 0.35, y - vh * 0.6) & body
+        c.image[glass] = c.image[glass] * 0.4 + 20  # windows: darker, same label
+        for wx in (x - vw * 0.3, x + vw * 0.3):
+            c.image[c.ellipse(wx, y - vh * 0.05, vw * 0.09, vh * 0.12) & body] = rng.uniform(10, 35)
+    elif kind == "person":
+        side = rng.choice([-1, 1])
+        x = vx + side * road_half * rng.uniform(1.1, 1.9)
+        ph = scale * rng.uniform(0.45, 0.6)
+        if rng.random() < 0.3:  # a rider on a bicycle
+            c.paint(c.ellipse(x, y - ph * 0.12, ph * 0.35, ph * 0.13) & ~c.ellipse(x, y - ph * 0.12, ph * 0.2,
+                                                                                   ph * 0.06), BICYCLE)
+            c.paint(c.rect(x - ph * 0.08, y - ph * 0.85, x + ph * 0.08, y - ph * 0.2), RIDER)
+            c.paint(c.ellipse(x, y - ph * 0.93, ph * 0.07, ph * 0.08), RIDER)
+        else:
+            c.paint(c.rect(x - ph * 0.1, y - ph * 0.82, x + ph * 0.1, y), PERSON)
+            c.paint(c.ellipse(x, y - ph * 0.9, ph * 0.08, ph * 0.09), PERSON)
+    elif kind == "pole":
+        side = rng.choice([-1, 1])
+        x = vx + side * road_half * rng.uniform(1.05, 1.4)
+        ph, pw = scale * rng.uniform(0.9, 1.4), max(1.0, scale * 0.025)
+        top = y - ph
+        c.paint(c.rect(x - pw, top, x + pw, y), POLE, texture=4)
+        s = scale * rng.uniform(0.1, 0.16)
+        if rng.random() < 0.6:
+            sign = c.ellipse(x, top + s, s, s) if rng.random() < 0.5 else c.rect(x - s, top, x + s, top + 1.6 * s)
+            c.paint(sign, SIGN, texture=5)
+        else:
+            c.paint(c.rect(x - s * 0.5, top, x + s * 0.5, top + 2.4 * s), LIGHT, texture=3)
+            lamp = c.ellipse(x, top + s * rng.choice([0.5, 1.2, 1.9]), s * 0.35, s * 0.35)
+            c.image[lamp] = rng.choice([(230, 40, 30), (240, 200, 30), (40, 220, 80)])
+    elif kind == "fence":
+        side = rng.choice([-1, 1])
+        x0 = vx + side * road_half * 1.6
+        x1 = x0 + side * w * rng.uniform(0.15, 0.4)
+        band = c.rect(min(x0, x1), y - scale * 0.25, max(x0, x1), y)
+        fence = band & ((np.sin(c.xx * 1.3) > -0.2) | (np.abs(c.yy - (y - scale * 0.2)) < 1.5))
+        c.paint(fence, FENCE, texture=6)
+    elif kind == "static":
+        x = rng.uniform(0, w)
+        r = scale * rng.uniform(0.06, 0.15)
+        c.paint(c.ellipse(x, y - r, r * rng.uniform(0.8, 1.6), r), STATIC)
+
+
+def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, size: tuple[int, int] = (128, 256),
+                   seed: int = 0, progress: bool = False) -> dict:
+    """Write the toy city into `root` in the Cityscapes layout; returns {"train": n, "val": n, "root": str}.
+
+    Args:
+        root: output folder (created; files of the same names are overwritten).
+        num_train, num_val: images per split, spread over the split's cities (CITIES).
+        size: (H, W) of the images.
+        seed: the same seed writes byte-identical files.
+    """
+    root = Path(root)
+    height, width = size
+    counts = {"train": num_train, "val": num_val}
+    for split_index, (split, count) in enumerate(counts.items()):
+        cities = CITIES[split]
+        for i in range(count):
+            city = cities[i % len(cities)]
+            rng = np.random.default_rng([seed, split_index, i])
+            image, label = render_scene(height, width, rng)
+            stem = f"{city}_{i:06d}_000019"
+            image_dir = root / "leftImg8bit" / split / city
+            label_dir = root / "gtFine" / split / city
+            image_dir.mkdir(parents=True, exist_ok=True)
+            label_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image, "RGB").save(image_dir / f"{stem}{IMAGE_SUFFIX}", compress_level=1)
+            Image.fromarray(label, "L").save(label_dir / f"{stem}{LABEL_SUFFIX}", compress_level=1)
+    return {**counts, "root": str(root)}
