@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
-TINY = ["data.height=32", "data.width=64", "optim.epochs=1", "train.progress=false"]
+TINY = ["data.height=32", "data.width=64", "optim.epochs=1", "optim.decay_start_epoch=0", "train.progress=false"]
 
 
 def run_cli(*args, cwd=None):

@@ -13,7 +13,7 @@ from cycleseg.data import CLASS_NAMES
 from cycleseg.cli import main
 
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
-TINY = ["data.height=32", "data.width=64", "optim.batch_size=2", "optim.epochs=2", "optim.decay_start_epoch=1",
+TINY = ["data.height=32", "data.width=64", "optim.batch_size=2", "optim.epochs=2", "optim.decay_start_epoch=0",
         "train.progress=false", "train.log_every=1", "train.eval_every=1"]
 
 RUNS = {

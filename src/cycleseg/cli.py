@@ -19,11 +19,18 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors that point at --help."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cycleseg.metrics import METRICS
     from cycleseg.noise import NOISE_KINDS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cycleseg",
         description="Cycle-consistent semantic segmentation with noise injection into the latent segmentation "
                     "space (Loehdefink & Fingscheidt). Train ERFNet CycleGANs and the plain ERFNet on "
@@ -77,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # parse_known_args lets KEY=VALUE overrides of `train` come before or after its options.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except CycleSegError as e:
