@@ -27,7 +27,7 @@ def assert_one_line_error(result, *needles):
 def test_missing_data_folder(tmp_path):
     r = run_cli("train", CYCLEGAN_YAML, "--data", tmp_path / "nowhere", "--out", tmp_path / "run", *TINY)
     assert_one_line_error(r, "nowhere")
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_image_without_label(tiny_data, tmp_path):
@@ -65,15 +65,15 @@ def test_missing_config_file(tmp_path):
 def test_evaluate_missing_checkpoint(tmp_path, tiny_data):
     (tmp_path / "empty_run").mkdir()
     r = run_cli("evaluate", tmp_path / "empty_run", "--data", tiny_data)
-    assert_one_line_error(r, "checkpoint.pt")
+    assert_one_line_error(r, "last.pt")
 
 
 def test_evaluate_corrupt_checkpoint(tmp_path, tiny_data):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    (run / "last.pt").write_bytes(b"not a checkpoint at all")
     r = run_cli("evaluate", run, "--data", tiny_data)
-    assert_one_line_error(r, "checkpoint.pt", "corrupt")
+    assert_one_line_error(r, "last.pt", "corrupt")
 
 
 def test_make_synthetic_bad_size(tmp_path):

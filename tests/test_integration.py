@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cycleseg.data import CLASS_NAMES
 
 from cycleseg.cli import main
+from cycleseg.data import CLASS_NAMES
 
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
 TINY = ["data.height=32", "data.width=64", "optim.batch_size=2", "optim.epochs=2", "optim.decay_start_epoch=0",
@@ -40,7 +40,7 @@ def trained(tiny_data, tmp_path_factory):
 @pytest.mark.parametrize("name", list(RUNS))
 def test_train_writes_run_files(trained, name):
     run = trained / name
-    for f in ("config.yaml", "log.jsonl", "checkpoint.pt", "metrics.json"):
+    for f in ("config.yaml", "log.jsonl", "last.pt", "metrics.json"):
         assert (run / f).is_file(), f
     assert list(run.glob("events.out.tfevents.*")), "TensorBoard event file missing"
     config = yaml.safe_load((run / "config.yaml").read_text())

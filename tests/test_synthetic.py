@@ -41,7 +41,7 @@ def test_deterministic_for_a_seed(tmp_path):
 def test_image_i_does_not_depend_on_the_count(tmp_path):
     make_synthetic(tmp_path / "a", num_train=2, num_val=1, size=(32, 64), seed=0)
     make_synthetic(tmp_path / "b", num_train=5, num_val=1, size=(32, 64), seed=0)
-    first = sorted((tmp_path / "a" / "leftImg8bit" / "train").rglob("*.png"))[0]
+    first = min((tmp_path / "a" / "leftImg8bit" / "train").rglob("*.png"))
     twin = tmp_path / "b" / first.relative_to(tmp_path / "a")
     assert first.read_bytes() == twin.read_bytes()
 

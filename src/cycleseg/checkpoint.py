@@ -11,9 +11,10 @@ import torch
 from cycleseg import __version__
 from cycleseg.errors import RunError
 
-__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
+__all__ = ["BEST", "LAST", "check_compatible", "load_checkpoint", "save_checkpoint"]
 
-CHECKPOINT_NAME = "checkpoint.pt"
+LAST = "last.pt"  # the latest state of a run: what `evaluate` and `--resume` read
+BEST = "best.pt"  # the state with the best validation mIoU so far
 _FORMAT = "cycleseg-checkpoint-v1"
 
 
@@ -28,6 +29,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise RunError(f"{path}: could not write checkpoint ({e.strerror}); free disk space or fix permissions, "
@@ -47,3 +49,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise RunError(f"{path}: not a cycleseg checkpoint")
     return state
+
+
+def check_compatible(state: dict[str, Any], kind: str, num_classes: int, path: Path) -> None:
+    """RunError naming the file if the checkpoint holds another model kind or number of classes."""
+    model = state.get("model") or state.get("config", {}).get("model", {})
+    if model.get("kind") != kind or model.get("num_classes") != num_classes:
+        raise RunError(f"{path}: checkpoint is of a {model.get('kind')} model with {model.get('num_classes')} "
+                       f"classes, expected {kind} with {num_classes}; point at the right run")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); harmless where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

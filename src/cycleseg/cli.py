@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cycleseg import __version__
-from cycleseg.errors import CycleSegError, RunError
+from cycleseg.errors import ConfigError, CycleSegError, Interrupted, RunError
 
 EXAMPLES = """\
 examples:
@@ -53,11 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the cycle model of the paper (Table 1) or the plain ERFNet. Settings come from the "
                     "YAML CONFIG (see configs/), then from KEY=VALUE overrides such as noise.kind=quantize "
                     "noise.bits=2 optim.epochs=10. Writes config.yaml, log.jsonl, TensorBoard events, "
-                    "checkpoint.pt and metrics.json (final validation) into --out.",
+                    "last.pt (checkpoint), best.pt (best validation mIoU) and metrics.json (final validation) "
+                    "into --out. Ctrl-C or SIGTERM saves a checkpoint; --resume continues exactly.",
         epilog=f"noise kinds: {', '.join(NOISE_KINDS)}", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", type=Path, help="YAML config file, e.g. configs/cyclegan.yaml")
+    p.add_argument("config", type=Path, nargs="?", help="YAML config file, e.g. configs/cyclegan.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. noise.bits=2")
-    p.add_argument("--out", type=Path, required=True, help="run directory to create")
+    p.add_argument("--out", type=Path, help="run directory to create")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR from its last.pt, with its own config")
     p.add_argument("--data", type=Path, help="Cityscapes-layout data folder (overrides data.root)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -73,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="Cityscapes-layout data folder")
     p.add_argument("--split", default="val", choices=["train", "val"], help="split to evaluate (default val)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR: last.pt (default) or best.pt")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
 
     p = sub.add_parser("table", help="print runs side by side like the paper's Table 2",
@@ -93,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as e:
+        print(f"cycleseg {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except CycleSegError as e:
         print(f"cycleseg {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -114,29 +121,41 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
-    from cycleseg.checkpoint import CHECKPOINT_NAME
+    from cycleseg.checkpoint import LAST
     from cycleseg.config import load_config
 
-    overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else [])
-    cfg = load_config(args.config, overrides)
+    if args.resume is not None:
+        if args.config is not None or args.overrides or args.out is not None:
+            raise ConfigError("--resume RUN_DIR takes the run's own config; drop CONFIG, KEY=VALUE and --out")
+        if not (args.resume / LAST).is_file():
+            raise RunError(f"{args.resume / LAST}: nothing to resume; train with --out {args.resume} first")
+        config_path, overrides, out = args.resume / "config.yaml", [], args.resume
+    else:
+        if args.config is None or args.out is None:
+            raise ConfigError("train needs CONFIG and --out RUN_DIR (or --resume RUN_DIR)")
+        config_path, overrides, out = args.config, list(args.overrides), args.out
+    if args.data:
+        overrides.append(f"data.root={args.data}")
+    cfg = load_config(config_path, overrides)
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    if (args.out / CHECKPOINT_NAME).exists() and not args.overwrite:
-        raise RunError(f"{args.out} already holds a run; choose another --out or pass --overwrite to replace it")
+    if args.resume is None and (out / LAST).exists() and not args.overwrite:
+        raise RunError(f"{out} already holds a run; continue it with --resume {out}, choose another --out, or pass "
+                       "--overwrite to replace it")
     from cycleseg.train import train
 
-    metrics = train(cfg, args.out)
+    metrics = train(cfg, out, resume=args.resume is not None)
     print(f"{cfg.name}: mIoU {_fmt(metrics.get('miou'), 1)} %, PSNR {_fmt(metrics.get('psnr_db'), 2)} dB, "
           f"SNR {_fmt(metrics.get('snr_db'), 2)} dB after {metrics['iterations']} iterations "
-          f"({metrics['train_seconds']} s); run in {args.out}")
+          f"({metrics['train_seconds']} s); run in {out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cycleseg.evaluate import evaluate_run, format_results
 
-    results = evaluate_run(args.run_dir, args.data, args.split, device=args.device)
+    results = evaluate_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint)
     print(json.dumps(results, indent=2) if args.json else format_results(results))
     return 0
 

@@ -87,6 +87,9 @@ class TrainConfig:
     eval_every: int = 10  # epochs between validations (the last epoch is always validated); 0 = last only
     max_iters: int | None = None  # stop after this many iterations (smoke tests); None = full schedule
     progress: bool = True  # tqdm progress bar
+    checkpoint_every: int = 500  # iterations between checkpoints (last.pt); 0 = at epoch ends only
+    keep_checkpoints: int = 0  # also keep a copy of the last N epochs' checkpoints (epoch_NNNN.pt)
+    max_nonfinite: int = 10  # stop after this many iterations in a row with a NaN/inf loss or gradient
 
 
 @dataclass
@@ -237,6 +240,11 @@ def _validate(cfg: Config, source: str) -> None:
         fail("train.log_every", f"must be >= 1, got {t.log_every}")
     if t.eval_every < 0:
         fail("train.eval_every", f"must be >= 0, got {t.eval_every}")
+    for key, v in (("train.checkpoint_every", t.checkpoint_every), ("train.keep_checkpoints", t.keep_checkpoints)):
+        if v < 0:
+            fail(key, f"must be >= 0, got {v}")
+    if t.max_nonfinite < 1:
+        fail("train.max_nonfinite", f"must be >= 1, got {t.max_nonfinite}")
     if t.max_iters is not None and t.max_iters < 1:
         fail("train.max_iters", f"must be >= 1 or null, got {t.max_iters}")
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):

@@ -19,3 +19,11 @@ class DataError(CycleSegError):
 
 class RunError(CycleSegError):
     """A run directory or checkpoint that cannot be used."""
+
+
+class Interrupted(RunError):
+    """SIGINT or SIGTERM stopped training at a safe point, after writing a checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

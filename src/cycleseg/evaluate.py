@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from cycleseg.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from cycleseg.checkpoint import LAST, check_compatible, load_checkpoint
 from cycleseg.config import config_from_dict
 from cycleseg.data import CLASS_NAMES, CityscapesDataset
 from cycleseg.errors import ConfigError, RunError
@@ -67,15 +67,16 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
     }
 
 
-def load_run(run_dir: str | Path, device: torch.device) -> tuple[Models, Any]:
-    """The trained models and config of a run directory (its checkpoint.pt)."""
+def load_run(run_dir: str | Path, device: torch.device, checkpoint: str = LAST) -> tuple[Models, Any]:
+    """The trained models and config of a run directory (its last.pt, or another checkpoint file in it)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: run directory not found; pass the --out folder of `cycleseg train`")
-    path = run_dir / CHECKPOINT_NAME
+    path = run_dir / checkpoint
     state = load_checkpoint(path, map_location=device)
     try:
         cfg = config_from_dict(state["config"], source=str(path))
+        check_compatible(state, cfg.model.kind, cfg.model.num_classes, path)
         models = build_models(cfg.model, cfg.noise)
         models.load_state_dict(state["models"])
     except (KeyError, RuntimeError, ConfigError) as e:
@@ -84,12 +85,12 @@ def load_run(run_dir: str | Path, device: torch.device) -> tuple[Models, Any]:
 
 
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
-                 batch_size: int | None = None) -> dict[str, Any]:
+                 batch_size: int | None = None, checkpoint: str = LAST) -> dict[str, Any]:
     """Evaluate a run on `split` of the Cityscapes-layout folder `data_root`; writes RUN_DIR/eval_<split>.json."""
     if split == "test":
         raise RunError("the Cityscapes test split has no labels; evaluate on train or val")
     dev = resolve_device(device)
-    models, cfg = load_run(run_dir, dev)
+    models, cfg = load_run(run_dir, dev, checkpoint)
     dataset = CityscapesDataset(data_root, split, (cfg.data.height, cfg.data.width))
     loader = DataLoader(dataset, batch_size=batch_size or cfg.optim.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers)

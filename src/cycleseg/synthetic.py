@@ -17,7 +17,7 @@ from PIL import Image
 
 from cycleseg.data import IMAGE_SUFFIX, LABEL_SUFFIX
 
-__all__ = ["make_synthetic", "render_scene", "CITIES"]
+__all__ = ["CITIES", "make_synthetic", "render_scene"]
 
 CITIES = {"train": ("toyberg", "pixelstadt", "gridham"), "val": ("rendermund", "polyburg")}
 

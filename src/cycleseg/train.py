@@ -15,20 +15,26 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import shutil
+import signal
+import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from cycleseg.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from cycleseg.checkpoint import BEST, LAST, check_compatible, load_checkpoint, save_checkpoint
 from cycleseg.config import Config
 from cycleseg.data import BACKGROUND, CityscapesDataset
-from cycleseg.errors import RunError
+from cycleseg.errors import Interrupted, RunError
 from cycleseg.evaluate import evaluate_models, write_json
 from cycleseg.losses import (
     GeneratorTerms,
@@ -81,8 +87,9 @@ def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, 
 
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
-    opt_g.step()
     models.D.requires_grad_(True)
+    _check_finite(loss, "J_gen", _params(opt_g))
+    opt_g.step()
 
     logged = {"loss/G/total": loss, "loss/G/seg": terms.seg, "loss/G/rec_x": terms.rec_x,
               "loss/G/adv": terms.adv, "loss/G/rec_y": terms.rec_y}
@@ -101,6 +108,7 @@ def discriminator_step(models: Models, opt_d: torch.optim.Optimizer, image: Tens
     _check_finite(loss, "J_disc")
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
+    _check_finite(loss, "J_disc", _params(opt_d))
     opt_d.step()
     return {"loss/D/total": loss.detach()}
 
@@ -113,20 +121,37 @@ def plain_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labe
     _check_finite(loss, "J_seg")
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
+    _check_finite(loss, "J_seg", _params(opt_g))
     opt_g.step()
     return {"loss/G/seg": loss.detach()}
 
 
-def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
-    """Train the model of `cfg` into `run_dir`; returns the final validation metrics (also in metrics.json)."""
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so that a resumed run continues exactly."""
+
+    epoch: int = 0  # current epoch, 0-based
+    batch_in_epoch: int = 0  # batches of `epoch` already trained
+    step: int = 0  # iterations done in total
+    best_miou: float | None = None
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train the model of `cfg` into `run_dir`; returns the final validation metrics (also in metrics.json).
+
+    With resume=True, continue from run_dir/last.pt exactly where it stopped (mid-epoch included): weights,
+    optimizer and LR-schedule states, image pool, RNG states and the data order are all restored.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
 
-    train_loader = _loader(cfg, "train", shuffle=True)
-    val_loader = _loader(cfg, "val", shuffle=False)
+    train_set = _dataset(cfg, "train")
+    val_loader = DataLoader(_dataset(cfg, "val"), batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers)
     models = build_models(cfg.model, cfg.noise).to(device)
     adam = {"lr": cfg.optim.lr, "betas": (cfg.optim.beta1, cfg.optim.beta2)}
     generator_params = list(models.G.parameters()) + (list(models.F.parameters()) if models.is_cycle else [])
@@ -136,86 +161,221 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     schedule = lambda epoch: lr_factor(epoch, cfg.optim.epochs, cfg.optim.decay_start_epoch)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
     pool = ImagePool(cfg.optim.pool_size, seed=cfg.train.seed)
+    progress = Progress()
+    parts = {"models": models, "optimizers": optimizers, "schedulers": schedulers, "pool": pool}
+    if resume:
+        progress = restore_checkpoint(run_dir / LAST, cfg, parts, device)
 
-    total = cfg.optim.epochs * len(train_loader)
+    batches_per_epoch = math.ceil(len(train_set) / cfg.optim.batch_size)
+    total = cfg.optim.epochs * batches_per_epoch
     if cfg.train.max_iters is not None:
         total = min(total, cfg.train.max_iters)
-    logger = _RunLogger(run_dir)
-    bar = tqdm(total=total, desc=cfg.name, unit="it", disable=not cfg.train.progress, dynamic_ncols=True)
-    step, metrics, start = 0, {}, time.time()
-    try:
-        for epoch in range(cfg.optim.epochs):
-            models.train()
-            for image, labels in train_loader:
-                image, labels = image.to(device), labels.to(device)
-                if models.is_cycle:
-                    losses, fake = generator_step(models, opt_g, image, labels, cfg)
-                    losses |= discriminator_step(models, opt_d, image, fake, pool)
-                else:
-                    losses = plain_step(models, opt_g, image, labels, cfg)
-                step += 1
-                bar.update(1)
-                if step % cfg.train.log_every == 0 or step == total:
-                    values = {k: float(v) for k, v in losses.items()}
-                    values["lr"] = opt_g.param_groups[0]["lr"]
-                    logger.log(step, epoch, values)
-                    bar.set_postfix({k.split("/")[-1] if k != "loss/D/total" else "D": f"{v:.3g}"
-                                     for k, v in values.items() if k != "loss/G/total"})
-                if step >= total:
-                    break
-            for s in schedulers:
-                s.step()
-            last = step >= total or epoch == cfg.optim.epochs - 1
-            if last or (cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0):
-                metrics = evaluate_models(models, val_loader, device, seed=cfg.train.seed)
-                logger.log(step, epoch, {f"val/{k}": v for k, v in metrics.items()
-                                         if k in ("miou", "psnr_db", "snr_db") and v is not None})
-            save_checkpoint(run_dir / CHECKPOINT_NAME, {
-                "config": cfg.to_dict(), "models": models.state_dict(),
-                "optimizers": [o.state_dict() for o in optimizers], "pool": pool.state_dict(),
-                "epoch": epoch + 1, "step": step,
-            })
-            if last:
-                break
-    finally:
-        bar.close()
-        logger.close()
-    metrics = {**metrics, "epochs": epoch + 1, "iterations": step, "train_seconds": round(time.time() - start, 1)}
+    logger = _RunLogger(run_dir, resume_step=progress.step if resume else None)
+    bar = tqdm(total=total, initial=progress.step, desc=cfg.name, unit="it", disable=not cfg.train.progress,
+               dynamic_ncols=True)
+    metrics, start = {}, time.time()
+
+    def checkpoint(name: str = LAST) -> None:
+        save_checkpoint(run_dir / name, _checkpoint_state(cfg, parts, progress))
+
+    with _StopSignals() as stop:
+        try:
+            while progress.step < total and progress.epoch < cfg.optim.epochs:
+                models.train()
+                for image, labels in _epoch_loader(train_set, cfg, progress):
+                    image, labels = image.to(device), labels.to(device)
+                    try:
+                        if models.is_cycle:
+                            losses, fake = generator_step(models, opt_g, image, labels, cfg)
+                            losses |= discriminator_step(models, opt_d, image, fake, pool)
+                        else:
+                            losses = plain_step(models, opt_g, image, labels, cfg)
+                        progress.nonfinite_in_a_row = 0
+                    except NonFiniteError as e:
+                        losses = {}
+                        progress.nonfinite_in_a_row += 1
+                        progress.nonfinite_total += 1
+                        logger.log(progress.step + 1, progress.epoch, {"nonfinite_skipped": progress.nonfinite_total})
+                        if progress.nonfinite_in_a_row >= cfg.train.max_nonfinite:
+                            raise RunError(f"{e} in {progress.nonfinite_in_a_row} iterations in a row (step "
+                                           f"{progress.step + 1}); stopped, {run_dir / LAST} holds the last good "
+                                           "state; lower optim.lr or check the data") from None
+                    progress.step += 1
+                    progress.batch_in_epoch += 1
+                    bar.update(1)
+                    if losses and (progress.step % cfg.train.log_every == 0 or progress.step == total):
+                        values = {k: float(v) for k, v in losses.items()} | {"lr": opt_g.param_groups[0]["lr"]}
+                        logger.log(progress.step, progress.epoch, values)
+                        bar.set_postfix({_short(k): f"{v:.3g}" for k, v in values.items() if k != "loss/G/total"})
+                    if cfg.train.checkpoint_every and progress.step % cfg.train.checkpoint_every == 0:
+                        checkpoint()
+                    if stop.signum is not None:
+                        checkpoint()
+                        raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {progress.step}; "
+                                          f"checkpoint {run_dir / LAST}; continue with: cycleseg train --resume "
+                                          f"{run_dir}", stop.signum)
+                    if progress.step >= total:
+                        break
+                else:  # the epoch ran to its end
+                    for s in schedulers:
+                        s.step()
+                    progress.epoch += 1
+                    progress.batch_in_epoch = 0
+                finished = progress.step >= total or progress.epoch >= cfg.optim.epochs
+                every = cfg.train.eval_every
+                if finished or (every and progress.batch_in_epoch == 0 and progress.epoch % every == 0):
+                    metrics = evaluate_models(models, val_loader, device, seed=cfg.train.seed)
+                    logger.log(progress.step, progress.epoch - 1, {f"val/{k}": v for k, v in metrics.items()
+                                                                  if k in ("miou", "psnr_db", "snr_db") and v is not None})
+                    if metrics["miou"] is not None and (progress.best_miou is None
+                                                        or metrics["miou"] > progress.best_miou):
+                        progress.best_miou = metrics["miou"]
+                        checkpoint(BEST)
+                checkpoint()
+                _retain(run_dir, cfg, progress)
+        finally:
+            bar.close()
+            logger.close()
+    metrics = {**metrics, "epochs": progress.epoch, "iterations": progress.step,
+               "nonfinite_skipped": progress.nonfinite_total, "train_seconds": round(time.time() - start, 1)}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def _loader(cfg: Config, split: str, shuffle: bool) -> DataLoader:
-    size = (cfg.data.height, cfg.data.width)
-    dataset = CityscapesDataset(cfg.data.root, split, size)
+def _checkpoint_state(cfg: Config, parts: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    models = parts["models"]
+    for name, p in models.named_parameters():
+        if not torch.isfinite(p).all():  # never let a checkpoint carry NaN weights
+            raise RunError(f"parameter {name} is not finite; not writing a checkpoint (the last one is kept)")
+    return {
+        "config": cfg.to_dict(),
+        "model": {"kind": models.kind, "num_classes": models.num_classes},
+        "models": models.state_dict(),
+        "optimizers": [o.state_dict() for o in parts["optimizers"]],
+        "schedulers": [s.state_dict() for s in parts["schedulers"]],
+        "pool": parts["pool"].state_dict(),
+        "progress": asdict(progress),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+        },
+    }
+
+
+def restore_checkpoint(path: Path, cfg: Config, parts: dict[str, Any], device: torch.device) -> Progress:
+    """Load a checkpoint written by train() into freshly built parts; returns the saved Progress."""
+    state = load_checkpoint(path, map_location=device)
+    check_compatible(state, cfg.model.kind, cfg.model.num_classes, path)
+    try:
+        parts["models"].load_state_dict(state["models"])
+        for o, s in zip(parts["optimizers"], state["optimizers"], strict=True):
+            o.load_state_dict(s)
+        for sch, s in zip(parts["schedulers"], state["schedulers"], strict=True):
+            sch.load_state_dict(s)
+        parts["pool"].load_state_dict(state["pool"])
+        progress = Progress(**state["progress"])
+        rng = state["rng"]
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise RunError(f"{path}: checkpoint does not match this run ({str(e).splitlines()[0]})") from None
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    return progress
+
+
+def _retain(run_dir: Path, cfg: Config, progress: Progress) -> None:
+    """Keep a copy of last.pt per epoch, `train.keep_checkpoints` of them (0 keeps none)."""
+    keep = cfg.train.keep_checkpoints
+    if keep == 0 or progress.batch_in_epoch != 0:
+        return
+    shutil.copyfile(run_dir / LAST, run_dir / f"epoch_{progress.epoch:04d}.pt")
+    for old in sorted(run_dir.glob("epoch_*.pt"))[:-keep]:
+        old.unlink()
+
+
+class _StopSignals:
+    """Turns SIGINT and SIGTERM into a flag that the loop checks after each iteration (a safe point)."""
+
+    def __enter__(self) -> _StopSignals:  # noqa: PYI034
+        self.signum: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _short(key: str) -> str:
+    return "D" if key == "loss/D/total" else key.split("/")[-1]
+
+
+def _dataset(cfg: Config, split: str) -> Dataset:
+    dataset = CityscapesDataset(cfg.data.root, split, (cfg.data.height, cfg.data.width))
     limit = cfg.data.max_train_images if split == "train" else cfg.data.max_val_images
-    if limit is not None and limit < len(dataset):
-        dataset = Subset(dataset, range(limit))
+    return Subset(dataset, range(limit)) if limit is not None and limit < len(dataset) else dataset
+
+
+def _epoch_loader(dataset: Dataset, cfg: Config, progress: Progress) -> DataLoader:
+    """The rest of the current epoch: a shuffle fixed by (seed, epoch), minus the batches already trained.
+
+    The order depends on nothing else, so a run resumed mid-epoch sees exactly the batches it would have.
+    """
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.train.seed * 100_003
+                                                                                  + progress.epoch))
+    remaining = order[progress.batch_in_epoch * cfg.optim.batch_size:].tolist()
     return DataLoader(
-        dataset,
+        Subset(dataset, remaining),
         batch_size=cfg.optim.batch_size,
-        shuffle=shuffle,
         num_workers=cfg.data.num_workers,
+        # An explicit generator keeps the DataLoader from drawing its worker seed from the global RNG.
         generator=torch.Generator().manual_seed(cfg.train.seed),
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.data.num_workers > 0,
     )
 
 
-def _check_finite(loss: Tensor, name: str) -> None:
+class NonFiniteError(RuntimeError):
+    """A loss or gradient is NaN or infinite; the update was skipped."""
+
+
+def _check_finite(loss: Tensor, name: str, params: list[Tensor] | None = None) -> None:
     if not torch.isfinite(loss):
-        raise RunError(f"{name} is {float(loss)}: training diverged; lower optim.lr or check the data "
-                       "(the last checkpoint was kept)")
+        raise NonFiniteError(f"{name} is {float(loss)}")
+    if params is not None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            raise NonFiniteError(f"gradient of {name} is not finite")
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 class _RunLogger:
     """Appends scalars to run_dir/log.jsonl and to TensorBoard event files in run_dir."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported here: slow import, only needed to train
 
-        self.jsonl = open(run_dir / "log.jsonl", "a")  # noqa: SIM115 -- kept open for the whole run
-        self.tb = SummaryWriter(log_dir=str(run_dir))
+        path = run_dir / "log.jsonl"
+        if resume_step is None:
+            path.unlink(missing_ok=True)
+        elif path.exists():  # drop what was logged after the checkpoint: those steps are trained again
+            kept = [line for line in path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(kept))
+        self.jsonl = open(path, "a")  # noqa: SIM115 -- kept open for the whole run
+        self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step)
 
     def log(self, step: int, epoch: int, values: dict[str, float]) -> None:
         clean = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
