@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from cycleseg.synthetic import make_synthetic
 
 torch.set_num_threads(2)

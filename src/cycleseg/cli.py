@@ -125,11 +125,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cycleseg.config import load_config
 
     if args.resume is not None:
-        if args.config is not None or args.overrides or args.out is not None:
-            raise ConfigError("--resume RUN_DIR takes the run's own config; drop CONFIG, KEY=VALUE and --out")
+        # A resumed run keeps its config; only settings that do not change the result may be overridden.
+        overrides = ([str(args.config)] if args.config is not None else []) + list(args.overrides)
+        fixed = [o for o in overrides if not o.startswith(RESUME_OVERRIDABLE)]
+        if fixed or args.out is not None:
+            raise ConfigError(f"--resume RUN_DIR takes the run's own config; only {', '.join(RESUME_OVERRIDABLE)}"
+                              f"... may be overridden, not {' '.join(fixed) or '--out'}")
         if not (args.resume / LAST).is_file():
             raise RunError(f"{args.resume / LAST}: nothing to resume; train with --out {args.resume} first")
-        config_path, overrides, out = args.resume / "config.yaml", [], args.resume
+        config_path, out = args.resume / "config.yaml", args.resume
     else:
         if args.config is None or args.out is None:
             raise ConfigError("train needs CONFIG and --out RUN_DIR (or --resume RUN_DIR)")
@@ -177,6 +181,8 @@ def cmd_table(args: argparse.Namespace) -> int:
               f"{_fmt(r.get('psnr_db'), 2):>8}")
     return 0
 
+
+RESUME_OVERRIDABLE = ("train.", "data.root=", "data.num_workers=")
 
 COMMANDS = {"make-synthetic": cmd_make_synthetic, "train": cmd_train, "evaluate": cmd_evaluate,
             "table": cmd_table}

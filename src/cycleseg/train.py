@@ -73,21 +73,21 @@ def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, 
     """
     ignore = BACKGROUND if cfg.loss.ignore_background else -100
     models.D.requires_grad_(False)  # D_X is fixed during the generator update (Table 1, step 4)
-
-    logits, _noisy, reconstruction = models.forward_cycle(image)  # forward cycle: x -> y_hat -> y_tilde -> x_rec
-    fake, logits_rec = models.backward_cycle(labels)  # backward cycle: y -> x -> y_rec
-    terms = GeneratorTerms(
-        seg=segmentation_loss(logits, labels, ignore),
-        rec_x=image_reconstruction_loss(reconstruction, image),
-        adv=adversarial_loss(models.D(fake)),
-        rec_y=segmentation_reconstruction_loss(logits_rec, labels, ignore),
-    )
-    loss = generator_loss(terms, cfg.loss.alpha, cfg.loss.beta, cfg.loss.gamma)
-    _check_finite(loss, "J_gen")
-
-    opt_g.zero_grad(set_to_none=True)
-    loss.backward()
-    models.D.requires_grad_(True)
+    try:
+        logits, _noisy, reconstruction = models.forward_cycle(image)  # forward cycle: x -> y_hat -> y_tilde -> x_rec
+        fake, logits_rec = models.backward_cycle(labels)  # backward cycle: y -> x -> y_rec
+        terms = GeneratorTerms(
+            seg=segmentation_loss(logits, labels, ignore),
+            rec_x=image_reconstruction_loss(reconstruction, image),
+            adv=adversarial_loss(models.D(fake)),
+            rec_y=segmentation_reconstruction_loss(logits_rec, labels, ignore),
+        )
+        loss = generator_loss(terms, cfg.loss.alpha, cfg.loss.beta, cfg.loss.gamma)
+        _check_finite(loss, "J_gen")
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+    finally:  # a skipped (non-finite) step must not leave D frozen for the discriminator step
+        models.D.requires_grad_(True)
     _check_finite(loss, "J_gen", _params(opt_g))
     opt_g.step()
 
@@ -146,7 +146,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if not resume:  # a resumed run keeps its config; overrides given on resume (train.max_iters ...) are for now only
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
 
@@ -214,8 +215,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
                         raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {progress.step}; "
                                           f"checkpoint {run_dir / LAST}; continue with: cycleseg train --resume "
                                           f"{run_dir}", stop.signum)
-                    if progress.step >= total:
-                        break
+                    if progress.step >= total and progress.batch_in_epoch < batches_per_epoch:
+                        break  # stopped mid-epoch (train.max_iters); at an epoch's end, close the epoch below
                 else:  # the epoch ran to its end
                     for s in schedulers:
                         s.step()
@@ -350,7 +351,7 @@ class NonFiniteError(RuntimeError):
 
 def _check_finite(loss: Tensor, name: str, params: list[Tensor] | None = None) -> None:
     if not torch.isfinite(loss):
-        raise NonFiniteError(f"{name} is {float(loss)}")
+        raise NonFiniteError(f"{name} is {float(loss.detach())}")
     if params is not None:
         grads = [p.grad for p in params if p.grad is not None]
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
