@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except Interrupted as e:
-        print(f"cycleseg {args.command}: {e}", file=sys.stderr)
+        print(f"cycleseg {args.command}: {_one_line(e)}", file=sys.stderr)
         return 128 + e.signum
     except CycleSegError as e:
-        print(f"cycleseg {args.command}: error: {e}", file=sys.stderr)
+        print(f"cycleseg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cycleseg {args.command}: interrupted", file=sys.stderr)
@@ -214,6 +214,11 @@ def _noise_label(config: dict) -> str:
     if kind == "gaussian":
         return f"gaussian {noise.get('snr_db')} dB"
     return kind
+
+
+def _one_line(error: Exception) -> str:
+    """Messages quote user input (file names, keys); never let it break the one-line rule."""
+    return " ".join(str(error).splitlines())
 
 
 def _fmt(value: float | None, digits: int) -> str:

@@ -115,8 +115,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"{path}: config file not found; see configs/ for examples")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({_first_line(e)})") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid YAML ({_first_line(e)}); fix or recreate the file") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
     apply_overrides(raw, overrides)
@@ -156,7 +156,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}'; valid keys: {', '.join(sorted(fields))}")
+            raise ConfigError(f"{source}: unknown key {f'{prefix}{key}'!r}; valid keys: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in raw.items():
         hint, key = hints[name], prefix + name
@@ -223,8 +223,8 @@ def _validate(cfg: Config, source: str) -> None:
     for key, v in (("loss.alpha", lo.alpha), ("loss.beta", lo.beta), ("loss.gamma", lo.gamma)):
         if not 0.0 <= v <= 1.0:
             fail(key, f"must be in [0, 1] (eqs. 5-7), got {v}")
-    if not o.lr > 0:
-        fail("optim.lr", f"must be > 0, got {o.lr}")
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        fail("optim.lr", f"must be a finite number > 0, got {o.lr}")
     for key, v in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
         if not 0.0 <= v < 1.0:
             fail(key, f"must be in [0, 1), got {v}")
