@@ -8,7 +8,7 @@ DATA   := data/synthetic
 RUNS   := runs/demo
 DEMO_RUNS := erfnet cyclegan quant2
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo sweep-demo test lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ demo: $(STAMP) $(DATA)/leftImg8bit
 	@echo
 	@$(BIN)/cycleseg table $(addprefix $(RUNS)/,$(DEMO_RUNS))
 
+# A reduced Table 2 on the synthetic data: 4 of the paper's configs at 128x64 for 4 epochs, then the report.
+SWEEP_DEMO_RUNS := plain,nonoise,quant2,gauss_7.38
+sweep-demo: $(STAMP) $(DATA)/leftImg8bit
+	$(BIN)/cycleseg sweep configs/paper --data $(DATA) --out runs/sweep-demo --only $(SWEEP_DEMO_RUNS) \
+	  data.height=64 data.width=128 optim.epochs=4 optim.decay_start_epoch=2 optim.lr=1e-3 train.eval_every=1 --report
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -37,4 +43,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) $(DATA) $(RUNS) build src/*.egg-info
+	rm -rf $(VENV) $(DATA) $(RUNS) runs/sweep-demo build src/*.egg-info

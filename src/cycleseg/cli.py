@@ -78,12 +78,143 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR: last.pt (default) or best.pt")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    p.add_argument("--full-res", action="store_true",
+                   help="also evaluate at each image's own size (2048x1024 on Cityscapes): logits upsampled "
+                        "bilinearly before the argmax, as the benchmark does")
+    p.add_argument("--official", action="store_true",
+                   help="also run cityscapesscripts' evalPixelLevelSemanticLabeling on labelId predictions "
+                        "(written to RUN_DIR/predictions_<split>/ unless --predictions) and print its numbers "
+                        "beside ours on the same files")
+    p.add_argument("--predictions", type=Path, metavar="DIR",
+                   help="with --official: a folder written by `cycleseg predict` (or any labelId PNGs named "
+                        "<city>_<seq>_<frame>*.png) to evaluate instead")
+
+    p = sub.add_parser(
+        "check-data", help="check a Cityscapes folder before a long run",
+        description="Check the layout (splits, cities), that every image has its label and vice versa, that "
+                    "every PNG is readable with the expected size and mode and (unless --fast) that every label "
+                    "value is a Cityscapes labelId; and that caches written by `cycleseg prepare` are up to date. "
+                    "Prints a summary (images per split, class pixel frequencies) and one line per problem on "
+                    "stderr. Exit code 0: no problem; 1: problems found; 2: could not check.")
+    p.add_argument("data", type=Path, help="Cityscapes-layout data folder (holding leftImg8bit/ and gtFine/)")
+    p.add_argument("--fast", action="store_true",
+                   help="names and PNG headers only (what `train` checks by default), no decoding")
+    p.add_argument("--split", action="append", choices=["train", "val", "test"],
+                   help="split to check; repeat for several (default: train, val and test when present)")
+    p.add_argument("--expect-size", metavar="WxH", help="size every image must have, e.g. 2048x1024 (default: the "
+                                                        "most common size)")
+    p.add_argument("--cache-dir", type=Path, help="cache folder of `cycleseg prepare` (default DATA/cycleseg_cache)")
+
+    p = sub.add_parser(
+        "prepare", help="decode and resize a Cityscapes folder once into a fast cache",
+        description="Decode every image and label of the splits, resize them to --size (bilinear / nearest, as "
+                    "training does) and store them as memory-mapped uint8 .npy arrays with a manifest of the "
+                    "source files (sizes, hashes). Training and evaluation at that size then read the cache "
+                    "instead of the PNGs (data.cache=auto), rebuild it when the data changed, or refuse "
+                    "(data.cache=require). An up-to-date cache is left alone unless --force.")
+    p.add_argument("data", type=Path, help="Cityscapes-layout data folder")
+    p.add_argument("--size", required=True, metavar="WxH", help="training size WIDTHxHEIGHT, e.g. 512x256")
+    p.add_argument("--split", action="append", choices=["train", "val", "test"],
+                   help="split to prepare; repeat for several (default: every split present)")
+    p.add_argument("--cache-dir", type=Path, help="where to write it (default DATA/cycleseg_cache; then set "
+                                                  "data.cache_dir to the same folder)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+
+    p = sub.add_parser(
+        "predict", help="write a run's predictions at the original resolution (official format)",
+        description="Segment every image of a split and write, per image, OUT/labelIds/<city>/<name>_labelIds.png "
+                    "(labelIds at the image's own size: what the official evaluation and the benchmark server "
+                    "take), OUT/color/<city>/<name>_color.png (official palette) and, with --reconstruction, "
+                    "OUT/reconstruction/<city>/<name>_rec.png (x_rec at the training size).")
+    p.add_argument("run_dir", type=Path, help="the --out folder of `cycleseg train`")
+    p.add_argument("--data", type=Path, required=True, help="Cityscapes-layout data folder")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default val)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    p.add_argument("--reconstruction", action="store_true", help="also write F's reconstruction x_rec (cycle models)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR: last.pt (default) or best.pt")
 
     p = sub.add_parser("table", help="print runs side by side like the paper's Table 2",
                        description="Read RUN_DIR/eval_<split>.json (or metrics.json) of each run and print "
                                    "noise, SNR, mIoU and PSNR in one table.")
     p.add_argument("run_dirs", type=Path, nargs="+", help="run directories")
     p.add_argument("--split", default="val", help="which eval_<split>.json to read (default val)")
+
+    p = sub.add_parser(
+        "calibrate", help="measure the SNR that a run's noise produces on its logits",
+        description="Run G of RUN_DIR over a split, apply the run's noise injection (or the one given with "
+                    "KEY=VALUE, e.g. kind=quantize bits=1) and report the mean per-image SNR (eq. 11): the "
+                    "paper's 'SNR of a quantizer'. With the run's own noise, writes RUN_DIR/calibrate_<split>.json, "
+                    "which a Gaussian config reads through `noise.snr_db: from RUN_DIR`.")
+    p.add_argument("run_dir", type=Path, help="the --out folder of `cycleseg train`")
+    p.add_argument("noise", nargs="*", metavar="KEY=VALUE", help="another noise to measure, e.g. kind=quantize bits=1")
+    p.add_argument("--data", type=Path, required=True, help="Cityscapes-layout data folder")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split to measure (default val)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
+    p = sub.add_parser(
+        "sweep", help="train and evaluate a folder of configs (the paper's Table 2) into one sweep folder",
+        description="Train every config (e.g. configs/paper/, one YAML per row of Table 2) into SWEEP_DIR/NAME/ "
+                    "and evaluate it on val. Started again, a sweep skips the finished runs, continues an "
+                    "interrupted one exactly and starts the rest. KEY=VALUE overrides apply to every config.",
+        epilog="example, a quick look at a reduced protocol:\n  cycleseg sweep configs/paper --data data/synthetic "
+               "--out runs/sweep --only plain,nonoise,quant2 \\\n      data.height=64 data.width=128 "
+               "optim.epochs=4 optim.decay_start_epoch=2", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("configs", type=Path, nargs="+", help="config folders or YAML files")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every config, e.g. optim.epochs=4")
+    p.add_argument("--out", type=Path, required=True, help="sweep folder (one run directory per config)")
+    p.add_argument("--data", type=Path, help="Cityscapes-layout data folder (overrides data.root)")
+    p.add_argument("--only", help="comma-separated config names to run, e.g. plain,nonoise,quant2")
+    p.add_argument("--report", action="store_true", help="build the report when the sweep is done")
+
+    p = sub.add_parser(
+        "report", help="write report.md and report.html for a sweep: Table 2, Figures 3 and 4, curves",
+        description="Read every run of SWEEP_DIR and write SWEEP_DIR/report.md and a self-contained "
+                    "SWEEP_DIR/report.html: Table 2 beside the paper's values, the class-wise IoU chart (Fig. 4), "
+                    "validation examples (Fig. 3), training curves, diagnostics where present, and the config "
+                    "and software versions of every run.")
+    p.add_argument("sweep_dir", type=Path, help="the --out folder of `cycleseg sweep` (or any folder of runs)")
+    p.add_argument("--data", type=Path, help="data folder for Figure 3 (default: the runs' data.root)")
+    p.add_argument("--runs", help="comma-separated runs for Figures 3 and 4 (default: plain, no noise, 2-bit, "
+                                  "best Gaussian)")
+    p.add_argument("--examples", type=int, default=3, help="validation images in Figure 3 (default 3)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
+    p = sub.add_parser(
+        "diagnose", help="measure and show the watermarks a cycle model hides in its class scores",
+        description="Steganography diagnostics of a cycle run on a split: (1) the watermark gap, PSNR of "
+                    "F(noise(G(x))) minus PSNR of F fed only the decision argmax G(x) (one-hot scaled to the "
+                    "per-pixel norm of F's usual input), beside F fed each pixel's class-mean vector and the "
+                    "ground-truth one-hot; (2) PSNR and mIoU as extra Gaussian noise at each SNR is added to "
+                    "G's logits; (3) the share of the logits' energy outside the decision one-hot, per class, "
+                    "and its power spectrum beside the image's; (4) pictures of the amplified residuals and "
+                    "F's outputs. Writes RUN_DIR/diagnose_<split>.json, RUN_DIR/diagnose_<split>.md and "
+                    "figures in RUN_DIR/diagnose_<split>/; seeded, so results repeat.",
+        epilog="example:\n  cycleseg diagnose runs/demo/cyclegan --data data/synthetic --max-images 60",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="the --out folder of `cycleseg train` (a cycle model)")
+    p.add_argument("--data", type=Path, required=True, help="Cityscapes-layout data folder")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split to diagnose (default val)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR: last.pt (default) or best.pt")
+    p.add_argument("--max-images", type=int, metavar="N", help="use only the first N images of the split")
+    p.add_argument("--examples", type=int, default=4, metavar="K",
+                   help="images shown in diagnose_<split>/examples.png (default 4)")
+    p.add_argument("--snrs", default="40,30,20,10,5,0,-5,-10", metavar="DB,DB,...",
+                   help="SNRs in dB of the extra Gaussian noise (default 40,30,20,10,5,0,-5,-10)")
+    p.add_argument("--scale-to", default="f_input", choices=["f_input", "logits", "unit"],
+                   help="per-pixel norm the one-hot inputs are scaled to: f_input = F's usual input noise(G(x)) "
+                        "(default), logits = G's logits before the noise, unit = plain one-hots")
+
+    p = sub.add_parser(
+        "export", help="export G of a run to ONNX, checked with ONNX Runtime",
+        description="Write the segmentation network G of RUN_DIR as an ONNX file (image (B,3,H,W) in [-1,1] -> "
+                    "logits (B,S,H,W); batch, height and width dynamic) and compare ONNX Runtime's logits with "
+                    "PyTorch's on random images.")
+    p.add_argument("run_dir", type=Path, help="the --out folder of `cycleseg train`")
+    p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="ONNX file to write")
+    p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR (default last.pt)")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     return parser
 
 
@@ -91,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # parse_known_args lets KEY=VALUE overrides of `train` come before or after its options.
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+    if extra and args.command in ("train", "sweep") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -141,6 +272,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.data:
         overrides.append(f"data.root={args.data}")
     cfg = load_config(config_path, overrides)
+    if args.resume is None:
+        from cycleseg.calibrate import resolve_snr_from
+
+        cfg = resolve_snr_from(cfg, base_dir=out.parent)  # noise.snr_db: from RUN_DIR -> its measured SNR
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
@@ -159,33 +294,153 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cycleseg.evaluate import evaluate_run, format_results
 
-    results = evaluate_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint)
+    results = evaluate_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint,
+                           full_res=args.full_res, official=args.official, predictions=args.predictions)
     print(json.dumps(results, indent=2) if args.json else format_results(results))
     return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    rows = []
-    for run_dir in args.run_dirs:
-        path = run_dir / f"eval_{args.split}.json"
-        if not path.is_file():
-            path = run_dir / "metrics.json"
-        if not path.is_file():
-            raise RunError(f"{run_dir}: no eval_{args.split}.json or metrics.json; run `cycleseg evaluate` first")
-        results = json.loads(path.read_text())
-        config = _read_yaml(run_dir / "config.yaml")
-        rows.append((config.get("name", run_dir.name), _noise_label(config), results))
-    print(f"{'run':<24} {'noise':<22} {'SNR dB':>7} {'mIoU %':>7} {'PSNR dB':>8}")
-    for name, noise, r in rows:
-        print(f"{name:<24} {noise:<22} {_fmt(r.get('snr_db'), 2):>7} {_fmt(r.get('miou'), 1):>7} "
-              f"{_fmt(r.get('psnr_db'), 2):>8}")
+    print(_table(args.run_dirs, args.split))
     return 0
 
 
-RESUME_OVERRIDABLE = ("train.", "data.root=", "data.num_workers=")
+def _table(run_dirs: list[Path], split: str) -> str:
+    """Runs side by side like the paper's Table 2: noise, measured SNR, mIoU, PSNR."""
+    lines = [f"{'run':<24} {'noise':<22} {'SNR dB':>7} {'mIoU %':>7} {'PSNR dB':>8}"]
+    for run_dir in run_dirs:
+        path = run_dir / f"eval_{split}.json"
+        if not path.is_file():
+            path = run_dir / "metrics.json"
+        if not path.is_file():
+            raise RunError(f"{run_dir}: no eval_{split}.json or metrics.json; run `cycleseg evaluate` first")
+        r = json.loads(path.read_text())
+        config = _read_yaml(run_dir / "config.yaml")
+        lines.append(f"{config.get('name', run_dir.name):<24} {_noise_label(config):<22} "
+                     f"{_fmt(r.get('snr_db'), 2):>7} {_fmt(r.get('miou'), 1):>7} {_fmt(r.get('psnr_db'), 2):>8}")
+    return "\n".join(lines)
+
+
+RESUME_OVERRIDABLE = ("train.", "data.root=", "data.num_workers=", "data.cache=", "data.cache_dir=", "data.check=")
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from cycleseg.datacheck import check_data, format_report
+
+    expect = None
+    if args.expect_size:
+        try:
+            expect = tuple(int(v) for v in args.expect_size.lower().split("x"))
+        except ValueError:
+            expect = ()
+        if len(expect) != 2 or min(expect) < 1:
+            raise RunError(f"--expect-size {args.expect_size!r}: expected WIDTHxHEIGHT, e.g. 2048x1024")
+    splits = tuple(dict.fromkeys(args.split)) if args.split else ("train", "val", "test")
+    report = check_data(args.data, splits, full=not args.fast, expect_size=expect, cache_dir=args.cache_dir,
+                        progress=sys.stderr.isatty())
+    print(format_report(report))
+    for problem in report.problems:
+        print(_one_line(problem), file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from cycleseg.cache import cache_folder, prepare
+
+    width, height = _parse_size(args.size)
+    splits = tuple(dict.fromkeys(args.split)) if args.split else None
+    done = prepare(args.data, (height, width), splits, args.cache_dir, force=args.force, progress=sys.stderr.isatty())
+    for split, status in done.items():
+        print(f"{split}: {status}")
+    print(f"cache: {cache_folder(args.data, (height, width), args.cache_dir)}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cycleseg.predict import predict_run
+
+    summary = predict_run(args.run_dir, args.data, args.split, args.out, checkpoint=args.checkpoint,
+                          device=args.device, reconstruction=args.reconstruction, progress=sys.stderr.isatty())
+    print(f"wrote {', '.join(summary['outputs'])} of {summary['num_images']} {args.split} images to {args.out}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from cycleseg.calibrate import calibrate_run, calibration_path
+
+    r = calibrate_run(args.run_dir, args.data, args.split, device=args.device, noise_overrides=args.noise)
+    noise = ", ".join(f"{k}={v}" for k, v in r["noise"].items() if v is not None)
+    print(f"{r['run']}: {noise}: SNR {r['snr_db']:.2f} dB (mean of {r['num_images']} {args.split} images; "
+          f"std {r['snr_db_std']:.2f}, range {r['snr_db_min']:.2f} .. {r['snr_db_max']:.2f})")
+    if not args.noise:
+        print(f"written to {calibration_path(args.run_dir, args.split)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cycleseg.sweep import run_sweep
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    # argparse hands KEY=VALUE words that come before the options to the CONFIGS list
+    args.overrides = [str(c) for c in args.configs if "=" in str(c)] + list(args.overrides)
+    args.configs = [c for c in args.configs if "=" not in str(c)]
+    if not args.configs:
+        raise ConfigError("sweep needs at least one config folder or YAML file, e.g. configs/paper")
+    try:
+        summary = run_sweep(args.configs, args.out, args.overrides, data_root=str(args.data) if args.data else None,
+                            only=only)
+    except Interrupted as e:
+        raise Interrupted(f"{str(e).split('; continue with')[0]}; continue the sweep with the same command",
+                          e.signum) from None
+    print(f"sweep done: {len(summary)} runs in {args.out}")
+    print(_table([Path(s["run_dir"]) for s in summary], "val"))
+    if args.report:
+        return cmd_report(argparse.Namespace(sweep_dir=args.out, data=args.data, runs=None, examples=3,
+                                             device="auto"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cycleseg.report import build_report
+
+    if args.examples < 1:
+        raise ConfigError(f"--examples {args.examples}: must be >= 1")
+    runs = [n.strip() for n in args.runs.split(",") if n.strip()] if args.runs else None
+    md, page = build_report(args.sweep_dir, args.data, runs, args.examples, args.device)
+    print(f"report written: {md} and {page}")
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from cycleseg.diagnose import diagnose_run, format_summary
+
+    try:
+        snrs = [float(v) for v in args.snrs.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--snrs {args.snrs!r}: expected comma-separated numbers in dB, e.g. 40,20,0,-10") from None
+    if args.examples < 1:
+        raise ConfigError(f"--examples {args.examples}: must be >= 1")
+    results = diagnose_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint,
+                           max_images=args.max_images, snrs=snrs, scale_to=args.scale_to, num_examples=args.examples)
+    print(format_summary(results, args.run_dir))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cycleseg.export import export_onnx
+
+    r = export_onnx(args.run_dir, args.onnx, checkpoint=args.checkpoint, check=not args.no_check)
+    print(f"wrote {r['onnx']} (opset {r['opset']}, trained at {r['size'][1]}x{r['size'][0]}, dynamic batch and size)")
+    if "max_abs_diff" in r:
+        print(f"ONNX Runtime vs PyTorch: max abs difference of the logits {r['max_abs_diff']:.2e}, "
+              f"argmax agreement {100 * r['argmax_agreement']:.3f} %")
+    return 0
+
 
 COMMANDS = {"make-synthetic": cmd_make_synthetic, "train": cmd_train, "evaluate": cmd_evaluate,
-            "table": cmd_table}
+            "table": cmd_table, "calibrate": cmd_calibrate, "sweep": cmd_sweep, "report": cmd_report,
+            "diagnose": cmd_diagnose, "check-data": cmd_check_data, "prepare": cmd_prepare, "predict": cmd_predict,
+            "export": cmd_export}
 
 
 def _parse_size(text: str) -> tuple[int, int]:

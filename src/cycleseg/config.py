@@ -34,6 +34,9 @@ __all__ = [
 ]
 
 MODEL_KINDS = ("cyclegan", "plain")
+CACHE_MODES = ("auto", "off", "require")
+CHECK_MODES = ("fast", "full", "off")
+CLASS_WEIGHTS = ("none", "enet")
 
 
 @dataclass
@@ -44,6 +47,11 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes
     max_train_images: int | None = None  # use only the first N training images (quick runs); None = all
     max_val_images: int | None = None  # same for validation
+    # `cycleseg prepare`'s cache: auto (use it when it matches, rebuild it when stale) | off | require.
+    # bool too: YAML reads a bare `off` as false, which means "off" here
+    cache: str | bool = "auto"
+    cache_dir: str | None = None  # where `prepare` writes the cache; None = <root>/cycleseg_cache
+    check: str | bool = "fast"  # data checks when training starts: fast (names, sizes, modes) | full | off
 
 
 @dataclass
@@ -56,7 +64,9 @@ class ModelConfig:
 class NoiseConfig:
     kind: str = "none"  # none | max_only | quantize | gaussian
     bits: int | None = None  # quantize: n in 1..8, 2^n levels on [-1, 1]
-    snr_db: float | None = None  # gaussian: target SNR in dB
+    # gaussian: target SNR in dB, or "from RUN_DIR": the SNR that `cycleseg calibrate` measured for that run's
+    # noise (how the paper paired each Gaussian run with a quantizer); resolved before training
+    snr_db: float | str | None = None
     sigma_rule: str = "equal_snr"  # gaussian: equal_snr (SPEC default) | paper_eq13 (eq. 13 taken literally)
 
 
@@ -66,6 +76,7 @@ class LossConfig:
     beta: float = 1 / 11  # backward cycle: beta J_adv + (1 - beta) J_rec_Y
     gamma: float = 20 / 31  # J_gen = gamma J_forward + (1 - gamma) J_backward
     ignore_background: bool = False  # leave background pixels (trainId 255) out of the cross entropies
+    class_weights: str = "none"  # none (the paper) | enet: 1 / ln(1.02 + p_c) from the training class frequencies
 
 
 @dataclass
@@ -202,6 +213,14 @@ def _validate(cfg: Config, source: str) -> None:
     for key, v in (("data.max_train_images", d.max_train_images), ("data.max_val_images", d.max_val_images)):
         if v is not None and v < 1:
             fail(key, f"must be >= 1 or null, got {v}")
+    d.cache = "off" if d.cache is False else d.cache  # `data.cache: off` in YAML arrives as false
+    d.check = "off" if d.check is False else d.check
+    for key, v, allowed in (("data.cache", d.cache, CACHE_MODES), ("data.check", d.check, CHECK_MODES),
+                            ("loss.class_weights", lo.class_weights, CLASS_WEIGHTS)):
+        if v not in allowed:
+            fail(key, f"must be one of {', '.join(allowed)}, got {v!r}")
+    if d.cache_dir is not None and not d.cache_dir.strip():
+        fail("data.cache_dir", "must be a folder or null (null: <data.root>/cycleseg_cache)")
     if m.kind not in MODEL_KINDS:
         fail("model.kind", f"must be one of {', '.join(MODEL_KINDS)}, got {m.kind!r}")
     if m.num_classes < 2:
@@ -214,6 +233,8 @@ def _validate(cfg: Config, source: str) -> None:
         fail("noise.bits", f"is only used with noise.kind=quantize (kind is {n.kind}); remove it")
     if n.kind == "gaussian" and n.snr_db is None:
         fail("noise.snr_db", "is required for noise.kind=gaussian (target SNR in dB, e.g. 7.38)")
+    if isinstance(n.snr_db, str) and not (n.snr_db.startswith("from ") and n.snr_db[5:].strip()):
+        fail("noise.snr_db", f"must be a number in dB or 'from RUN_DIR', got {n.snr_db!r}")
     if n.kind != "gaussian" and n.snr_db is not None:
         fail("noise.snr_db", f"is only used with noise.kind=gaussian (kind is {n.kind}); remove it")
     if n.sigma_rule not in SIGMA_RULES:

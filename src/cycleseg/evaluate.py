@@ -14,16 +14,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from cycleseg.cache import open_dataset
 from cycleseg.checkpoint import LAST, check_compatible, load_checkpoint
-from cycleseg.config import config_from_dict
-from cycleseg.data import CLASS_NAMES, CityscapesDataset
+from cycleseg.config import Config, config_from_dict
+from cycleseg.data import CLASS_NAMES
 from cycleseg.errors import ConfigError, RunError
 from cycleseg.metrics import class_iou, confusion_matrix, psnr_db, snr_db
 from cycleseg.models import Models, build_models, resolve_device
 
-__all__ = ["evaluate_models", "evaluate_run", "format_results", "load_run", "write_json"]
+__all__ = ["evaluate_models", "evaluate_run", "format_results", "iou_results", "load_run", "run_dataset", "write_json"]
 
 NUM_EVAL_CLASSES = 19  # mIoU is over the 19 Cityscapes classes; background is not evaluated
 
@@ -56,15 +57,32 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
             count += image.shape[0]
     models.train(was_training)
 
-    iou = class_iou(conf.cpu(), NUM_EVAL_CLASSES)
-    present = iou[~torch.isnan(iou)]
     return {
-        "miou": _finite_or_none(100 * present.mean().item()) if len(present) else None,
-        "iou": {name: _finite_or_none(100 * v) for name, v in zip(CLASS_NAMES, iou.tolist())},
+        **iou_results(conf.cpu(), NUM_EVAL_CLASSES),
         "psnr_db": _finite_or_none(torch.cat(psnrs).mean().item()) if psnrs else None,
         "snr_db": _finite_or_none(torch.cat(snrs).mean().item()) if snrs else None,
         "num_images": count,
     }
+
+
+def iou_results(conf: Tensor, num_eval_classes: int = NUM_EVAL_CLASSES) -> dict[str, Any]:
+    """{"miou": %, "iou": {class name: %}} of a (S, S) confusion matrix; None for NaN (class absent)."""
+    iou = class_iou(conf, num_eval_classes)
+    present = iou[~torch.isnan(iou)]
+    return {
+        "miou": _finite_or_none(100 * present.mean().item()) if len(present) else None,
+        "iou": {name: _finite_or_none(100 * v) for name, v in zip(CLASS_NAMES, iou.tolist())},
+    }
+
+
+def run_dataset(cfg: Config, data_root: str | Path, split: str) -> Dataset:
+    """The split at the run's training size, through `cycleseg prepare`'s cache when there is one (data.cache).
+
+    The run's data.cache_dir is used only when `data_root` is the folder the run was trained on.
+    """
+    same_root = Path(data_root).resolve() == Path(cfg.data.root).resolve()
+    return open_dataset(data_root, split, (cfg.data.height, cfg.data.width), cfg.data.cache,
+                        cfg.data.cache_dir if same_root else None)
 
 
 def load_run(run_dir: str | Path, device: torch.device, checkpoint: str = LAST) -> tuple[Models, Any]:
@@ -85,28 +103,62 @@ def load_run(run_dir: str | Path, device: torch.device, checkpoint: str = LAST) 
 
 
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
-                 batch_size: int | None = None, checkpoint: str = LAST) -> dict[str, Any]:
-    """Evaluate a run on `split` of the Cityscapes-layout folder `data_root`; writes RUN_DIR/eval_<split>.json."""
+                 batch_size: int | None = None, checkpoint: str = LAST, full_res: bool = False,
+                 official: bool = False, predictions: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a run on `split` of the Cityscapes-layout folder `data_root`; writes RUN_DIR/eval_<split>.json.
+
+    At the training size always; with full_res also at each image's own size (logits upsampled bilinearly
+    before the argmax: "full_res"); with official also by cityscapesscripts' evaluation on labelId
+    predictions (`predictions`, or written to RUN_DIR/predictions_<split>), beside ours on the same files
+    ("official": {"cityscapesscripts": ..., "ours": ...}).
+    """
     if split == "test":
         raise RunError("the Cityscapes test split has no labels; evaluate on train or val")
+    if predictions is not None and not official:
+        raise RunError("--predictions is the folder for --official; add --official")
     dev = resolve_device(device)
     models, cfg = load_run(run_dir, dev, checkpoint)
-    dataset = CityscapesDataset(data_root, split, (cfg.data.height, cfg.data.width))
+    dataset = run_dataset(cfg, data_root, split)
     loader = DataLoader(dataset, batch_size=batch_size or cfg.optim.batch_size, shuffle=False,
-                        num_workers=cfg.data.num_workers)
+                        num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
     results = evaluate_models(models, loader, dev, seed=cfg.train.seed)
-    results = {"run": cfg.name, "split": split, "noise": cfg.noise.kind, **results}
+    results = {"run": cfg.name, "split": split, "noise": cfg.noise.kind, "size": f"{cfg.data.width}x{cfg.data.height}",
+               **results}
+    if full_res or official:
+        from cycleseg import predict  # imported here: predict builds on this module
+
+        if official:
+            results["official"] = predict.official_report(Path(run_dir), data_root, split, models, cfg, dataset, dev,
+                                                          Path(predictions) if predictions is not None else None)
+        if full_res and official and predictions is None:  # the predictions just written are this model's, full size
+            results["full_res"] = results["official"]["ours"]
+        elif full_res:
+            conf = predict.full_res_confusion(predict.iter_predictions(
+                models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers), cfg.model.num_classes)
+            results["full_res"] = iou_results(conf)
     write_json(Path(run_dir) / f"eval_{split}.json", results)
     return results
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """Class IoU table, then mIoU / PSNR / SNR, as printed by `cycleseg evaluate`."""
-    lines = [f"{'class':<15} {'IoU %':>7}"]
-    for name, value in results["iou"].items():
-        lines.append(f"{name:<15} {_fmt(value, 1):>7}")
-    lines.append("-" * 23)
-    lines.append(f"{'mIoU %':<15} {_fmt(results['miou'], 1):>7}")
+    """Class IoU table, then mIoU / PSNR / SNR, as printed by `cycleseg evaluate`.
+
+    With full-resolution or official results, one IoU column each beside ours at the training size.
+    """
+    columns = [("IoU %", results)]
+    if "full_res" in results or "official" in results:
+        columns = [(f"ours {results.get('size', '')}", results)]
+        if "full_res" in results:
+            columns.append(("ours full", results["full_res"]))
+        if "official" in results:
+            columns += [("ours preds", results["official"]["ours"]), ("official", results["official"]["cityscapesscripts"])]
+    digits = 1 if len(columns) == 1 else 2  # side by side, the comparison needs the second decimal
+    width = max(7, *(len(title) for title, _ in columns))
+    lines = [f"{'class':<15}" + "".join(f" {title:>{width}}" for title, _ in columns)]
+    for name in results["iou"]:
+        lines.append(f"{name:<15}" + "".join(f" {_fmt(c['iou'].get(name), digits):>{width}}" for _, c in columns))
+    lines.append("-" * (15 + (width + 1) * len(columns)))
+    lines.append(f"{'mIoU %':<15}" + "".join(f" {_fmt(c['miou'], digits):>{width}}" for _, c in columns))
     lines.append(f"{'PSNR dB':<15} {_fmt(results['psnr_db'], 2):>7}")
     lines.append(f"{'SNR dB':<15} {_fmt(results['snr_db'], 2):>7}")
     lines.append(f"{'images':<15} {results['num_images']:>7}")

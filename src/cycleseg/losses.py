@@ -20,6 +20,7 @@ __all__ = [
     "GeneratorTerms",
     "adversarial_loss",
     "discriminator_loss",
+    "enet_class_weights",
     "generator_loss",
     "image_reconstruction_loss",
     "segmentation_loss",
@@ -32,9 +33,12 @@ BETA = 1 / 11
 GAMMA = 20 / 31
 
 
-def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
-    """J_seg (eq. 1): mean cross entropy between softmax(logits) and the one-hot labels."""
-    return F_.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100, weight: Tensor | None = None) -> Tensor:
+    """J_seg (eq. 1): mean cross entropy between softmax(logits) and the one-hot labels.
+
+    weight: optional (S,) class weights (class-balanced CE, e.g. enet_class_weights); None is the paper's loss.
+    """
+    return F_.cross_entropy(logits.float(), labels, weight=weight, ignore_index=ignore_index)
 
 
 def adversarial_loss(d_fake: Tensor) -> Tensor:
@@ -47,9 +51,23 @@ def image_reconstruction_loss(reconstruction: Tensor, image: Tensor) -> Tensor:
     return F_.l1_loss(reconstruction.float(), image.float())
 
 
-def segmentation_reconstruction_loss(logits_rec: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
-    """J_rec_Y (eq. 4): cross entropy between G(F(y)) and the labels y."""
-    return F_.cross_entropy(logits_rec.float(), labels, ignore_index=ignore_index)
+def segmentation_reconstruction_loss(logits_rec: Tensor, labels: Tensor, ignore_index: int = -100,
+                                     weight: Tensor | None = None) -> Tensor:
+    """J_rec_Y (eq. 4): cross entropy between G(F(y)) and the labels y (class weights as in segmentation_loss)."""
+    return F_.cross_entropy(logits_rec.float(), labels, weight=weight, ignore_index=ignore_index)
+
+
+def enet_class_weights(pixel_counts: Tensor, c: float = 1.02) -> Tensor:
+    """Class weights 1 / ln(c + p_s) of ENet (Paszke et al. 2016), as the ERFNet authors trained with.
+
+    Args:
+        pixel_counts: (S,) pixels of each class in the training labels.
+    Returns:
+        (S,) float32; p_s = pixel_counts / total, so a class absent from the data gets the largest weight,
+        1 / ln(1.02) ~ 50.5, and one that covers everything 1 / ln(2.02) ~ 1.42.
+    """
+    p = pixel_counts.double() / pixel_counts.sum().clamp(min=1)
+    return (1.0 / torch.log(c + p)).float()
 
 
 class GeneratorTerms(NamedTuple):

@@ -11,7 +11,7 @@ import torch.nn.functional as F_
 from torch import Tensor, nn
 
 from cycleseg.config import ModelConfig, NoiseConfig
-from cycleseg.errors import RunError
+from cycleseg.errors import ConfigError, RunError
 from cycleseg.networks import PatchDiscriminator, image_generator, init_weights, segmentation_generator
 from cycleseg.noise import NoiseInjection
 
@@ -31,6 +31,9 @@ class Models(nn.Module):
     def __init__(self, model: ModelConfig, noise: NoiseConfig) -> None:
         super().__init__()
         self.kind, self.num_classes = model.kind, model.num_classes
+        if isinstance(noise.snr_db, str):
+            raise ConfigError(f"noise.snr_db {noise.snr_db!r} is not resolved to a number; run through `cycleseg "
+                              "train` or `cycleseg sweep`, which read that run's measured SNR (cycleseg calibrate)")
         self.G = segmentation_generator(model.num_classes)
         self.noise = NoiseInjection(noise.kind, bits=noise.bits, snr_db=noise.snr_db, sigma_rule=noise.sigma_rule)
         self.F = image_generator(model.num_classes) if model.kind == "cyclegan" else None

@@ -31,15 +31,19 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from cycleseg import __version__
+from cycleseg.cache import class_pixel_counts, open_dataset
 from cycleseg.checkpoint import BEST, LAST, check_compatible, load_checkpoint, save_checkpoint
 from cycleseg.config import Config
-from cycleseg.data import BACKGROUND, CityscapesDataset
+from cycleseg.data import BACKGROUND
+from cycleseg.datacheck import require_valid
 from cycleseg.errors import Interrupted, RunError
 from cycleseg.evaluate import evaluate_models, write_json
 from cycleseg.losses import (
     GeneratorTerms,
     adversarial_loss,
     discriminator_loss,
+    enet_class_weights,
     generator_loss,
     image_reconstruction_loss,
     segmentation_loss,
@@ -62,11 +66,12 @@ def lr_factor(epoch: int, epochs: int, decay_start_epoch: int) -> float:
 
 
 def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,
-                   cfg: Config) -> tuple[dict[str, Tensor], Tensor]:
+                   cfg: Config, class_weights: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
     """Table 1 steps 2-4: both cycles, J_gen, and an update of G and F with D_X frozen.
 
     Args:
         image: x_bar (B, 3, H, W) in [-1, 1]; labels: y_bar as (B, H, W) class indices.
+        class_weights: (S,) weights of both cross entropies (loss.class_weights=enet); None: the paper's loss.
     Returns:
         the loss terms (detached scalars) and the synthetic image x = F(y_bar) (B, 3, H, W), detached,
         for the discriminator step.
@@ -77,10 +82,10 @@ def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, 
         logits, _noisy, reconstruction = models.forward_cycle(image)  # forward cycle: x -> y_hat -> y_tilde -> x_rec
         fake, logits_rec = models.backward_cycle(labels)  # backward cycle: y -> x -> y_rec
         terms = GeneratorTerms(
-            seg=segmentation_loss(logits, labels, ignore),
+            seg=segmentation_loss(logits, labels, ignore, class_weights),
             rec_x=image_reconstruction_loss(reconstruction, image),
             adv=adversarial_loss(models.D(fake)),
-            rec_y=segmentation_reconstruction_loss(logits_rec, labels, ignore),
+            rec_y=segmentation_reconstruction_loss(logits_rec, labels, ignore, class_weights),
         )
         loss = generator_loss(terms, cfg.loss.alpha, cfg.loss.beta, cfg.loss.gamma)
         _check_finite(loss, "J_gen")
@@ -114,10 +119,10 @@ def discriminator_step(models: Models, opt_d: torch.optim.Optimizer, image: Tens
 
 
 def plain_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,
-               cfg: Config) -> dict[str, Tensor]:
+               cfg: Config, class_weights: Tensor | None = None) -> dict[str, Tensor]:
     """The plain ERFNet baseline: one update of G on J_seg alone."""
     ignore = BACKGROUND if cfg.loss.ignore_background else -100
-    loss = segmentation_loss(models.G(image), labels, ignore)
+    loss = segmentation_loss(models.G(image), labels, ignore, class_weights)
     _check_finite(loss, "J_seg")
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
@@ -148,11 +153,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # a resumed run keeps its config; overrides given on resume (train.max_iters ...) are for now only
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_json(run_dir / "versions.json", software_versions())
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
 
+    if cfg.data.check != "off":  # minutes into a run is a bad time to find a missing label
+        require_valid(cfg.data.root, ("train", "val"), full=cfg.data.check == "full", progress=cfg.train.progress)
     train_set = _dataset(cfg, "train")
-    val_loader = DataLoader(_dataset(cfg, "val"), batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers)
+    val_loader = DataLoader(_dataset(cfg, "val"), batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers,
+                            pin_memory=torch.cuda.is_available())
+    class_weights = _class_weights(cfg, train_set, run_dir)
+    class_weights = class_weights.to(device) if class_weights is not None else None
     models = build_models(cfg.model, cfg.noise).to(device)
     adam = {"lr": cfg.optim.lr, "betas": (cfg.optim.beta1, cfg.optim.beta2)}
     generator_params = list(models.G.parameters()) + (list(models.F.parameters()) if models.is_cycle else [])
@@ -187,10 +198,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
                     image, labels = image.to(device), labels.to(device)
                     try:
                         if models.is_cycle:
-                            losses, fake = generator_step(models, opt_g, image, labels, cfg)
+                            losses, fake = generator_step(models, opt_g, image, labels, cfg, class_weights)
                             losses |= discriminator_step(models, opt_d, image, fake, pool)
                         else:
-                            losses = plain_step(models, opt_g, image, labels, cfg)
+                            losses = plain_step(models, opt_g, image, labels, cfg, class_weights)
                         progress.nonfinite_in_a_row = 0
                     except NonFiniteError as e:
                         losses = {}
@@ -241,6 +252,16 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, A
                "nonfinite_skipped": progress.nonfinite_total, "train_seconds": round(time.time() - start, 1)}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def software_versions() -> dict[str, str]:
+    """What the run was made with, for the report: package, Python, torch, NumPy, platform, accelerator."""
+    import platform
+
+    return {"cycleseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform(),
+            "cuda": torch.version.cuda or "none",
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"}
 
 
 def _checkpoint_state(cfg: Config, parts: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -322,9 +343,29 @@ def _short(key: str) -> str:
 
 
 def _dataset(cfg: Config, split: str) -> Dataset:
-    dataset = CityscapesDataset(cfg.data.root, split, (cfg.data.height, cfg.data.width))
+    """The split from `cycleseg prepare`'s cache when there is one (data.cache), else from the PNGs."""
+    dataset = open_dataset(cfg.data.root, split, (cfg.data.height, cfg.data.width), cfg.data.cache,
+                           cfg.data.cache_dir, progress=cfg.train.progress)
     limit = cfg.data.max_train_images if split == "train" else cfg.data.max_val_images
     return Subset(dataset, range(limit)) if limit is not None and limit < len(dataset) else dataset
+
+
+def _class_weights(cfg: Config, train_set: Dataset, run_dir: Path) -> Tensor | None:
+    """loss.class_weights=enet: (S,) weights 1 / ln(1.02 + p_c) from the training labels' class frequencies.
+
+    Computed the same way at every start (a resumed run included), from the cache's counts when there is one;
+    written to RUN_DIR/class_weights.json.
+    """
+    if cfg.loss.class_weights == "none":
+        return None
+    counts = torch.from_numpy(class_pixel_counts(train_set, progress=cfg.train.progress))
+    if cfg.model.num_classes != len(counts):
+        raise RunError(f"loss.class_weights=enet needs model.num_classes={len(counts)} (the Cityscapes trainIds), "
+                       f"got {cfg.model.num_classes}")
+    weights = enet_class_weights(counts)
+    write_json(run_dir / "class_weights.json", {"kind": cfg.loss.class_weights, "pixels": counts.tolist(),
+                                                "weights": weights.tolist()})
+    return weights
 
 
 def _epoch_loader(dataset: Dataset, cfg: Config, progress: Progress) -> DataLoader:

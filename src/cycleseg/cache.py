@@ -1,0 +1,322 @@
+"""`cycleseg prepare`: decode and resize a Cityscapes split once into a memory-mapped uint8 cache.
+
+Decoding a 2048x1024 PNG and resizing it costs tens of milliseconds, every epoch, for every image; the cache
+does it once. Per split and size, in <cache dir>/<W>x<H>/ (default cache dir: <data root>/cycleseg_cache):
+
+    <split>_images.npy     (N, H, W, 3) uint8, the resized images (data.read_image)
+    <split>_labels.npy     (N, H, W) uint8 trainIds 0..19 (data.read_label); absent for the test split
+    <split>_manifest.json  the source files (relative paths, byte sizes, mtimes, SHA-256), the size, the
+                           Pillow version (its resize is what the arrays hold) and the class pixel counts
+
+Both paths go through the same read_image / read_label and the same image_to_tensor, so a cached batch is
+bit-identical to one read from the PNGs (tests/test_cache.py). A cache is *stale* when the split's file list,
+a file's byte size or content (SHA-256, computed only for files whose mtime changed, e.g. after a copy),
+the size, the cache format or the Pillow version differ from what it was built from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+from tqdm import tqdm
+
+from cycleseg.data import NUM_CLASSES, CityscapesDataset, Sample, image_to_tensor, list_samples, read_image, read_label
+from cycleseg.errors import DataError
+
+__all__ = ["CACHE_FORMAT", "CachedDataset", "cache_folder", "cache_root", "cache_status", "class_pixel_counts",
+           "manifest_name", "open_dataset", "parse_folder_size", "prepare", "prepare_split"]
+
+CACHE_FORMAT = 1  # bump when the arrays' meaning changes; older caches are then stale
+
+
+def cache_root(root: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The folder holding one <W>x<H>/ cache folder per size."""
+    return Path(cache_dir) if cache_dir else Path(root) / "cycleseg_cache"
+
+
+def cache_folder(root: str | Path, size: tuple[int, int], cache_dir: str | Path | None = None) -> Path:
+    """The cache folder of size = (H, W)."""
+    height, width = size
+    return cache_root(root, cache_dir) / f"{width}x{height}"
+
+
+def parse_folder_size(name: str) -> tuple[int, int] | None:
+    """'512x256' -> (256, 512) = (H, W); None for any other name."""
+    width, sep, height = name.partition("x")
+    return (int(height), int(width)) if sep and width.isdigit() and height.isdigit() else None
+
+
+def manifest_name(split: str) -> str:
+    return f"{split}_manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_record(root: Path, path: Path | None, prefix: str, with_hash: bool = True) -> dict[str, Any]:
+    if path is None:
+        return {prefix: None}
+    st = path.stat()
+    record = {prefix: path.relative_to(root).as_posix(), f"{prefix}_bytes": st.st_size,
+              f"{prefix}_mtime_ns": st.st_mtime_ns}
+    if with_hash:
+        record[f"{prefix}_sha256"] = _sha256(path)
+    return record
+
+
+def prepare_split(root: str | Path, split: str, size: tuple[int, int], cache_dir: str | Path | None = None,
+                  progress: bool = True) -> Path:
+    """Build the cache of one split at size = (H, W); returns its manifest path.
+
+    Files are written under temporary names and renamed, manifest last, so that a crash or a concurrent reader
+    never sees a manifest describing arrays that are not complete.
+    """
+    root = Path(root)
+    samples = list_samples(root, split)
+    folder = cache_folder(root, size, cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot create the cache folder ({e.strerror}); set data.cache_dir (or "
+                        "prepare --cache-dir) to a writable folder") from None
+    manifest = folder / manifest_name(split)
+    manifest.unlink(missing_ok=True)  # from here on the old cache is invalid
+    height, width = size
+    has_labels = samples[0].label_path is not None
+    tmp = {"images": folder / f"{split}_images.npy.tmp", "labels": folder / f"{split}_labels.npy.tmp"}
+    shapes = {"images": (len(samples), height, width, 3), "labels": (len(samples), height, width)}
+    kinds = ("images", "labels") if has_labels else ("images",)
+    records, class_pixels = [], np.zeros(NUM_CLASSES, np.int64)
+    try:
+        # Plain sequential writes, not a writable memmap: a full disk is then an OSError, not a SIGBUS.
+        outs = {kind: open(tmp[kind], "wb") for kind in kinds}  # noqa: SIM115 -- closed in finally
+        try:
+            for kind, f in outs.items():
+                np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shapes[kind]})
+            for sample in tqdm(samples, desc=f"prepare {split} {width}x{height}", unit="img", disable=not progress,
+                               dynamic_ncols=True):
+                outs["images"].write(read_image(sample.image_path, size).tobytes())
+                if has_labels:
+                    labels = read_label(sample.label_path, size)
+                    outs["labels"].write(labels.tobytes())
+                    class_pixels += np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+                with Image.open(sample.image_path) as source:
+                    source_size = list(source.size)
+                records.append({**_source_record(root, sample.image_path, "image"),
+                                **_source_record(root, sample.label_path, "label"), "source_size": source_size})
+        finally:
+            for f in outs.values():
+                f.close()
+        for kind in kinds:
+            os.replace(tmp[kind], folder / f"{split}_{kind}.npy")
+    except OSError as e:
+        raise DataError(f"{folder}: cannot write the cache ({e.strerror or e}); free disk space or set "
+                        "data.cache_dir (prepare --cache-dir) to another folder") from None
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+    if not has_labels:
+        (folder / f"{split}_labels.npy").unlink(missing_ok=True)
+    _write_manifest(manifest, {
+        "format": CACHE_FORMAT, "split": split, "height": height, "width": width, "pillow": PIL.__version__,
+        "num_images": len(samples), "class_pixels": class_pixels.tolist() if has_labels else None, "files": records,
+    })
+    return manifest
+
+
+def prepare(root: str | Path, size: tuple[int, int], splits: tuple[str, ...] | None = None,
+            cache_dir: str | Path | None = None, force: bool = False, progress: bool = True) -> dict[str, str]:
+    """Build the caches of `splits` (default: every split present) unless already up to date.
+
+    Returns {split: "built" | "up to date"}.
+    """
+    root = Path(root)
+    if splits is None:
+        splits = tuple(s for s in ("train", "val", "test") if (root / "leftImg8bit" / s).is_dir())
+        if not splits:
+            list_samples(root, "train")  # raises the reader's error naming the missing folder
+    done = {}
+    for split in splits:
+        status, _ = cache_status(root, split, size, cache_dir)
+        if status == "ok" and not force:
+            done[split] = "up to date"
+        else:
+            prepare_split(root, split, size, cache_dir, progress)
+            done[split] = "built"
+    return done
+
+
+def cache_status(root: str | Path, split: str, size: tuple[int, int],
+                 cache_dir: str | Path | None = None) -> tuple[str, str]:
+    """("ok" | "missing" | "stale", why) for the cache of `split` at size = (H, W).
+
+    Checks file names and byte sizes of every source file; hashes only files whose mtime changed, and when their
+    content is unchanged records the new mtime so that the next check is fast again. DataError if the data
+    folder itself is broken (list_samples).
+    """
+    root = Path(root)
+    folder = cache_folder(root, size, cache_dir)
+    manifest_path = folder / manifest_name(split)
+    if not manifest_path.is_file():
+        return "missing", f"no cache at {folder}"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "stale", f"{manifest_path.name} is unreadable"
+    height, width = size
+    if manifest.get("format") != CACHE_FORMAT:
+        return "stale", f"cache format {manifest.get('format')}, this cycleseg writes {CACHE_FORMAT}"
+    if (manifest.get("height"), manifest.get("width")) != (height, width):
+        return "stale", f"built for {manifest.get('width')}x{manifest.get('height')}"
+    if manifest.get("pillow") != PIL.__version__:
+        return "stale", f"built with Pillow {manifest.get('pillow')}, whose resizing may differ from {PIL.__version__}"
+    samples = list_samples(root, split)
+    now = [(s.image_path.relative_to(root).as_posix(),
+            s.label_path.relative_to(root).as_posix() if s.label_path else None) for s in samples]
+    then = [(r.get("image"), r.get("label")) for r in files]
+    if now != then:
+        added, removed = set(now) - set(then), set(then) - set(now)
+        if not (added or removed):
+            return "stale", "file order changed"
+        first = min(added or removed, key=lambda pair: pair[0] or "")[0]  # an image path
+        return "stale", f"{len(added)} image(s) added and {len(removed)} removed since prepare (first: {first})"
+    refreshed = False
+    for record in files:
+        for prefix in ("image", "label"):
+            if record.get(prefix) is None:
+                continue
+            path = root / record[prefix]
+            st = path.stat()
+            if st.st_size != record[f"{prefix}_bytes"]:
+                return "stale", f"{record[prefix]} changed since prepare ({st.st_size} bytes, was {record[prefix + '_bytes']})"
+            if st.st_mtime_ns != record[f"{prefix}_mtime_ns"]:
+                if _sha256(path) != record[f"{prefix}_sha256"]:
+                    return "stale", f"{record[prefix]} changed since prepare (content)"
+                record[f"{prefix}_mtime_ns"], refreshed = st.st_mtime_ns, True
+    expected = {"images": (len(files), height, width, 3), "labels": (len(files), height, width)}
+    for kind, shape in expected.items():
+        if kind == "labels" and files and files[0].get("label") is None:
+            continue
+        try:
+            found = np.load(folder / f"{split}_{kind}.npy", mmap_mode="r").shape
+        except (OSError, ValueError):
+            return "stale", f"{split}_{kind}.npy is missing or unreadable"
+        if found != shape:
+            return "stale", f"{split}_{kind}.npy has shape {found}, expected {shape}"
+    if refreshed:
+        try:
+            _write_manifest(manifest_path, manifest)
+        except OSError:
+            pass  # a read-only cache stays valid, its check just hashes again next time
+    return "ok", "up to date"
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(path)
+
+
+class CachedDataset(Dataset):
+    """A split read from its cache: the same items as CityscapesDataset, (image (3, H, W) float32 in [-1, 1],
+    labels (H, W) int64 trainIds, all -1 for the test split).
+
+    The arrays are memory-mapped lazily in each process (DataLoader workers included), never pickled.
+    """
+
+    def __init__(self, root: str | Path, split: str, size: tuple[int, int], cache_dir: str | Path | None = None) -> None:
+        self.root, self.split, self.size = Path(root), split, size
+        self.folder = cache_folder(root, size, cache_dir)
+        self.samples: list[Sample] = list_samples(root, split)
+        self.manifest = json.loads((self.folder / manifest_name(split)).read_text())
+        self.has_labels = self.samples[0].label_path is not None
+        self._images: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The memory-mapped (N, H, W, 3) images and (N, H, W) trainIds (None for the test split)."""
+        if self._images is None:
+            self._images = np.load(self.folder / f"{self.split}_images.npy", mmap_mode="r")
+            if self.has_labels:
+                self._labels = np.load(self.folder / f"{self.split}_labels.npy", mmap_mode="r")
+        return self._images, self._labels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        images, labels = self.arrays()
+        image = image_to_tensor(np.asarray(images[index]))
+        if labels is None:
+            return image, torch.full(self.size, -1, dtype=torch.int64)
+        return image, torch.from_numpy(labels[index].astype(np.int64))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_images": None, "_labels": None}  # workers map the files themselves
+
+
+def open_dataset(root: str | Path, split: str, size: tuple[int, int], cache: str = "auto",
+                 cache_dir: str | Path | None = None, progress: bool = False) -> Dataset:
+    """The split as a Dataset: from the cache when there is one that matches, else from the PNGs.
+
+    cache: "auto" uses an up-to-date cache, rebuilds a stale one, reads the PNGs when there is none;
+    "require" refuses (DataError) to go on without an up-to-date cache; "off" always reads the PNGs.
+    """
+    if cache == "off":
+        return CityscapesDataset(root, split, size)
+    status, reason = cache_status(root, split, size, cache_dir)
+    height, width = size
+    if status == "ok":
+        return CachedDataset(root, split, size, cache_dir)
+    command = f"cycleseg prepare {root} --size {width}x{height}" + (f" --cache-dir {cache_dir}" if cache_dir else "")
+    if cache == "require":
+        raise DataError(f"{cache_folder(root, size, cache_dir) / manifest_name(split)}: {status} cache for {split} "
+                        f"at {width}x{height} ({reason}) and data.cache=require; run `{command}`")
+    if status == "missing":
+        return CityscapesDataset(root, split, size)
+    print(f"cycleseg: the {split} cache at {width}x{height} is stale ({reason}); rebuilding it", file=sys.stderr)
+    prepare_split(root, split, size, cache_dir, progress)
+    return CachedDataset(root, split, size, cache_dir)
+
+
+def class_pixel_counts(dataset: Dataset, progress: bool = False) -> np.ndarray:
+    """(20,) int64 pixel count of each trainId over the labels of `dataset` (a split, cached or not, or a Subset).
+
+    A whole cached split answers from its manifest (counted when it was prepared); otherwise the labels are
+    read (from the cache's array, or decoded from the PNGs).
+    """
+    base, indices = dataset, None
+    if isinstance(dataset, Subset):
+        base, indices = dataset.dataset, list(dataset.indices)
+    if not isinstance(base, (CachedDataset, CityscapesDataset)):
+        raise TypeError(f"class_pixel_counts needs a Cityscapes split, got {type(base).__name__}")
+    if base.samples[0].label_path is None:
+        raise DataError(f"{base.root}: the {base.split} split has no labels to count")
+    if isinstance(base, CachedDataset) and indices is None and base.manifest.get("class_pixels") is not None:
+        return np.asarray(base.manifest["class_pixels"], np.int64)
+    indices = range(len(base)) if indices is None else indices
+    counts = np.zeros(NUM_CLASSES, np.int64)
+    for i in tqdm(indices, desc="class frequencies", unit="img", disable=not progress, dynamic_ncols=True):
+        if isinstance(base, CachedDataset):
+            labels = np.asarray(base.arrays()[1][i])
+        else:
+            labels = read_label(base.samples[i].label_path, base.size)
+        counts += np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+    return counts

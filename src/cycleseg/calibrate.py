@@ -1,0 +1,120 @@
+"""The measured SNR of a noise injection (eq. 11), and Gaussian runs set from it.
+
+The paper characterises a quantizer by "its SNR": the mean over the validation images of the per-image SNR
+(eq. 11) between G's logits and the quantized logits. It then trains Gaussian runs at exactly those SNRs
+(21.02, 14.50, 7.38 and -0.55 dB for 4, 3, 2 and 1 bit). `calibrate_run` measures that number for a trained
+run (its own noise, or any other noise applied to its logits) and writes RUN_DIR/calibrate_<split>.json;
+`resolve_snr_from` turns a config's `noise.snr_db: from RUN_DIR` into that measured value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from cycleseg.checkpoint import LAST
+from cycleseg.config import Config, NoiseConfig, apply_overrides, config_from_dict
+from cycleseg.data import CityscapesDataset
+from cycleseg.errors import ConfigError, RunError
+from cycleseg.evaluate import load_run, write_json
+from cycleseg.metrics import snr_db
+from cycleseg.models import resolve_device
+from cycleseg.noise import NoiseInjection
+
+__all__ = ["calibrate_run", "calibration_path", "measure_snr", "resolve_snr_from"]
+
+
+def calibration_path(run_dir: str | Path, split: str = "val") -> Path:
+    return Path(run_dir) / f"calibrate_{split}.json"
+
+
+@torch.no_grad()
+def measure_snr(G: torch.nn.Module, noise: NoiseInjection, batches: Iterable[tuple[Tensor, Tensor]],
+                device: torch.device, seed: int = 0) -> Tensor:
+    """Per-image SNR (eq. 11) of `noise` on G's logits over all `batches` of (image (B, 3, H, W), _).
+
+    Returns a (N,) tensor in dB, one value per image; +inf for a noise that changes nothing.
+    """
+    was_training = G.training
+    G.eval()
+    values = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # Gaussian noise repeats, and the caller's RNG is left alone
+        for image, _ in batches:
+            logits = G(image.to(device))
+            values.append(snr_db(logits, noise(logits)).cpu())
+    G.train(was_training)
+    return torch.cat(values) if values else torch.empty(0)
+
+
+def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
+                  noise_overrides: list[str] = (), checkpoint: str = LAST) -> dict[str, Any]:
+    """Measure the mean per-image SNR of a run's noise (or of `noise_overrides`) on `split`.
+
+    Args:
+        noise_overrides: `key=value` settings of the noise section (e.g. ["kind=quantize", "bits=1"]) to
+            measure another noise on this run's logits; empty: the run's own noise.
+    Writes RUN_DIR/calibrate_<split>.json when the run's own noise is measured; returns
+    {"snr_db": mean dB, "snr_db_std", "snr_db_min", "snr_db_max", "num_images", "noise": {...}, "run", "split"}.
+    """
+    dev = resolve_device(device)
+    models, cfg = load_run(run_dir, dev, checkpoint)
+    noise_cfg = _noise_config(cfg.noise, noise_overrides)
+    noise = models.noise if not noise_overrides else NoiseInjection(
+        noise_cfg.kind, bits=noise_cfg.bits, snr_db=noise_cfg.snr_db, sigma_rule=noise_cfg.sigma_rule)
+    dataset = CityscapesDataset(data_root, split, (cfg.data.height, cfg.data.width))
+    loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    snrs = measure_snr(models.G, noise, loader, dev, seed=cfg.train.seed)
+    finite = snrs[torch.isfinite(snrs)]
+    if len(finite) < len(snrs):
+        raise RunError(f"{run_dir}: noise {noise_cfg.kind} leaves the logits of {len(snrs) - len(finite)} images "
+                       "unchanged (infinite SNR); calibrate a run with noise, or pass noise.kind=...")
+    result = {
+        "run": cfg.name, "split": split, "noise": dataclasses.asdict(noise_cfg), "num_images": len(snrs),
+        "snr_db": finite.mean().item(), "snr_db_std": finite.std().item() if len(finite) > 1 else 0.0,
+        "snr_db_min": finite.min().item(), "snr_db_max": finite.max().item(),
+    }
+    if not noise_overrides:
+        write_json(calibration_path(run_dir, split), result)
+    return result
+
+
+def resolve_snr_from(cfg: Config, base_dir: str | Path = ".", device: str = "auto") -> Config:
+    """Replace `noise.snr_db: from RUN_DIR` by the SNR measured for RUN_DIR (calibrating it if needed).
+
+    RUN_DIR is taken as given, else relative to `base_dir` (a sweep's folder, where sibling runs live).
+    Returns `cfg` unchanged when snr_db is a number.
+    """
+    source = cfg.noise.snr_db
+    if not isinstance(source, str):
+        return cfg
+    name = source.removeprefix("from ").strip()
+    candidates = [Path(name), Path(base_dir) / name]
+    run_dir = next((p for p in candidates if (p / LAST).is_file()), None)
+    if run_dir is None:
+        raise ConfigError(f"noise.snr_db {source!r}: no trained run at {' or '.join(map(str, candidates))}; "
+                          "train that run first (a sweep trains it before this one)")
+    path = calibration_path(run_dir)
+    if path.is_file():
+        measured = json.loads(path.read_text())["snr_db"]
+    else:
+        measured = calibrate_run(run_dir, cfg.data.root, device=device)["snr_db"]
+    return dataclasses.replace(cfg, noise=dataclasses.replace(cfg.noise, snr_db=round(measured, 4)))
+
+
+def _noise_config(noise: NoiseConfig, overrides: list[str]) -> NoiseConfig:
+    """The run's noise section with `key=value` overrides applied and validated."""
+    if not overrides:
+        return noise
+    raw = {"noise": dataclasses.asdict(noise)}
+    if any(o.removeprefix("noise.").split("=")[0].strip() == "kind" for o in overrides):
+        raw["noise"] = {}  # another kind: start from that kind's defaults, not this run's bits or snr_db
+    apply_overrides(raw, [f"noise.{o.removeprefix('noise.')}" for o in overrides])
+    return config_from_dict(raw, source="calibrate").noise

@@ -1,0 +1,554 @@
+"""`cycleseg diagnose`: measure and show the watermarks that a cycle model hides in its class scores.
+
+For a trained cycle run, on one split (val by default), in RUN_DIR:
+
+- diagnose_<split>.json   every number below (the report reads it);
+- diagnose_<split>.md     a self-contained Markdown summary, image links relative to RUN_DIR;
+- diagnose_<split>/*.png  sensitivity.png, energy.png, spectrum.png, examples.png.
+
+What is measured (the tensor work is in `cycleseg.diagnostics`):
+
+1. Watermark gap: PSNR of F(noise(G(x))), the reconstruction training optimises (the run's own noise
+   injection on, as in `evaluate`), beside the PSNR of F fed only the decision argmax G(x) (its one-hot,
+   scaled per pixel to the L2 norm of F's usual input noise(G(x)); or each pixel's class-mean vector) and F
+   fed the ground-truth one-hot (scaled the same way). The decision and ground-truth inputs are given to F
+   as they are, without the noise injection. gap = PSNR(noisy) - PSNR(decision): F's reconstruction
+   quality that comes from information not in the segmentation decision.
+2. Sensitivity: extra Gaussian noise at each target SNR is added to G's logits, sigma per image by the
+   equal-SNR rule of `noise.gaussian_sigma` (measured SNR = target); the run's own noise injection is then
+   applied as in training, and F reconstructs. PSNR of that reconstruction and mIoU of argmax(logits + noise).
+3. Energy: share of the logits' energy outside the projection on the decision one-hot (the residual), per
+   decided class and overall, for G's logits and for F's input; its spatial power spectrum beside the image's.
+4. Pictures: the first few images, their residual maps amplified to full range, and F's outputs.
+
+All randomness is seeded with the run's train.seed, so results repeat.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+
+from cycleseg.checkpoint import LAST
+from cycleseg.data import CLASS_NAMES, CityscapesDataset, colorize
+from cycleseg.diagnostics import (
+    INPUTS,
+    SCALE_REFERENCES,
+    add_noise_at_snr,
+    class_mean_field,
+    decision,
+    energy_by_class,
+    high_frequency_share,
+    principal_components,
+    project_on_one_hot,
+    radial_power_spectrum,
+    unexplained_energy,
+    watermark_inputs,
+)
+from cycleseg.errors import RunError
+from cycleseg.evaluate import load_run, write_json
+from cycleseg.metrics import class_iou, confusion_matrix, psnr_db, snr_db
+from cycleseg.models import Models, resolve_device
+
+__all__ = ["DEFAULT_SNRS", "diagnose_models", "diagnose_run", "format_summary"]
+
+DEFAULT_SNRS = (40.0, 30.0, 20.0, 10.0, 5.0, 0.0, -5.0, -10.0)  # dB, the sensitivity sweep
+NUM_EVAL_CLASSES = 19
+HIGH_FREQUENCY_CUTOFF = 0.25  # cycles per pixel: half the Nyquist frequency
+SPECTRA = ("image", "logits_residual", "f_input_residual")
+FIGURES = ("sensitivity", "energy", "spectrum", "examples")  # diagnose_<split>/<name>.png
+INPUT_TITLES = {"noisy": "F(noise(G(x)))", "decision": "F(decision)", "class_mean": "F(class means)",
+                "ground_truth": "F(ground truth)"}
+
+
+@torch.no_grad()
+def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device, seed: int = 0,
+                    snrs: Sequence[float] = DEFAULT_SNRS, scale_to: str = "f_input",
+                    num_examples: int = 4) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Run the four diagnostics over `batches` of (image (B, 3, H, W), labels (B, H, W)).
+
+    Args:
+        models: a cycle model (needs G, F, noise, num_classes).
+        seed: seeds the run's own Gaussian noise injection (global RNG, forked so the caller's is untouched)
+            and, separately, the sensitivity sweep's noise (a torch.Generator drawn batch by batch, SNR by SNR).
+        snrs: target SNRs in dB of the sensitivity sweep.
+        scale_to: what the one-hot inputs are scaled against, see `diagnostics.watermark_inputs`.
+        num_examples: how many of the first images to keep for the pictures.
+    Returns:
+        (results, examples): results as written to diagnose_<split>.json (less run information);
+        examples: CPU tensors of the first `num_examples` images, for `write_figures`.
+    """
+    if not models.is_cycle:
+        raise RunError("diagnose needs a cycle model (model.kind=cyclegan): a plain ERFNet has no F to reconstruct "
+                       "the image from its class scores")
+    was_training = models.training
+    models.eval()
+    acc = _Accumulator(models.num_classes, len(snrs), device, num_examples)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the run's own Gaussian noise injection, as in `evaluate`
+        try:
+            _accumulate(models, batches, device, snrs, scale_to, generator, acc)
+        finally:
+            models.train(was_training)
+    if acc.count == 0:
+        raise RunError("no images to diagnose; the split is empty")
+    results = acc.results(snrs, scale_to, seed)
+    return results, {k: torch.cat(v)[:num_examples] for k, v in acc.examples.items()}
+
+
+def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
+                snrs: Sequence[float], scale_to: str, generator: torch.Generator, acc: _Accumulator) -> None:
+    """The per-batch work of `diagnose_models`: every forward pass, summed into `acc`."""
+    s = models.num_classes
+    for image, labels in batches:
+        image, labels = image.to(device), labels.to(device)
+        logits = models.G(image)
+        noisy = models.noise(logits)
+        decided = decision(logits)
+        inputs = watermark_inputs(logits, noisy, labels, scale_to)
+        outputs = {name: models.F(value) for name, value in inputs.items()}
+        for name, out in outputs.items():
+            acc.psnr[name].append(psnr_db(image, out).cpu())
+        acc.snr.append(snr_db(logits, noisy).cpu())
+        acc.conf += confusion_matrix(decided, labels, s)
+        for k, target in enumerate(snrs):
+            perturbed, measured = add_noise_at_snr(logits, target, generator)
+            acc.sweep_psnr[k].append(psnr_db(image, models.F(models.noise(perturbed))).cpu())
+            acc.sweep_snr[k].append(measured.cpu())
+            acc.sweep_conf[k] += confusion_matrix(decision(perturbed), labels, s)
+        residuals = {}
+        for space, values in (("logits", logits), ("f_input", noisy)):
+            res, tot = energy_by_class(values, decided)
+            acc.residual[space] += res
+            acc.total[space] += tot
+            acc.unexplained[space] += unexplained_energy(values, decided)[0]
+            residuals[space] = project_on_one_hot(values, decided)[1]
+        for name, maps in (("image", image), ("logits_residual", residuals["logits"]),
+                           ("f_input_residual", residuals["f_input"])):
+            freq, power = radial_power_spectrum(maps)
+            acc.frequency = freq.cpu()
+            acc.spectrum[name].append((power / power.sum(dim=1, keepdim=True).clamp(min=1e-300)).cpu())
+            acc.high_share[name].append(high_frequency_share(maps, HIGH_FREQUENCY_CUTOFF).cpu())
+        acc.pixels += torch.bincount(decided.reshape(-1), minlength=s)
+        acc.count += image.shape[0]
+        if sum(len(v) for v in acc.examples.get("image", [])) < acc.num_examples:
+            keep = {
+                "image": image, "labels": labels, "decision": decided,
+                "residual": principal_components(residuals["logits"]),
+                "unexplained": principal_components(logits - class_mean_field(logits, decided)),
+            } | {f"out_{name}": out for name, out in outputs.items()}
+            for key, value in keep.items():
+                acc.examples.setdefault(key, []).append(value.cpu())
+
+
+class _Accumulator:
+    """Sums and per-image lists over a split; `results` turns them into the JSON document."""
+
+    def __init__(self, num_classes: int, num_snrs: int, device: torch.device, num_examples: int) -> None:
+        def zeros() -> Tensor:
+            return torch.zeros(num_classes, dtype=torch.float64, device=device)
+
+        def conf() -> Tensor:
+            return torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+        self.num_classes = num_classes
+        self.psnr: dict[str, list[Tensor]] = {name: [] for name in INPUTS}
+        self.snr: list[Tensor] = []
+        self.conf = conf()
+        self.sweep_psnr: list[list[Tensor]] = [[] for _ in range(num_snrs)]
+        self.sweep_snr: list[list[Tensor]] = [[] for _ in range(num_snrs)]
+        self.sweep_conf = [conf() for _ in range(num_snrs)]
+        self.residual = {"logits": zeros(), "f_input": zeros()}
+        self.total = {"logits": zeros(), "f_input": zeros()}
+        self.unexplained = {"logits": zeros(), "f_input": zeros()}
+        self.frequency = torch.zeros(0)
+        self.spectrum: dict[str, list[Tensor]] = {name: [] for name in SPECTRA}
+        self.high_share: dict[str, list[Tensor]] = {name: [] for name in SPECTRA}
+        self.pixels = torch.zeros(num_classes, dtype=torch.int64, device=device)  # decided pixels per class
+        self.num_examples = num_examples
+        self.examples: dict[str, list[Tensor]] = {}  # the first num_examples images, for the pictures
+        self.count = 0
+
+    def results(self, snrs: Sequence[float], scale_to: str, seed: int) -> dict[str, Any]:
+        psnr = {name: _mean(values) for name, values in self.psnr.items() if values}
+        names = _class_names(self.num_classes)
+        return {
+            "num_images": self.count,
+            "seed": seed,
+            "scale_to": scale_to,
+            "miou": _miou(self.conf),
+            "snr_db": _mean(self.snr),
+            "watermark_gap": {
+                "psnr_db": psnr,
+                "gap_db": {name: _difference(psnr["noisy"], value) for name, value in psnr.items() if name != "noisy"},
+            },
+            "sensitivity": {
+                "sigma_rule": "equal_snr",
+                "points": [{"snr_target_db": float(target), "snr_db": _mean(self.sweep_snr[k]),
+                            "psnr_db": _mean(self.sweep_psnr[k]), "miou": _miou(self.sweep_conf[k])}
+                           for k, target in enumerate(snrs)],
+            },
+            "energy": {
+                space: {
+                    "residual_share": _ratio(self.residual[space].sum(), self.total[space].sum()),
+                    "unexplained_share": _ratio(self.unexplained[space].sum(), self.total[space].sum()),
+                    "per_class": {names[c]: _ratio(self.residual[space][c], self.total[space][c])
+                                  for c in range(self.num_classes)},
+                    "per_class_unexplained": {names[c]: _ratio(self.unexplained[space][c], self.total[space][c])
+                                              for c in range(self.num_classes)},
+                    "pixels_per_class": {names[c]: int(n) for c, n in enumerate(self.pixels.tolist())},
+                }
+                for space in ("logits", "f_input")
+            },
+            "spectrum": {
+                "frequency": [round(f, 6) for f in self.frequency.tolist()],
+                "power": {name: torch.cat(v).mean(dim=0).tolist() for name, v in self.spectrum.items()},
+                "high_frequency_cutoff": HIGH_FREQUENCY_CUTOFF,
+                "high_frequency_share": {name: _mean(v) for name, v in self.high_share.items()},
+            },
+        }
+
+
+def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
+                 checkpoint: str = LAST, max_images: int | None = None, snrs: Sequence[float] = DEFAULT_SNRS,
+                 scale_to: str = "f_input", num_examples: int = 4) -> dict[str, Any]:
+    """Diagnose a cycle run on `split` of `data_root`; writes diagnose_<split>.json, .md and figures in RUN_DIR."""
+    if split == "test":
+        raise RunError("the Cityscapes test split has no labels; diagnose on train or val")
+    if scale_to not in SCALE_REFERENCES:
+        raise RunError(f"--scale-to must be one of {', '.join(SCALE_REFERENCES)}, got {scale_to!r}")
+    if max_images is not None and max_images < 1:
+        raise RunError(f"--max-images must be at least 1, got {max_images}")
+    if not snrs or not all(math.isfinite(v) for v in snrs):
+        raise RunError("--snrs must be a comma-separated list of finite numbers in dB, e.g. 40,20,0,-10")
+    dev = resolve_device(device)
+    run_dir = Path(run_dir)
+    models, cfg = load_run(run_dir, dev, checkpoint)
+    if not models.is_cycle:
+        raise RunError(f"{run_dir}: diagnose needs a cycle model (model.kind=cyclegan); this run is a plain ERFNet, "
+                       "which has no F to reconstruct the image from its class scores")
+    dataset = CityscapesDataset(data_root, split, (cfg.data.height, cfg.data.width))
+    if max_images is not None and max_images < len(dataset):
+        dataset = Subset(dataset, range(max_images))
+    loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    results, examples = diagnose_models(models, loader, dev, seed=cfg.train.seed, snrs=snrs, scale_to=scale_to,
+                                        num_examples=num_examples)
+    figure_dir = run_dir / f"diagnose_{split}"
+    results = {"run": cfg.name, "split": split, "checkpoint": checkpoint, "noise": cfg.noise.kind,
+               "noise_label": _noise_label(cfg), **results,
+               "figures": {name: f"{figure_dir.name}/{name}.png" for name in FIGURES},
+               "summary": f"diagnose_{split}.md"}
+    markdown = run_dir / f"diagnose_{split}.md"
+    try:
+        figure_dir.mkdir(exist_ok=True)
+        write_figures(figure_dir, results, examples)
+        write_json(run_dir / f"diagnose_{split}.json", results)
+        tmp = markdown.with_name(markdown.name + ".tmp")
+        tmp.write_text(format_markdown(results))
+        tmp.replace(markdown)
+    except OSError as e:
+        raise RunError(f"{e.filename or run_dir}: could not write the diagnostics ({e.strerror}); free disk space "
+                       "or fix permissions") from None
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def write_figures(figure_dir: Path, results: dict[str, Any], examples: dict[str, Tensor]) -> dict[str, Path]:
+    """sensitivity.png, energy.png, spectrum.png and examples.png in `figure_dir`; returns name -> path."""
+    paths = {name: figure_dir / f"{name}.png" for name in FIGURES}
+    _sensitivity_figure(results).savefig(paths["sensitivity"], dpi=110)
+    _energy_figure(results).savefig(paths["energy"], dpi=110)
+    _spectrum_figure(results).savefig(paths["spectrum"], dpi=110)
+    _examples_figure(examples).savefig(paths["examples"], dpi=110)
+    return paths
+
+
+def _figure(width: float, height: float):
+    # A bare Figure with an Agg canvas: no pyplot, no global backend state, safe in any process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _sensitivity_figure(results: dict[str, Any]):
+    points = results["sensitivity"]["points"]
+    snr = [p["snr_db"] if p["snr_db"] is not None else p["snr_target_db"] for p in points]
+    fig = _figure(9, 3.4)
+    ax_psnr, ax_miou = fig.subplots(1, 2)
+    ax_psnr.plot(snr, [_nan(p["psnr_db"]) for p in points], "o-", color="C0", label="F(noise(G(x) + extra))")
+    styles = {"noisy": ("C0", "--"), "decision": ("C3", ":"), "class_mean": ("C2", ":"), "ground_truth": ("C7", "-.")}
+    for name, value in results["watermark_gap"]["psnr_db"].items():
+        if value is not None:
+            color, style = styles[name]
+            ax_psnr.axhline(value, color=color, linestyle=style, linewidth=1,
+                            label=f"{INPUT_TITLES[name]}, no extra noise")
+    ax_psnr.set(xlabel="SNR of the extra noise on G's logits [dB]", ylabel="PSNR [dB]",
+                title="reconstruction")
+    ax_psnr.legend(fontsize=7)
+    ax_miou.plot(snr, [_nan(p["miou"]) for p in points], "o-", color="C1", label="argmax(G(x) + extra)")
+    if results["miou"] is not None:
+        ax_miou.axhline(results["miou"], color="C1", linestyle="--", linewidth=1, label="no extra noise")
+    ax_miou.set(xlabel="SNR of the extra noise on G's logits [dB]", ylabel="mIoU [%]", title="segmentation")
+    ax_miou.legend(fontsize=7)
+    for ax in (ax_psnr, ax_miou):
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{results.get('run', '')}: sensitivity to Gaussian noise in the latent segmentation space",
+                 fontsize=9)
+    return fig
+
+
+def _energy_figure(results: dict[str, Any]):
+    energy = results["energy"]
+    names = [n for n, count in energy["logits"]["pixels_per_class"].items() if count > 0]
+    fig = _figure(10, 3.6)
+    axes = fig.subplots(1, 2, sharey=True)
+    x = np.arange(len(names))
+    panels = (("per_class", "residual_share", "outside the decision one-hot (residual)"),
+              ("per_class_unexplained", "unexplained_share", "outside the class means (unexplained)"))
+    for ax, (key, overall, title) in zip(axes, panels):
+        for offset, space, label in ((-0.2, "logits", "G's logits"), (0.2, "f_input", "F's input noise(G(x))")):
+            values = [100 * _nan(energy[space][key][n]) for n in names]
+            ax.bar(x + offset, values, width=0.4, label=f"{label}: {_pct(energy[space][overall])} overall")
+        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+        ax.set(ylim=(0, 119), yticks=range(0, 101, 20), title=f"energy {title}")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("% of the energy of the pixels\ndecided as the class")
+    return fig
+
+
+def _spectrum_figure(results: dict[str, Any]):
+    spectrum = results["spectrum"]
+    freq = spectrum["frequency"]
+    labels = {"image": "image x", "logits_residual": "residual of G's logits",
+              "f_input_residual": "residual of F's input"}
+    fig = _figure(5.5, 3.6)
+    ax = fig.subplots()
+    if spectrum["power"]["f_input_residual"] == spectrum["power"]["logits_residual"]:
+        labels = {"image": "image x", "logits_residual": "residual of G's logits = F's input"}
+    for name, label in labels.items():
+        share = spectrum["high_frequency_share"][name]
+        ax.semilogy(freq, [max(v, 1e-12) for v in spectrum["power"][name]],
+                    label=f"{label} ({_pct(share)} above {spectrum['high_frequency_cutoff']})")
+    ax.axvline(spectrum["high_frequency_cutoff"], color="k", linewidth=0.5)
+    ax.set(xlabel="spatial frequency [cycles/pixel]", ylabel="share of the power per bin",
+           title="radially averaged power spectra (each normalised)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _examples_figure(examples: dict[str, Tensor]):
+    columns = [("image", "image x"), ("labels", "ground truth"), ("decision", "decision argmax G(x)"),
+               ("residual", "residual of G(x),\n3 PCs amplified"),
+               ("unexplained", "G(x) - class means,\n3 PCs amplified")]
+    columns += [(f"out_{name}", INPUT_TITLES[name]) for name in INPUTS if f"out_{name}" in examples]
+    rows = examples["image"].shape[0]
+    height, width = examples["image"].shape[2:]
+    cell = 1.55
+    fig = _figure(cell * len(columns), cell * height / width * rows + 0.5)
+    axes = np.atleast_2d(fig.subplots(rows, len(columns), squeeze=False))
+    for r in range(rows):
+        image = examples["image"][r]
+        for c, (key, title) in enumerate(columns):
+            ax = axes[r, c]
+            value = examples[key][r]
+            if key in ("labels", "decision"):
+                shown = colorize(value.numpy().clip(0, len(CLASS_NAMES) - 1))
+            elif key in ("residual", "unexplained"):
+                shown = _amplify(value)
+            else:
+                shown = _to_rgb(value)
+            ax.imshow(shown, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if key.startswith("out_"):
+                ax.set_xlabel(f"{psnr_db(image[None], value[None]).item():.2f} dB", fontsize=7)
+            if r == 0:
+                ax.set_title(title, fontsize=7)
+    return fig
+
+
+def _to_rgb(image: Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) in [0, 1]."""
+    return ((image.permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+
+
+def _amplify(maps: Tensor) -> np.ndarray:
+    """(3, H, W) -> (H, W, 3): each map stretched so its 1st..99th percentiles span the full range [0, 1]."""
+    array = maps.permute(1, 2, 0).numpy().astype(np.float64)
+    low, high = np.percentile(array, 1, axis=(0, 1)), np.percentile(array, 99, axis=(0, 1))
+    return ((array - low) / np.maximum(high - low, 1e-12)).clip(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+def format_markdown(r: dict[str, Any]) -> str:
+    """The self-contained Markdown summary diagnose_<split>.md (image links relative to the run directory)."""
+    gap, energy, spectrum = r["watermark_gap"], r["energy"], r["spectrum"]
+    psnr = gap["psnr_db"]
+    scale = {"f_input": "the per-pixel L2 norm of F's usual input noise(G(x))",
+             "logits": "the per-pixel L2 norm of G's logits (before the noise injection)",
+             "unit": "1 (plain one-hots, as in the backward cycle)"}[r["scale_to"]]
+    lines = [
+        f"# Steganography diagnostics: {r['run']} ({r['noise_label']}), {r['split']} split",
+        "",
+        (f"{r['num_images']} images, checkpoint `{r['checkpoint']}`, seed {r['seed']}; mIoU {_f(r['miou'], 1)} %, "
+         f"SNR of the run's own noise injection {_f(r['snr_db'], 2)} dB."),
+        "",
+        "## 1. Watermark gap",
+        "",
+        ("PSNR of F's reconstruction of the image from four inputs. Only the first is what training sees; the "
+         "others carry the segmentation decision (or the ground truth) and nothing else. One-hots are scaled to "
+         f"{scale}; none of the last three goes through the noise injection."),
+        "",
+        "| F's input | PSNR dB | gap dB |",
+        "|---|---|---|",
+    ]
+    descriptions = {"noisy": "noise(G(x)), the training path",
+                    "decision": "one-hot of the decision argmax G(x), scaled",
+                    "class_mean": "each pixel's class-mean vector of noise(G(x)) (per image)",
+                    "ground_truth": "one-hot of the ground truth, scaled"}
+    for name in INPUTS:
+        if name in psnr:
+            lines.append(f"| {descriptions[name]} | {_f(psnr[name], 2)} | "
+                         f"{_f(gap['gap_db'].get(name), 2) if name != 'noisy' else '-'} |")
+    lines += [
+        "",
+        ("gap = PSNR(noisy) - PSNR(that input): how much better F rebuilds the image from G's full class scores "
+         "than from the decision alone. A large gap means F reads information that is not in the segmentation "
+         "decision (watermarks, or honest confidence information); a gap near 0 means it does not."),
+        "",
+        "## 2. Sensitivity to extra Gaussian noise",
+        "",
+        ("Extra Gaussian noise at each target SNR is added to G's logits (sigma per image by the equal-SNR rule, so "
+         "the measured SNR of eq. 11 equals the target); the run's own noise injection then runs as in training. "
+         "A hidden low-amplitude channel dies at high SNR, long before the decision (mIoU) suffers."),
+        "",
+        "| target SNR dB | measured SNR dB | PSNR dB | mIoU % |",
+        "|---|---|---|---|",
+    ]
+    for p in r["sensitivity"]["points"]:
+        lines.append(f"| {p['snr_target_db']:g} | {_f(p['snr_db'], 2)} | {_f(p['psnr_db'], 2)} | {_f(p['miou'], 1)} |")
+    lines += [
+        f"| no extra noise | - | {_f(psnr.get('noisy'), 2)} | {_f(r['miou'], 1)} |",
+        "",
+        f"![sensitivity]({r['figures']['sensitivity']})",
+        "",
+        "## 3. Hidden-signal energy",
+        "",
+        ("Residual share: the share of the energy sum ||v||^2 outside the projection of each pixel's vector v on "
+         "the one-hot of its decided class, i.e. the energy of all other class scores. Unexplained share: the "
+         "share outside each image's class means (what the decision map cannot predict at all)."),
+        "",
+        "| vectors | residual share | unexplained share |",
+        "|---|---|---|",
+        f"| G's logits | {_pct(energy['logits']['residual_share'])} | {_pct(energy['logits']['unexplained_share'])} |",
+        (f"| F's input noise(G(x)) | {_pct(energy['f_input']['residual_share'])} | "
+         f"{_pct(energy['f_input']['unexplained_share'])} |"),
+        "",
+        f"![energy per class]({r['figures']['energy']})",
+        "",
+        (f"Spectra: share of the power above {spectrum['high_frequency_cutoff']} cycles/pixel (finer than 4 pixels "
+         f"per period): image {_pct(spectrum['high_frequency_share']['image'])}, residual of G's logits "
+         f"{_pct(spectrum['high_frequency_share']['logits_residual'])}, residual of F's input "
+         f"{_pct(spectrum['high_frequency_share']['f_input_residual'])}."),
+        "",
+        f"![spectra]({r['figures']['spectrum']})",
+        "",
+        "## 4. Pictures",
+        "",
+        ("Per row: the image, ground truth, decision, the residual of G's logits (its 3 principal components as "
+         "RGB, each stretched so that its 1st-99th percentiles fill the range), G's logits minus their class "
+         "means (likewise), then F's reconstructions from the four inputs above with their PSNR. Image edges and "
+         "textures visible inside the regions of one decided class in the residual are detail hidden in the "
+         "segmentation."),
+        "",
+        f"![examples]({r['figures']['examples']})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def format_summary(r: dict[str, Any], run_dir: Path) -> str:
+    """The few lines `cycleseg diagnose` prints."""
+    psnr = r["watermark_gap"]["psnr_db"]
+    gap = r["watermark_gap"]["gap_db"]
+    return "\n".join([
+        f"{r['run']} ({r['noise_label']}), {r['num_images']} {r['split']} images",
+        (f"PSNR dB: noisy {_f(psnr.get('noisy'), 2)}, decision {_f(psnr.get('decision'), 2)}, class means "
+         f"{_f(psnr.get('class_mean'), 2)}, ground truth {_f(psnr.get('ground_truth'), 2)}"),
+        f"watermark gap {_f(gap.get('decision'), 2)} dB (noisy - decision)",
+        (f"residual energy share: G's logits {_pct(r['energy']['logits']['residual_share'])}, F's input "
+         f"{_pct(r['energy']['f_input']['residual_share'])}"),
+        "sensitivity PSNR dB: " + ", ".join(f"{p['snr_target_db']:g} dB -> {_f(p['psnr_db'], 2)}"
+                                            for p in r["sensitivity"]["points"]),
+        (f"wrote {run_dir / ('diagnose_' + r['split'] + '.json')}, {run_dir / r['summary']} and "
+         f"{run_dir / ('diagnose_' + r['split'])}/*.png"),
+    ])
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _noise_label(cfg: Any) -> str:
+    kind = cfg.noise.kind
+    if kind == "quantize":
+        return f"quantize {cfg.noise.bits} bit"
+    if kind == "gaussian":
+        return f"gaussian {cfg.noise.snr_db} dB"
+    return "no noise" if kind == "none" else kind
+
+
+def _class_names(num_classes: int) -> list[str]:
+    return list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [f"class {i}" for i in range(num_classes)]
+
+
+def _miou(conf: Tensor) -> float | None:
+    iou = class_iou(conf.cpu(), min(NUM_EVAL_CLASSES, conf.shape[0]))
+    present = iou[~torch.isnan(iou)]
+    return _finite(100 * present.mean().item()) if len(present) else None
+
+
+def _mean(values: list[Tensor]) -> float | None:
+    return _finite(torch.cat(values).double().mean().item()) if values else None
+
+
+def _ratio(part: Tensor, whole: Tensor) -> float | None:
+    return _finite(float(part) / float(whole)) if float(whole) > 0 else None
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _f(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"

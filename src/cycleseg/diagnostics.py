@@ -1,0 +1,275 @@
+"""Steganography diagnostics: the tensor computations behind `cycleseg diagnose` (plain torch, no I/O).
+
+The paper's argument is that a cycle model without noise hides low-amplitude image detail ("watermarks") in
+G's class scores so that F can rebuild the image from it. These functions measure that channel directly:
+
+- the *decision* of a pixel is argmax over classes of G's logits; everything else in the logit vector is
+  information that the segmentation decision does not carry;
+- `watermark_inputs` builds inputs for F that carry only the decision (the decision one-hot, or each pixel's
+  class-mean vector) or only the ground truth, so that F's PSNR on them can be set beside F's PSNR on the
+  noisy logits it was trained on;
+- `project_on_one_hot` splits each logit vector into its projection on the decision one-hot (the decided
+  class's score) and the residual (all other class scores), whose energy `energy_by_class` sums per class;
+- `add_noise_at_snr` adds Gaussian noise at a target SNR with the equal-SNR rule of `noise.gaussian_sigma`;
+- `radial_power_spectrum` and `high_frequency_share` compare the residual's spatial frequency content with
+  the image's; `principal_components` turns an (S, H, W) residual into 3 maps a person can look at.
+
+Shapes: B images, S classes, C image channels, H x W pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F_
+from torch import Tensor
+
+from cycleseg.metrics import psnr_db, snr_db
+from cycleseg.noise import gaussian_sigma
+
+__all__ = [
+    "INPUTS",
+    "SCALE_REFERENCES",
+    "add_noise_at_snr",
+    "class_mean_field",
+    "decision",
+    "energy_by_class",
+    "high_frequency_share",
+    "one_hot_of",
+    "pixel_norm",
+    "principal_components",
+    "project_on_one_hot",
+    "radial_power_spectrum",
+    "reconstruction_psnrs",
+    "unexplained_energy",
+    "watermark_inputs",
+]
+
+# The inputs given to F for the watermark gap, in the order they are reported.
+INPUTS = ("noisy", "decision", "class_mean", "ground_truth")
+# What the one-hot inputs are scaled against, per pixel: the values F sees in the forward cycle (the noise
+# injection's output), G's logits before the noise injection, or nothing (unit one-hots, as in the backward cycle).
+SCALE_REFERENCES = ("f_input", "logits", "unit")
+
+
+def decision(logits: Tensor) -> Tensor:
+    """(B, S, H, W) logits -> (B, H, W) int64 class indices, the segmentation decision argmax_s."""
+    return logits.argmax(dim=1)
+
+
+def one_hot_of(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B, H, W) class indices -> (B, S, H, W) one-hot; indices outside [0, S) are clamped into it."""
+    return F_.one_hot(labels.long().clamp(0, num_classes - 1), num_classes).permute(0, 3, 1, 2).to(dtype)
+
+
+def pixel_norm(values: Tensor) -> Tensor:
+    """(B, S, H, W) -> (B, 1, H, W): the L2 norm of each pixel's class vector."""
+    return values.pow(2).sum(dim=1, keepdim=True).sqrt()
+
+
+def project_on_one_hot(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Split each pixel's vector into its projection on the one-hot of `labels` and the residual.
+
+    The projection of v on the unit vector e_c is v_c e_c: the score of class c alone. The residual v - v_c e_c
+    holds every other class score, which is what the decision c does not explain. For the logits' own argmax
+    the projection is exactly the max-only noise injection of the paper.
+
+    Args:
+        values: (B, S, H, W) logits (or the noise injection's output).
+        labels: (B, H, W) class indices, usually `decision(logits)`.
+    Returns:
+        (projection, residual), both (B, S, H, W), summing to `values`.
+    """
+    projection = values * one_hot_of(labels, values.shape[1], values.dtype)
+    return projection, values - projection
+
+
+def energy_by_class(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Energy of the residual of `project_on_one_hot` and of the vectors themselves, summed per class.
+
+    Pixels are grouped by `labels` (the decided class), so residual[c] / total[c] is the share of the energy of
+    the pixels decided as class c that the decision does not explain; sums over classes give the overall share.
+    Sums (not means) so that they can be accumulated over a split.
+
+    Args:
+        values: (B, S, H, W); labels: (B, H, W) class indices in [0, S).
+    Returns:
+        (residual, total), both (S,) float64: sum over pixels of class c of ||residual||^2 and of ||values||^2.
+    """
+    num_classes = values.shape[1]
+    _, residual = project_on_one_hot(values, labels)
+    index = labels.reshape(-1).long()
+    res = torch.zeros(num_classes, dtype=torch.float64, device=values.device)
+    tot = torch.zeros(num_classes, dtype=torch.float64, device=values.device)
+    res.index_add_(0, index, residual.double().pow(2).sum(dim=1).reshape(-1))
+    tot.index_add_(0, index, values.double().pow(2).sum(dim=1).reshape(-1))
+    return res, tot
+
+
+def class_mean_field(values: Tensor, labels: Tensor) -> Tensor:
+    """Each pixel's vector replaced by the mean vector of the pixels of the same image with the same label.
+
+    The result carries only the decision map (plus S x S numbers per image, the class means), in the value
+    range F is used to: an input with no per-pixel hidden detail.
+
+    Args:
+        values: (B, S, H, W); labels: (B, H, W) class indices in [0, S).
+    Returns:
+        (B, S, H, W).
+    """
+    num_classes = values.shape[1]
+    member = one_hot_of(labels, num_classes, values.dtype)  # (B, K, H, W), K = S labels
+    sums = torch.einsum("bkhw,bshw->bks", member, values)
+    counts = member.sum(dim=(2, 3)).clamp(min=1).unsqueeze(-1)  # (B, K, 1)
+    return torch.einsum("bkhw,bks->bshw", member, sums / counts)
+
+
+def unexplained_energy(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Energy of values - class_mean_field(values, labels) and of values, summed per class like `energy_by_class`.
+
+    The share of the first in the second is the part of the vectors' energy that the decision map cannot
+    predict even with the best per-image class means: the per-pixel variation within each decided region.
+
+    Args:
+        values: (B, S, H, W); labels: (B, H, W) class indices in [0, S).
+    Returns:
+        (unexplained, total), both (S,) float64, pixels grouped by `labels`.
+    """
+    num_classes = values.shape[1]
+    deviation = values - class_mean_field(values, labels)
+    index = labels.reshape(-1).long()
+    dev = torch.zeros(num_classes, dtype=torch.float64, device=values.device)
+    tot = torch.zeros(num_classes, dtype=torch.float64, device=values.device)
+    dev.index_add_(0, index, deviation.double().pow(2).sum(dim=1).reshape(-1))
+    tot.index_add_(0, index, values.double().pow(2).sum(dim=1).reshape(-1))
+    return dev, tot
+
+
+def watermark_inputs(logits: Tensor, f_input: Tensor, labels: Tensor | None,
+                     scale_to: str = "f_input") -> dict[str, Tensor]:
+    """The inputs of F whose reconstructions the watermark gap compares; each (B, S, H, W).
+
+    - "noisy": `f_input` itself, the noise injection's output noise(G(x)), what F sees in training.
+    - "decision": the one-hot of argmax G(x), scaled per pixel to the L2 norm of the reference (`scale_to`).
+    - "class_mean": `class_mean_field(f_input, argmax G(x))`, only the decision, in F's usual value range.
+    - "ground_truth": the one-hot of `labels`, scaled like "decision" (left out when labels is None).
+
+    Args:
+        logits: G's logits (B, S, H, W); f_input: noise(logits), same shape; labels: (B, H, W) ground truth.
+        scale_to: "f_input" (default: the per-pixel norm of what F sees), "logits" (the norm of G's logits
+            before the noise injection; the same for a run without noise) or "unit" (plain one-hots, the
+            input F gets in the backward cycle).
+    """
+    if scale_to not in SCALE_REFERENCES:
+        raise ValueError(f"scale_to must be one of {', '.join(SCALE_REFERENCES)}, got {scale_to!r}")
+    num_classes = logits.shape[1]
+    decided = decision(logits)
+    scale = {"f_input": lambda: pixel_norm(f_input), "logits": lambda: pixel_norm(logits),
+             "unit": lambda: torch.ones_like(f_input[:, :1])}[scale_to]()
+    inputs = {
+        "noisy": f_input,
+        "decision": one_hot_of(decided, num_classes, f_input.dtype) * scale,
+        "class_mean": class_mean_field(f_input, decided),
+    }
+    if labels is not None:
+        inputs["ground_truth"] = one_hot_of(labels, num_classes, f_input.dtype) * scale
+    return inputs
+
+
+def reconstruction_psnrs(F: Callable[[Tensor], Tensor], image: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """PSNR (eq. 14) of F(input) against `image` (B, 3, H, W) for each input of `watermark_inputs`; each (B,)."""
+    return {name: psnr_db(image, F(value)) for name, value in inputs.items()}
+
+
+def add_noise_at_snr(logits: Tensor, snr_target_db: float,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """logits + sigma * N(0, 1), sigma per image by the equal-SNR rule of `noise.gaussian_sigma`.
+
+    sigma^2 = sum ||logits||^2 / (S H W 10^(snr/10)), so the measured SNR (eq. 11) of each image equals the
+    target up to the randomness of the draw (about 10 log10(1 +- sqrt(2 / (S H W))) dB).
+
+    Args:
+        logits: (B, S, H, W); generator: a torch.Generator on logits' device, for repeatable draws.
+    Returns:
+        (noisy (B, S, H, W), measured SNR in dB (B,)).
+    """
+    sigma = gaussian_sigma(logits, snr_target_db, "equal_snr")
+    draw = torch.randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    noisy = logits + sigma * draw
+    return noisy, snr_db(logits, noisy)
+
+
+def _radius(height: int, width: int, device: torch.device) -> Tensor:
+    """(H, W) spatial frequency radius in cycles per pixel of each FFT coefficient."""
+    fy = torch.fft.fftfreq(height, device=device).view(-1, 1)
+    fx = torch.fft.fftfreq(width, device=device).view(1, -1)
+    return torch.sqrt(fy**2 + fx**2)
+
+
+def _power(maps: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H, W): |FFT|^2 of each mean-free map, summed over the C maps."""
+    centred = maps.double() - maps.double().mean(dim=(2, 3), keepdim=True)
+    return torch.fft.fft2(centred).abs().pow(2).sum(dim=1)
+
+
+def radial_power_spectrum(maps: Tensor, num_bins: int | None = None) -> tuple[Tensor, Tensor]:
+    """Radially averaged power spectrum of mean-free maps, summed over channels.
+
+    Frequencies are radii sqrt(fx^2 + fy^2) in cycles per pixel, binned uniformly on (0, 0.5]; the power of a
+    bin is the mean of |FFT|^2 over the coefficients in it. The DC term (removed with the mean) and the corner
+    coefficients beyond 0.5 cycles/pixel are left out.
+
+    Args:
+        maps: (B, C, H, W), e.g. an image (C = 3) or a residual (C = S).
+        num_bins: default min(H, W) // 2.
+    Returns:
+        (frequency (num_bins,) bin centres, power (B, num_bins) float64; 0 in a bin with no coefficient).
+    """
+    _, _, height, width = maps.shape
+    num_bins = num_bins or max(min(height, width) // 2, 1)
+    radius = _radius(height, width, maps.device).reshape(-1)
+    edges = torch.linspace(0.0, 0.5, num_bins + 1, dtype=torch.float64, device=maps.device)
+    inside = (radius > 0) & (radius <= 0.5)
+    index = (torch.bucketize(radius.double(), edges, right=False) - 1).clamp(0, num_bins - 1)[inside]
+    power = _power(maps).reshape(maps.shape[0], -1)[:, inside]
+    sums = torch.zeros(maps.shape[0], num_bins, dtype=torch.float64, device=maps.device)
+    sums.index_add_(1, index, power)
+    counts = torch.bincount(index, minlength=num_bins).double()
+    centres = (edges[:-1] + edges[1:]) / 2
+    return centres, sums / counts.clamp(min=1)
+
+
+def high_frequency_share(maps: Tensor, cutoff: float = 0.25) -> Tensor:
+    """Share of the (non-DC) power of mean-free maps at radii above `cutoff` cycles/pixel, summed over channels.
+
+    0.25 cycles/pixel is half the Nyquist frequency: detail finer than 4 pixels per period. Coefficients beyond
+    0.5 cycles/pixel (the corners) count as high frequency.
+
+    Args:
+        maps: (B, C, H, W).
+    Returns:
+        (B,) in [0, 1]; NaN for a constant map.
+    """
+    radius = _radius(maps.shape[2], maps.shape[3], maps.device)
+    power = _power(maps)
+    return power[:, radius > cutoff].sum(dim=1) / power.flatten(1).sum(dim=1)
+
+
+def principal_components(maps: Tensor, k: int = 3) -> Tensor:
+    """Project each pixel's vector on the top-k principal directions of its image, for display.
+
+    Args:
+        maps: (B, S, H, W), e.g. a residual.
+    Returns:
+        (B, k, H, W) float32; components beyond the rank (or beyond S) are 0.
+    """
+    b, s, h, w = maps.shape
+    out = torch.zeros(b, k, h, w, dtype=torch.float32, device=maps.device)
+    for i in range(b):
+        x = maps[i].double().reshape(s, -1).T  # (HW, S)
+        x = x - x.mean(dim=0, keepdim=True)
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        comps = (x @ vh[:k].T).T.reshape(-1, h, w)  # (min(k, S), H, W)
+        out[i, : comps.shape[0]] = comps.float()
+    return out

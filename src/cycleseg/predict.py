@@ -1,0 +1,269 @@
+"""Predictions at the original resolution, and the bridge to the official Cityscapes evaluation.
+
+`cycleseg predict RUN_DIR --data DIR --split val|test --out OUT` writes, per image of the split,
+
+    OUT/labelIds/<city>/<name>_labelIds.png         labelIds (mode L) at the image's own size (2048x1024):
+                                                     what evalPixelLevelSemanticLabeling and the benchmark
+                                                     server take; background (trainId 19) is written as 0
+    OUT/color/<city>/<name>_color.png               the same with the official palette (background black)
+    OUT/reconstruction/<city>/<name>_rec.png        x_rec = F(noise(G(x))) at the training size (--reconstruction)
+    OUT/predict.json                                 run, checkpoint, split, data folder, number of images
+
+G runs at the training size; its logits are upsampled bilinearly to the image's size before the argmax, as
+the benchmark evaluates at 2048x1024. `cycleseg evaluate --official` runs `cityscapesscripts`' own
+evaluation on such a folder (official_evaluate), in process, and scores the same files with our metrics
+(score_predictions), so the two can be compared number by number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F_
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cycleseg.checkpoint import LAST
+from cycleseg.config import Config
+from cycleseg.data import (
+    CLASS_NAMES,
+    LABEL_ID_TO_TRAIN_ID,
+    LABEL_SUFFIX,
+    TRAIN_ID_TO_LABEL_ID,
+    Sample,
+    colorize,
+    list_samples,
+    read_label,
+)
+from cycleseg.errors import DataError, RunError
+from cycleseg.evaluate import NUM_EVAL_CLASSES, iou_results, load_run, run_dataset, write_json
+from cycleseg.metrics import confusion_matrix
+from cycleseg.models import Models, resolve_device
+
+__all__ = ["Prediction", "full_res_confusion", "iter_predictions", "official_evaluate", "official_report",
+           "predict_run", "score_predictions", "write_predictions"]
+
+
+@dataclass
+class Prediction:
+    """G's segmentation of one image, at the image's original size."""
+
+    sample: Sample
+    train_ids: np.ndarray  # (H0, W0) uint8 trainIds 0..19, H0 x W0 the size of the image file
+    reconstruction: Tensor | None  # (3, H, W) float32 in [-1, 1] at the training size, or None
+
+
+@torch.no_grad()
+def iter_predictions(models: Models, dataset: Dataset, device: torch.device, batch_size: int = 4,
+                     num_workers: int = 0, seed: int = 0, reconstruction: bool = False,
+                     progress: bool = False) -> Iterator[Prediction]:
+    """G over `dataset` (a split, dataset.samples in order) in batches; per image, its logits upsampled
+    bilinearly to the image's own size, then the argmax.
+
+    reconstruction: also run the forward cycle (cycle models), with the noise drawn from `seed` as in evaluation.
+    """
+    samples: list[Sample] = dataset.samples
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    was_training = models.training
+    models.eval()
+    index = 0
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)  # reproducible Gaussian noise in x_rec, training RNG untouched
+            bar = tqdm(loader, desc="predict", unit="batch", disable=not progress, dynamic_ncols=True)
+            for image, _ in bar:
+                image = image.to(device, non_blocking=True)
+                rec = None
+                if reconstruction and models.is_cycle:
+                    logits, _noisy, rec = models.forward_cycle(image)
+                else:
+                    logits = models.G(image)  # (B, S, H, W)
+                for b in range(image.shape[0]):  # one image at a time: (S, 1024, 2048) float32 is 168 MB
+                    sample = samples[index]
+                    index += 1
+                    with Image.open(sample.image_path) as source:
+                        width, height = source.size
+                    full = F_.interpolate(logits[b:b + 1], size=(height, width), mode="bilinear", align_corners=False)
+                    yield Prediction(sample, full.argmax(dim=1)[0].to(torch.uint8).cpu().numpy(),
+                                     rec[b].float().cpu() if rec is not None else None)
+    finally:
+        models.train(was_training)
+
+
+def full_res_confusion(predictions: Iterator[Prediction], num_classes: int) -> Tensor:
+    """(S, S) confusion matrix of predictions against their labels at the labels' own (original) size."""
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for p in predictions:
+        if p.sample.label_path is None:
+            raise RunError(f"the {p.sample.image_path.parent.parent.name} split has no labels to evaluate against")
+        labels = read_label(p.sample.label_path, p.train_ids.shape)  # already that size: no resizing
+        conf += confusion_matrix(torch.from_numpy(p.train_ids), torch.from_numpy(labels), num_classes)
+    return conf
+
+
+def write_predictions(predictions: Iterator[Prediction], out: Path) -> int:
+    """Write labelIds, colour and (when present) reconstruction PNGs under `out`; returns the image count."""
+    count = 0
+    for p in predictions:
+        city, name = p.sample.city, p.sample.name
+        _save(Image.fromarray(TRAIN_ID_TO_LABEL_ID[p.train_ids].astype(np.uint8), "L"),
+              out / "labelIds" / city / f"{name}_labelIds.png")
+        _save(Image.fromarray(colorize(p.train_ids), "RGB"), out / "color" / city / f"{name}_color.png")
+        if p.reconstruction is not None:
+            rgb = ((p.reconstruction.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            _save(Image.fromarray(rgb, "RGB"), out / "reconstruction" / city / f"{name}_rec.png")
+        count += 1
+    return count
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    except OSError as e:
+        raise RunError(f"{path}: cannot write the prediction ({e.strerror or e}); choose another --out") from None
+
+
+def predict_run(run_dir: str | Path, data_root: str | Path, split: str, out: str | Path, checkpoint: str = LAST,
+                device: str = "auto", reconstruction: bool = False, batch_size: int | None = None,
+                progress: bool = False) -> dict[str, Any]:
+    """`cycleseg predict`: the run's predictions of every image of `split`, written under `out`."""
+    out = Path(out)
+    dev = resolve_device(device)
+    models, cfg = load_run(run_dir, dev, checkpoint)
+    if reconstruction and not models.is_cycle:
+        raise RunError(f"{run_dir}: --reconstruction needs a cycle model; this run is a plain ERFNet (no F)")
+    dataset = run_dataset(cfg, data_root, split)
+    predictions = iter_predictions(models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers,
+                                   cfg.train.seed, reconstruction, progress)
+    count = write_predictions(predictions, out)
+    summary = {"run": str(run_dir), "checkpoint": checkpoint, "split": split, "data": str(data_root),
+               "num_images": count, "size": f"{cfg.data.width}x{cfg.data.height}",
+               "outputs": ["labelIds", "color"] + (["reconstruction"] if reconstruction else [])}
+    write_json(out / "predict.json", summary)
+    return summary
+
+
+def _prediction_files(predictions: Path) -> dict[str, Path]:
+    """<city>_<seq>_<frame> -> the labelIds PNG for it under `predictions` (its labelIds/ folder if it has one)."""
+    folder = predictions / "labelIds" if (predictions / "labelIds").is_dir() else predictions
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*.png")):
+        key = "_".join(path.name.split("_")[:3])
+        if key in found:
+            raise RunError(f"{path}: a second prediction for {key} (the first: {found[key]}); keep one per image")
+        found[key] = path
+    return found
+
+
+def score_predictions(predictions: str | Path, data_root: str | Path, split: str) -> dict[str, Any]:
+    """Our IoU and mIoU of a folder of labelId predictions against the split's labels, at full resolution.
+
+    Same file matching as the official script (<city>_<seq>_<frame>*.png anywhere under the folder), same
+    conventions (ground-truth void ignored; predicting a void id on a class counts against that class).
+    """
+    files = _prediction_files(Path(predictions))
+    conf = torch.zeros(len(CLASS_NAMES), len(CLASS_NAMES), dtype=torch.int64)
+    samples = list_samples(data_root, split)
+    if samples[0].label_path is None:
+        raise RunError(f"the {split} split has no labels; evaluate on train or val")
+    for sample in samples:
+        path = files.get(sample.name)
+        if path is None:
+            raise RunError(f"{predictions}: no prediction for {sample.name}; run `cycleseg predict RUN_DIR --data "
+                           f"{data_root} --split {split} --out {predictions}`")
+        with Image.open(path) as image:
+            pred_ids = np.asarray(image)
+        labels = read_label(sample.label_path, pred_ids.shape[:2])
+        if pred_ids.ndim != 2 or pred_ids.shape != labels.shape:
+            raise RunError(f"{path}: prediction is {pred_ids.shape}, its label {labels.shape}; predictions must be "
+                           "single-channel labelIds at the label's size")
+        pred = LABEL_ID_TO_TRAIN_ID[pred_ids]
+        if (pred < 0).any():
+            raise DataError(f"{path}: values {sorted(set(np.unique(pred_ids[pred < 0]).tolist()))[:10]} are not "
+                            "Cityscapes labelIds")
+        conf += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(labels), len(CLASS_NAMES))
+    return {**iou_results(conf, NUM_EVAL_CLASSES), "num_images": len(samples)}
+
+
+def official_evaluate(predictions: str | Path, data_root: str | Path, split: str,
+                      export: str | Path | None = None) -> dict[str, Any]:
+    """Run cityscapesscripts' evalPixelLevelSemanticLabeling in process on a folder of labelId predictions.
+
+    The script's own code does everything: the ground-truth list (gtFine/<split>/*/*_gtFine_labelIds.png, its
+    search pattern with the split), the matching of each to a prediction (getPrediction) and the scoring
+    (evaluateImgLists). We only hand it a private copy of its settings object instead of environment variables,
+    silence its printing, and turn its sys.exit on an error into a RunError. The instance-level scores (nIoU)
+    are switched off: they need gtFine *_instanceIds.png files and use np.in1d, which NumPy 2.4 removed.
+
+    Returns:
+        {"miou": %, "iou": {class name: % or None (NaN: absent from prediction and ground truth)},
+         "num_images": int, "export": path of the script's JSON or None}.
+    """
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
+
+    predictions = Path(predictions)
+    folder = predictions / "labelIds" if (predictions / "labelIds").is_dir() else predictions
+    gt_search = Path(data_root) / "gtFine" / split / "*" / f"*{LABEL_SUFFIX}"
+    ground_truth = sorted(str(p) for p in Path(data_root).glob(f"gtFine/{split}/*/*{LABEL_SUFFIX}"))
+    if not ground_truth:
+        raise DataError(f"{gt_search}: no ground truth for the official evaluation; it needs the {split} labels")
+    args = copy.copy(cs_eval.args)  # the module's global settings object; never modified
+    args.predictionPath, args.predictionWalk = str(folder), None
+    args.groundTruthSearch = str(gt_search)
+    args.evalInstLevelScore = False
+    args.evalPixelAccuracy = False
+    args.JSONOutput = export is not None
+    args.exportFile = str(export) if export is not None else ""
+    args.quiet, args.colorized, args.bold, args.nocol = True, False, "", ""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            prediction_files = [cs_eval.getPrediction(args, gt) for gt in ground_truth]
+            result = cs_eval.evaluateImgLists(prediction_files, ground_truth, args)
+    except SystemExit:  # the script's printError: "ERROR: ..." then sys.exit(-1)
+        errors = [line for line in printed.getvalue().splitlines() if line.startswith("ERROR")]
+        raise RunError(f"cityscapesscripts evaluation of {folder} failed: {errors[-1] if errors else 'exit'}; "
+                       "predictions must be labelId PNGs named <city>_<seq>_<frame>*.png, one per image, at the "
+                       "label's size (cycleseg predict writes them)") from None
+    iou = {name: _percent_or_none(result["classScores"][name]) for name in CLASS_NAMES[:NUM_EVAL_CLASSES]}
+    return {"miou": _percent_or_none(result["averageScoreClasses"]), "iou": iou, "num_images": len(ground_truth),
+            "export": str(export) if export is not None else None}
+
+
+def official_report(run_dir: Path, data_root: str | Path, split: str, models: Models, cfg: Config,
+                    dataset: Dataset, device: torch.device, predictions: Path | None) -> dict[str, Any]:
+    """`evaluate --official`: labelId predictions (written to RUN_DIR/predictions_<split> unless given), scored by
+    cityscapesscripts and by us on the same files.
+
+    Returns:
+        {"predictions": folder, "cityscapesscripts": {"miou", "iou", "num_images", "export"},
+         "ours": {"miou", "iou", "num_images"}}; the script's full JSON goes to RUN_DIR/official_<split>.json.
+    """
+    if predictions is None:
+        predictions = run_dir / f"predictions_{split}"
+        count = write_predictions(iter_predictions(models, dataset, device, cfg.optim.batch_size, cfg.data.num_workers,
+                                                   cfg.train.seed), predictions)
+        write_json(predictions / "predict.json", {"run": str(run_dir), "split": split, "data": str(data_root),
+                                                  "num_images": count, "outputs": ["labelIds", "color"]})
+    elif not predictions.is_dir():
+        raise RunError(f"{predictions}: predictions folder not found; write one with `cycleseg predict`")
+    ours = score_predictions(predictions, data_root, split)
+    official = official_evaluate(predictions, data_root, split, export=run_dir / f"official_{split}.json")
+    return {"predictions": str(predictions), "cityscapesscripts": official, "ours": ours}
+
+
+def _percent_or_none(value: float) -> float | None:
+    value = float(value)
+    return 100 * value if np.isfinite(value) else None

@@ -1,0 +1,436 @@
+"""The report of a sweep: the paper's Table 2 and Figures 3 and 4, with our numbers beside the paper's.
+
+`build_report(SWEEP_DIR)` reads every run directory of a sweep (config.yaml, eval_val.json, log.jsonl,
+versions.json, and diagnose_val.* when `cycleseg diagnose` has been run) and writes
+
+    SWEEP_DIR/report.md          Markdown, figures linked from report_files/
+    SWEEP_DIR/report.html        one self-contained file, figures embedded
+    SWEEP_DIR/report_files/*.png the figures
+
+The paper's values come from the data file paper_table2.csv next to this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from matplotlib.figure import Figure  # the object API: no GUI backend, no global pyplot state
+
+from cycleseg.data import CLASS_NAMES, CityscapesDataset, colorize
+from cycleseg.errors import RunError
+from cycleseg.evaluate import load_run
+from cycleseg.models import resolve_device
+from cycleseg.sweep import SWEEP_FILE
+
+__all__ = ["RunRecord", "build_report", "choose_runs", "collect_runs", "load_paper_table", "table2_key",
+           "table2_rows"]
+
+FILES = "report_files"
+EVAL_CLASSES = CLASS_NAMES[:19]  # mIoU is over the 19 Cityscapes classes
+
+
+@dataclass
+class RunRecord:
+    """What the report needs of one run directory."""
+
+    name: str
+    run_dir: Path
+    config: dict[str, Any]
+    results: dict[str, Any] | None  # eval_val.json (else metrics.json); None if never evaluated
+    log: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return table2_key(self.config)
+
+    @property
+    def is_cycle(self) -> bool:
+        return self.config["model"]["kind"] == "cyclegan"
+
+    def value(self, name: str) -> float | None:
+        return None if self.results is None else self.results.get(name)
+
+
+def load_paper_table() -> list[dict[str, Any]]:
+    """The paper's Table 2 rows: key, label, snr_db, miou, psnr_db (None where the paper gives no value)."""
+    text = resources.files("cycleseg").joinpath("paper_table2.csv").read_text()
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return [{"key": r["key"], "label": r["label"],
+             **{k: float(r[k]) if r[k].strip() else None for k in ("snr_db", "miou", "psnr_db")}} for r in rows]
+
+
+def table2_key(config: dict[str, Any]) -> str:
+    """The Table 2 row a run belongs to: plain, none, max_only, quantize:N or gaussian:SNR (as the CSV writes it)."""
+    noise = config["noise"]
+    if config["model"]["kind"] == "plain":
+        return "plain"
+    if noise["kind"] == "quantize":
+        return f"quantize:{noise['bits']}"
+    if noise["kind"] == "gaussian":
+        rule = "" if noise.get("sigma_rule", "equal_snr") == "equal_snr" else f":{noise['sigma_rule']}"
+        return f"gaussian:{float(noise['snr_db']):g}{rule}"
+    return noise["kind"]
+
+
+def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
+    """Every run directory of a sweep (in sweep.json's order when there is one)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise RunError(f"{sweep_dir}: sweep folder not found; run `cycleseg sweep ... --out {sweep_dir}` first")
+    order: list[str] = []
+    if (sweep_dir / SWEEP_FILE).is_file():
+        order = json.loads((sweep_dir / SWEEP_FILE).read_text()).get("runs", [])
+    dirs = sorted((d for d in sweep_dir.iterdir() if (d / "config.yaml").is_file()),
+                  key=lambda d: (order.index(d.name) if d.name in order else len(order), d.name))
+    if not dirs:
+        raise RunError(f"{sweep_dir}: no run directories (folders with config.yaml) in it")
+    return [_read_run(d) for d in dirs]
+
+
+def table2_rows(runs: list[RunRecord], paper: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run in the paper's order: ours and the paper's SNR, mIoU, PSNR, and the differences."""
+    by_key = {p["key"]: (i, p) for i, p in enumerate(paper)}
+    rows = []
+    for run in runs:
+        index, ref = by_key.get(run.key, (len(paper), None))
+        row = {"run": run.name, "label": ref["label"] if ref else _label(run.config), "order": index,
+               "evaluated": run.results is not None}
+        for metric in ("snr_db", "miou", "psnr_db"):
+            ours, theirs = run.value(metric), ref[metric] if ref else None
+            row[metric] = ours
+            row[f"paper_{metric}"] = theirs
+            row[f"diff_{metric}"] = None if ours is None or theirs is None else ours - theirs
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["order"])
+
+
+def choose_runs(runs: list[RunRecord], names: list[str] | None = None) -> list[RunRecord]:
+    """The runs of Figures 3 and 4: `names`, or plain, no noise, 2-bit quantization and the best Gaussian."""
+    evaluated = [r for r in runs if r.results is not None]
+    if names:
+        by_name = {r.name: r for r in evaluated}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise RunError(f"--runs {','.join(missing)}: no evaluated run of that name; have "
+                           f"{', '.join(by_name) or 'none'}")
+        return [by_name[n] for n in names]
+    chosen = [next((r for r in evaluated if r.key == key), None) for key in ("plain", "none", "quantize:2")]
+    gaussians = [r for r in evaluated if r.key.startswith("gaussian") and r.value("miou") is not None]
+    chosen.append(max(gaussians, key=lambda r: r.value("miou")) if gaussians else None)
+    chosen = [r for r in chosen if r is not None]
+    return chosen or evaluated[:4]
+
+
+def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, runs: list[str] | None = None,
+                 num_examples: int = 3, device: str = "auto") -> tuple[Path, Path]:
+    """Write report.md, report.html and report_files/ into `sweep_dir`; returns the two report paths.
+
+    Figure 3 runs the chosen models on `num_examples` validation images of `data_root` (default: the data
+    folder in the runs' config); it is left out, with a note, when that folder is not there.
+    """
+    sweep_dir = Path(sweep_dir)
+    records = collect_runs(sweep_dir)
+    paper = load_paper_table()
+    rows = table2_rows(records, paper)
+    chosen = choose_runs(records, runs)
+    files = sweep_dir / FILES
+    files.mkdir(exist_ok=True)
+
+    figures: dict[str, Path] = {}
+    if chosen:
+        figures["class_iou"] = _save(plot_class_iou(chosen), files / "class_iou.png")
+    root = Path(data_root) if data_root else Path(chosen[0].config["data"]["root"]) if chosen else None
+    examples_note = ""
+    if chosen and root is not None and (root / "leftImg8bit" / "val").is_dir():
+        figures["examples"] = _save(plot_examples(chosen, root, num_examples, resolve_device(device)),
+                                    files / "examples.png")
+    else:
+        examples_note = f"Figure 3 left out: no validation images at {root}; pass --data DIR."
+    for r in records:
+        if r.log:
+            figures[f"curves_{r.name}"] = _save(plot_curves(r), files / f"curves_{_slug(r.name)}.png")
+
+    sections = _sections(records, rows, chosen, figures, examples_note, sweep_dir)
+    md_path, html_path = sweep_dir / "report.md", sweep_dir / "report.html"
+    md_path.write_text(_markdown(sections, sweep_dir))
+    html_path.write_text(_html(sections, sweep_dir))
+    return md_path, html_path
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+def plot_class_iou(runs: list[RunRecord]) -> Figure:
+    """Figure 4: IoU of each of the 19 classes, one bar per run."""
+    fig = Figure(figsize=(13, 4.2))
+    ax = fig.subplots()
+    width = 0.8 / len(runs)
+    x = np.arange(len(EVAL_CLASSES))
+    for i, run in enumerate(runs):
+        iou = run.results.get("iou", {})
+        values = [iou.get(c) if iou.get(c) is not None else 0.0 for c in EVAL_CLASSES]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, label=f"{run.name} ({_fmt(run.value('miou'), 1)} %)")
+    ax.set_xticks(x, EVAL_CLASSES, rotation=45, ha="right")
+    ax.set_ylabel("IoU %")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="run (mIoU)", fontsize=8, ncols=min(4, len(runs)))
+    ax.set_title("Class-wise IoU on the validation split (Figure 4)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(run: RunRecord) -> Figure:
+    """Training losses over iterations and validation mIoU over epochs of one run."""
+    fig = Figure(figsize=(11, 3.2))
+    ax_loss, ax_val = fig.subplots(1, 2)
+    loss_keys = sorted({k for e in run.log for k in e if k.startswith("loss/")})
+    for k in loss_keys:
+        points = [(e["step"], e[k]) for e in run.log if e.get(k) is not None]
+        if points:
+            ax_loss.plot(*zip(*points, strict=True), label=k.removeprefix("loss/"), linewidth=1)
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("loss")
+    if loss_keys:
+        ax_loss.legend(fontsize=7)
+    ax_loss.set_title(f"{run.name}: training losses")
+    vals = [(e["epoch"] + 1, e["val/miou"]) for e in run.log if e.get("val/miou") is not None]
+    if vals:
+        ax_val.plot(*zip(*vals, strict=True), marker="o")
+    ax_val.set_xlabel("epoch")
+    ax_val.set_ylabel("validation mIoU %")
+    ax_val.set_title(f"{run.name}: validation mIoU")
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def plot_examples(runs: list[RunRecord], data_root: Path, num_images: int, device: torch.device) -> Figure:
+    """Figure 3: validation images, ground truth, each run's prediction (and reconstruction for cycle models)."""
+    size = (runs[0].config["data"]["height"], runs[0].config["data"]["width"])
+    dataset = CityscapesDataset(data_root, "val", size)
+    indices = np.unique(np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).round().astype(int))
+    columns: list[tuple[str, list[np.ndarray]]] = [("image", []), ("ground truth", [])]
+    batch = [dataset[int(i)] for i in indices]
+    images = torch.stack([b[0] for b in batch])
+    columns[0][1].extend(_to_rgb(images))
+    columns[1][1].extend(colorize(b[1].numpy()) for b in batch)
+    for run in runs:
+        models, cfg = load_run(run.run_dir, device)
+        models.eval()
+        if (cfg.data.height, cfg.data.width) != size:
+            raise RunError(f"{run.run_dir}: trained at {cfg.data.width}x{cfg.data.height}, the other chosen runs at "
+                           f"{size[1]}x{size[0]}; choose runs of one size with --runs")
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.train.seed)  # Gaussian noise as in evaluation
+            if models.is_cycle:
+                logits, _, reconstruction = models.forward_cycle(images.to(device))
+            else:
+                logits, reconstruction = models.G(images.to(device)), None
+        columns.append((f"{run.name}\nprediction", [colorize(p) for p in logits.argmax(1).cpu().numpy()]))
+        if reconstruction is not None:
+            columns.append((f"{run.name}\nreconstruction", _to_rgb(reconstruction.cpu())))
+    rows, cols = len(indices), len(columns)
+    col_width, aspect = 1.8, size[1] / size[0]
+    fig = Figure(figsize=(cols * col_width, rows * (col_width / aspect + 0.1) + 0.9))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for c, (title, pictures) in enumerate(columns):
+        for r in range(rows):
+            axes[r][c].imshow(pictures[r])
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+        axes[0][c].set_title(title, fontsize=7)
+    fig.suptitle("Validation examples (Figure 3)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _to_rgb(images: torch.Tensor) -> list[np.ndarray]:
+    """(B, 3, H, W) in [-1, 1] -> B arrays (H, W, 3) uint8."""
+    return list(((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- content
+
+@dataclass
+class _Section:
+    title: str
+    text: str = ""  # a paragraph (plain text)
+    table: tuple[list[str], list[list[str]]] | None = None  # header, rows
+    figures: list[Path] = field(default_factory=list)
+    code: list[tuple[str, str]] = field(default_factory=list)  # (summary, preformatted text), collapsed in HTML
+
+
+def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list[RunRecord],
+              figures: dict[str, Path], examples_note: str, sweep_dir: Path) -> list[_Section]:
+    header = ["run", "row of Table 2", "SNR dB", "paper", "mIoU %", "paper", "Δ", "PSNR dB", "paper", "Δ"]
+    body = [[r["run"], r["label"] + ("" if r["evaluated"] else " (not evaluated)"),
+             _fmt(r["snr_db"], 2), _fmt(r["paper_snr_db"], 2),
+             _fmt(r["miou"], 1), _fmt(r["paper_miou"], 1), _fmt(r["diff_miou"], 1, sign=True),
+             _fmt(r["psnr_db"], 2), _fmt(r["paper_psnr_db"], 2), _fmt(r["diff_psnr_db"], 2, sign=True)]
+            for r in rows]
+    sizes = sorted({f"{r.config['data']['width']}x{r.config['data']['height']}, {r.config['optim']['epochs']} epochs"
+                    for r in records})
+    sections = [
+        _Section("Table 2: SNR, mIoU and PSNR beside the paper",
+                 f"{len(records)} runs in {sweep_dir} ({'; '.join(sizes)}); the paper: Cityscapes val at 512x256, "
+                 "200 epochs. Δ = ours − paper. SNR is the measured mean per-image SNR of the noise (eq. 11); "
+                 "PSNR that of the forward-cycle reconstruction (eq. 14).", table=(header, body)),
+        _Section("Figure 4: class-wise IoU", "Runs: " + ", ".join(r.name for r in chosen) + ".",
+                 figures=[figures["class_iou"]] if "class_iou" in figures else []),
+        _Section("Figure 3: validation examples",
+                 examples_note or "Each row one validation image; columns: the image, the ground truth, then each "
+                 "chosen run's prediction and, for cycle models, its reconstruction F(noise(G(x))).",
+                 figures=[figures["examples"]] if "examples" in figures else []),
+        _Section("Training curves", "Losses per iteration (log.jsonl) and validation mIoU per epoch of every run.",
+                 figures=[figures[k] for k in figures if k.startswith("curves_")]),
+    ]
+    diagnosed = [(r, r.run_dir / "diagnose_val.json") for r in records if (r.run_dir / "diagnose_val.json").is_file()]
+    if diagnosed:
+        section = _Section("Diagnostics: the watermarks",
+                           "From `cycleseg diagnose` (see each run's diagnose_val.md).")
+        for r, path in diagnosed:
+            flat = _flat_numbers(json.loads(path.read_text()))
+            section.code.append((f"{r.name}: diagnose_val.json", "\n".join(f"{k}: {v:.4g}" for k, v in flat)))
+            section.figures += sorted((r.run_dir / "diagnose_val").glob("*.png"))
+        sections.append(section)
+    configs = _Section("Configurations and software", "The resolved config.yaml and versions.json of every run.")
+    for r in records:
+        configs.code.append((f"{r.name}: config", yaml.safe_dump(r.config, sort_keys=False)))
+        versions = ", ".join(f"{k} {v}" for k, v in r.versions.items()) or "not recorded"
+        configs.code.append((f"{r.name}: software", versions))
+    sections.append(configs)
+    return sections
+
+
+def _markdown(sections: list[_Section], base: Path) -> str:
+    out = ["# cycleseg report", ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        if s.text:
+            out += [s.text, ""]
+        if s.table:
+            header, body = s.table
+            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            out += ["| " + " | ".join(row) + " |" for row in body]
+            out.append("")
+        for fig in s.figures:
+            out += [f"![{fig.stem}]({fig.relative_to(base).as_posix()})", ""]
+        for summary, text in s.code:
+            out += [f"**{summary}**", "", "```", text.rstrip(), "```", ""]
+    return "\n".join(out)
+
+
+def _html(sections: list[_Section], base: Path) -> str:
+    body = []
+    for s in sections:
+        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        if s.text:
+            body.append(f"<p>{html.escape(s.text)}</p>")
+        if s.table:
+            header, rows = s.table
+            body.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                        + "</tr></thead><tbody>")
+            body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+            body.append("</tbody></table>")
+        for fig in s.figures:
+            data = base64.b64encode(fig.read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(fig.stem)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(fig.relative_to(base).as_posix())}</figcaption></figure>")
+        for summary, text in s.code:
+            body.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
+    return _HTML_PAGE.format(body="\n".join(body))
+
+
+# A check a browser runs: every embedded figure decoded (the browser test reads data-images).
+_HTML_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>cycleseg report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+th {{ background: #f0f0f0; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
+img {{ max-width: 100%; }} figure {{ margin: 1em 0; }} figcaption {{ color: #777; font-size: 0.8em; }}
+pre {{ background: #f7f7f7; padding: 0.6em; overflow-x: auto; }}
+</style></head>
+<body>
+<h1>cycleseg report</h1>
+{body}
+<script>
+window.addEventListener("load", () => {{
+  const images = Array.from(document.images);
+  const ok = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.images = ok + "/" + images.length;
+}});
+</script>
+</body></html>
+"""
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+def _read_run(run_dir: Path) -> RunRecord:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    results = None
+    for name in ("eval_val.json", "metrics.json"):
+        if (run_dir / name).is_file():
+            results = json.loads((run_dir / name).read_text())
+            break
+    log = []
+    if (run_dir / "log.jsonl").is_file():
+        for line in (run_dir / "log.jsonl").read_text().splitlines():
+            try:
+                log.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash: the rest of the log is still worth plotting
+    versions = json.loads((run_dir / "versions.json").read_text()) if (run_dir / "versions.json").is_file() else {}
+    return RunRecord(run_dir.name, run_dir, config, results, log, versions)
+
+
+def _label(config: dict[str, Any]) -> str:
+    """A row name for a run that is not in the paper's table, e.g. "Gaussian 5.1 dB" or "Gaussian 7.38 dB (paper_eq13)"."""
+    kind, _, rest = table2_key(config).partition(":")
+    if kind == "gaussian":
+        snr, _, rule = rest.partition(":")
+        return f"Gaussian {snr} dB" + (f" ({rule})" if rule else "")
+    return f"quantize {rest} bit" if kind == "quantize" else kind
+
+
+def _fmt(value: float | None, digits: int, sign: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _flat_numbers(data: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, number) for every number in nested dicts; lists of numbers are skipped (curves)."""
+    out = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out += _flat_numbers(v, f"{prefix}{k}.")
+    elif isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(data):
+        out.append((prefix.rstrip("."), float(data)))
+    return out
