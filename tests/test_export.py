@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from cycleseg.cli import main  # noqa: E402 -- after the skip
-from cycleseg.evaluate import load_run  # noqa: E402
-from cycleseg.export import check_onnx, export_onnx  # noqa: E402
+from cycleseg.cli import main
+from cycleseg.evaluate import load_run
+from cycleseg.export import check_onnx, export_onnx
 
 ERFNET_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "erfnet.yaml")
 TINY = ["data.height=32", "data.width=64", "optim.batch_size=4", "optim.epochs=1", "optim.decay_start_epoch=0",

@@ -16,6 +16,7 @@ examples:
   cycleseg train configs/cyclegan.yaml --data data/synthetic --out runs/quant2 noise.kind=quantize noise.bits=2
   cycleseg evaluate runs/quant2 --data data/synthetic
   cycleseg table runs/plain runs/nonoise runs/quant2
+  cycleseg diagnose runs/nonoise --data data/synthetic
 """
 
 
@@ -182,14 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "diagnose", help="measure and show the watermarks a cycle model hides in its class scores",
-        description="Steganography diagnostics of a cycle run on a split: (1) the watermark gap, PSNR of "
-                    "F(noise(G(x))) minus PSNR of F fed only the decision argmax G(x) (one-hot scaled to the "
-                    "per-pixel norm of F's usual input), beside F fed each pixel's class-mean vector and the "
-                    "ground-truth one-hot; (2) PSNR and mIoU as extra Gaussian noise at each SNR is added to "
-                    "G's logits; (3) the share of the logits' energy outside the decision one-hot, per class, "
-                    "and its power spectrum beside the image's; (4) pictures of the amplified residuals and "
-                    "F's outputs. Writes RUN_DIR/diagnose_<split>.json, RUN_DIR/diagnose_<split>.md and "
-                    "figures in RUN_DIR/diagnose_<split>/; seeded, so results repeat.",
+        description="Steganography diagnostics of a cycle run on a split, seeded so that results repeat:\n"
+                    "  1. watermark gap: PSNR of F(noise(G(x))) minus PSNR of F fed only the decision argmax G(x)\n"
+                    "     (its one-hot, scaled to the per-pixel norm of F's usual input), beside F fed each\n"
+                    "     pixel's class-mean vector and F fed the ground-truth one-hot;\n"
+                    "  2. sensitivity: PSNR and mIoU as extra Gaussian noise at each SNR is added to G's logits;\n"
+                    "  3. energy: share of the logits' energy outside the decision one-hot, per class, and its\n"
+                    "     power spectrum beside the image's;\n"
+                    "  4. pictures: the residuals amplified to full range, and F's outputs.\n"
+                    "Writes RUN_DIR/diagnose_<split>.json, RUN_DIR/diagnose_<split>.md and figures in\n"
+                    "RUN_DIR/diagnose_<split>/.",
         epilog="example:\n  cycleseg diagnose runs/demo/cyclegan --data data/synthetic --max-images 60",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the --out folder of `cycleseg train` (a cycle model)")
@@ -285,6 +288,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cycleseg.train import train
 
     metrics = train(cfg, out, resume=args.resume is not None)
+    from cycleseg.distributed import is_main
+
+    if not is_main():  # under torchrun, rank 0 speaks for all
+        return 0
     print(f"{cfg.name}: mIoU {_fmt(metrics.get('miou'), 1)} %, PSNR {_fmt(metrics.get('psnr_db'), 2)} dB, "
           f"SNR {_fmt(metrics.get('snr_db'), 2)} dB after {metrics['iterations']} iterations "
           f"({metrics['train_seconds']} s); run in {out}")

@@ -88,6 +88,7 @@ class OptimConfig:
     epochs: int = 200  # total epochs
     decay_start_epoch: int = 100  # constant LR before this epoch, then linear decay to 0 at `epochs`
     pool_size: int = 50  # image history buffer for D_X
+    kernel: str = "auto"  # Adam implementation: auto (fused) | fused | foreach | loop
 
 
 @dataclass
@@ -101,6 +102,10 @@ class TrainConfig:
     checkpoint_every: int = 500  # iterations between checkpoints (last.pt); 0 = at epoch ends only
     keep_checkpoints: int = 0  # also keep a copy of the last N epochs' checkpoints (epoch_NNNN.pt)
     max_nonfinite: int = 10  # stop after this many iterations in a row with a NaN/inf loss or gradient
+    # speed (README "Performance"); fp32 keeps the paper's numerics bit for bit
+    precision: str = "auto"  # fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto
+    channels_last: bool = True  # NHWC memory format for the convolutions
+    compile: bool = False  # torch.compile the networks (slow first iterations, needs a C++ compiler on CPU)
 
 
 @dataclass
@@ -268,6 +273,10 @@ def _validate(cfg: Config, source: str) -> None:
         fail("train.max_nonfinite", f"must be >= 1, got {t.max_nonfinite}")
     if t.max_iters is not None and t.max_iters < 1:
         fail("train.max_iters", f"must be >= 1 or null, got {t.max_iters}")
+    if t.precision not in ("fp32", "bf16", "fp16", "auto"):
+        fail("train.precision", f"must be fp32, bf16, fp16 or auto, got {t.precision!r}")
+    if o.kernel not in ("auto", "fused", "foreach", "loop"):
+        fail("optim.kernel", f"must be auto, fused, foreach or loop, got {o.kernel!r}")
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         fail("train.device", f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
 

@@ -29,15 +29,18 @@ __all__ = ["evaluate_models", "evaluate_run", "format_results", "iou_results", "
 NUM_EVAL_CLASSES = 19  # mIoU is over the 19 Cityscapes classes; background is not evaluated
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, distributed: bool = False) -> dict[str, Any]:
     """Run G (and the forward cycle) over `batches` of (image (B,3,H,W), labels (B,H,W)) and score them.
+
+    With `distributed`, each process scores its own share of the images and the confusion matrices and the
+    PSNR/SNR sums are added over the processes (all_reduce), so every rank gets the single-process result.
 
     Returns:
         {"miou": % or None, "iou": {class name: % or None}, "psnr_db": dB or None, "snr_db": dB or None,
          "num_images": int}. None stands for NaN (class absent) and for "not applicable" (plain model, or
-        no noise, whose SNR is infinite).
+         no noise, whose SNR is infinite).
     """
     was_training = models.training
     models.eval()
@@ -57,10 +60,24 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
             count += image.shape[0]
     models.train(was_training)
 
+    if not distributed:
+        psnr = torch.cat(psnrs).mean().item() if psnrs else None
+        snr = torch.cat(snrs).mean().item() if snrs else None
+    else:
+        from cycleseg.distributed import all_reduce_sum
+
+        sums = torch.tensor([float(torch.cat(psnrs).double().sum()) if psnrs else 0.0, sum(len(p) for p in psnrs),
+                             float(torch.cat(snrs).double().sum()) if snrs else 0.0, sum(len(v) for v in snrs),
+                             count], dtype=torch.float64, device=device)
+        all_reduce_sum(conf)
+        all_reduce_sum(sums)
+        psnr = (sums[0] / sums[1]).item() if models.is_cycle else None
+        snr = (sums[2] / sums[3]).item() if models.is_cycle else None
+        count = int(sums[4].item())
     return {
         **iou_results(conf.cpu(), NUM_EVAL_CLASSES),
-        "psnr_db": _finite_or_none(torch.cat(psnrs).mean().item()) if psnrs else None,
-        "snr_db": _finite_or_none(torch.cat(snrs).mean().item()) if snrs else None,
+        "psnr_db": _finite_or_none(psnr) if psnr is not None else None,
+        "snr_db": _finite_or_none(snr) if snr is not None else None,
         "num_images": count,
     }
 

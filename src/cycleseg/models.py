@@ -44,15 +44,18 @@ class Models(nn.Module):
         return self.F is not None
 
     def forward_cycle(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x -> logits = G(x) -> noisy = noise(logits) -> x_rec = F(noisy); returns (logits, noisy, x_rec)."""
-        logits = self.G(image)
+        """x -> logits = G(x) -> noisy = noise(logits) -> x_rec = F(noisy); returns (logits, noisy, x_rec).
+
+        Network outputs are cast to fp32 (a no-op without autocast): the noise and the losses stay fp32.
+        """
+        logits = self.G(image).float()
         noisy = self.noise(logits)
-        return logits, noisy, self.F(noisy)
+        return logits, noisy, self.F(noisy).float()
 
     def backward_cycle(self, labels: Tensor) -> tuple[Tensor, Tensor]:
         """y -> x_fake = F(one_hot(y)) -> logits_rec = G(x_fake); returns (x_fake, logits_rec)."""
-        fake = self.F(one_hot(labels, self.num_classes))
-        return fake, self.G(fake)
+        fake = self.F(one_hot(labels, self.num_classes)).float()
+        return fake, self.G(fake).float()
 
 
 def build_models(model: ModelConfig, noise: NoiseConfig) -> Models:

@@ -1,0 +1,153 @@
+"""Training speed: the eager fp32 reference beside each speed option alone and all of them together.
+
+One training iteration of the cycle model (Table 1: generator step with both cycles, then the discriminator
+step) at batch 4 on random data. Each variant runs in its own process, so its peak memory is its own.
+
+    .venv/bin/python benchmarks/bench_train.py                       # 512x256 and 128x64, CPU (and CUDA if present)
+    .venv/bin/python benchmarks/bench_train.py --sizes 256x128 --iters 3 --out bench_train
+
+Writes OUT.json and OUT.md (a Markdown table with times relative to eager fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = {  # name: train/optim settings; "eager fp32" is the reference implementation's way
+    "eager fp32": {"precision": "fp32", "channels_last": False, "kernel": "loop", "compile": False},
+    "+ channels_last": {"precision": "fp32", "channels_last": True, "kernel": "loop", "compile": False},
+    "+ bf16 autocast": {"precision": "bf16", "channels_last": False, "kernel": "loop", "compile": False},
+    "+ fused Adam": {"precision": "fp32", "channels_last": False, "kernel": "fused", "compile": False},
+    "+ torch.compile": {"precision": "fp32", "channels_last": False, "kernel": "loop", "compile": True},
+    "all (defaults)": {"precision": "auto", "channels_last": True, "kernel": "fused", "compile": False},
+    "all + compile": {"precision": "auto", "channels_last": True, "kernel": "fused", "compile": True},
+}
+
+
+def measure(variant: str, size: tuple[int, int], device: str, iters: int, warmup: int, threads: int) -> dict:
+    """Time `iters` training iterations of one variant in this process."""
+    import torch
+
+    from cycleseg.config import Config, ModelConfig, NoiseConfig
+    from cycleseg.models import build_models
+    from cycleseg.pool import ImagePool
+    from cycleseg.precision import make_adam, resolve_precision, to_memory_format
+    from cycleseg.train import discriminator_step, generator_step
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    opts = VARIANTS[variant]
+    dev = torch.device(device)
+    cfg = Config()
+    amp = resolve_precision(opts["precision"], dev)
+    models = build_models(ModelConfig(), NoiseConfig(kind="quantize", bits=2)).to(dev)
+    if opts["channels_last"]:
+        models.to(memory_format=torch.channels_last)
+    opt_g = make_adam(list(models.G.parameters()) + list(models.F.parameters()), 2e-4, (0.5, 0.999),
+                      opts["kernel"], dev)
+    opt_d = make_adam(list(models.D.parameters()), 2e-4, (0.5, 0.999), opts["kernel"], dev)
+    if opts["compile"]:
+        for net in (models.G, models.F, models.D):
+            net.compile()
+    pool = ImagePool(50)
+    image = to_memory_format(torch.rand(4, 3, *size, device=dev) * 2 - 1, opts["channels_last"])
+    labels = torch.randint(0, 20, (4, *size), device=dev)
+
+    def iteration() -> None:
+        _, fake = generator_step(models, opt_g, image, labels, cfg, amp=amp)
+        discriminator_step(models, opt_d, image, fake, pool, amp=amp)
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(warmup):
+        iteration()
+    warm = time.perf_counter() - start
+    times = []
+    for _ in range(iters):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        iteration()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"variant": variant, "size": f"{size[1]}x{size[0]}", "device": device, "precision": amp.name,
+            "seconds_per_iter": times[len(times) // 2], "iters_per_s": 1 / times[len(times) // 2],
+            "warmup_seconds": warm, "peak_memory_mb": peak / 2**20, "memory": "cuda allocated" if dev.type == "cuda"
+            else "process max RSS"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="512x256,128x64", help="WIDTHxHEIGHT list (default 512x256,128x64)")
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compilation happens here)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: this machine)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
+    parser.add_argument("--devices", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
+    parser.add_argument("--out", default="benchmarks/results/bench_train", help="output path without suffix")
+    parser.add_argument("--_one", help=argparse.SUPPRESS)  # internal: run one variant in this process
+    args = parser.parse_args()
+    if args._one:
+        variant, size, device = json.loads(args._one)
+        print(json.dumps(measure(variant, tuple(size), device, args.iters, args.warmup, args.threads)))
+        return
+
+    import torch
+
+    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    sizes = [tuple(int(v) for v in s.split("x"))[::-1] for s in args.sizes.split(",")]
+    results = []
+    for device in devices:
+        for size in sizes:
+            for variant in args.variants.split(","):
+                one = json.dumps([variant, size, device])
+                proc = subprocess.run([sys.executable, __file__, "--_one", one, "--iters", str(args.iters),
+                                       "--warmup", str(args.warmup), "--threads", str(args.threads)],
+                                      capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    print(f"{device} {size} {variant}: failed: {proc.stderr.strip().splitlines()[-1:]}")
+                    continue
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                results.append(r)
+                print(f"{device:<5} {r['size']:>8} {variant:<16} {r['seconds_per_iter']:.3f} s/it "
+                      f"({r['precision']}), peak {r['peak_memory_mb']:.0f} MB", flush=True)
+    write(results, Path(args.out), args)
+
+
+def write(results: list[dict], out: Path, args: argparse.Namespace) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    meta = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
+            "threads": args.threads, "batch": 4, "iters": args.iters, "warmup": args.warmup}
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    lines = [(f"torch {meta['torch']}, {args.threads} threads, batch 4, median of {args.iters} iterations after "
+              f"{args.warmup} warm-up"), "",
+             "| device | size | variant | precision | s/iter | it/s | time vs eager | peak MB | memory vs eager |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        ref = next((x for x in results if x["variant"] == "eager fp32" and x["size"] == r["size"]
+                    and x["device"] == r["device"]), None)
+        rel_t = f"{r['seconds_per_iter'] / ref['seconds_per_iter']:.2f}x" if ref else "–"
+        rel_m = f"{r['peak_memory_mb'] / ref['peak_memory_mb']:.2f}x" if ref else "–"
+        lines.append(f"| {r['device']} | {r['size']} | {r['variant']} | {r['precision']} | "
+                     f"{r['seconds_per_iter']:.3f} | {r['iters_per_s']:.2f} | {rel_t} | {r['peak_memory_mb']:.0f} | "
+                     f"{rel_m} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
