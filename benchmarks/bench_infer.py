@@ -42,7 +42,7 @@ def variants(G: torch.nn.Module, x: torch.Tensor, device: torch.device) -> dict[
     """name -> a call that segments the batch x (B, 3, H, W)."""
     G_cl = copy.deepcopy(G).eval().to(memory_format=torch.channels_last)
     x_cl = to_memory_format(x, True)
-    amp = resolve_precision("auto", device)
+    amp = resolve_precision("bf16" if device.type == "cpu" else "auto", device)
 
     def eager() -> object:
         with torch.no_grad():

@@ -26,8 +26,10 @@ VARIANTS = {  # name: train/optim settings; "eager fp32" is the reference implem
     "+ bf16 autocast": {"precision": "bf16", "channels_last": False, "kernel": "loop", "compile": False},
     "+ fused Adam": {"precision": "fp32", "channels_last": False, "kernel": "fused", "compile": False},
     "+ torch.compile": {"precision": "fp32", "channels_last": False, "kernel": "loop", "compile": True},
-    "all (defaults)": {"precision": "auto", "channels_last": True, "kernel": "fused", "compile": False},
-    "all + compile": {"precision": "auto", "channels_last": True, "kernel": "fused", "compile": True},
+    "defaults (auto)": {"precision": "auto", "channels_last": True, "kernel": "auto", "compile": False},
+    "all: bf16 + channels_last + fused Adam": {"precision": "bf16", "channels_last": True, "kernel": "fused",
+                                         "compile": False},
+    "all + compile": {"precision": "bf16", "channels_last": True, "kernel": "fused", "compile": True},
 }
 
 

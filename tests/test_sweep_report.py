@@ -226,3 +226,17 @@ def test_html_report_renders_in_a_headless_browser(interrupted_sweep, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'data-images="5/5"' in result.stdout  # every embedded figure decoded by the browser
     assert "Uncaught" not in result.stderr
+
+
+def test_report_includes_diagnostics_when_present(interrupted_sweep, tmp_path):
+    out = tmp_path / "sweep"
+    shutil.copytree(interrupted_sweep["out"], out)
+    run = out / "b_nonoise"
+    (run / "diagnose_val").mkdir()
+    shutil.copy(out / "report_files" / "class_iou.png" if (out / "report_files").exists()
+                else next((interrupted_sweep["out"] / "report_files").glob("*.png")), run / "diagnose_val" / "gap.png")
+    (run / "diagnose_val.md").write_text("# Diagnostics\nwatermark gap 1.23 dB\n")
+    build_report(out)
+    md = (out / "report.md").read_text()
+    assert "## Diagnostics: the watermarks" in md and "watermark gap 1.23 dB" in md
+    assert "b_nonoise/diagnose_val/gap.png" in md

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors that point at --help."""
 
     def error(self, message: str) -> None:
+        message = " ".join(message.splitlines())  # quoted arguments may hold line breaks (\n, \x1e, ...)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -77,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="Cityscapes-layout data folder")
     p.add_argument("--split", default="val", choices=["train", "val"], help="split to evaluate (default val)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="fp32 (default, the reference numbers), bf16 autocast (about 2x faster on CPUs with "
+                        "AVX512-BF16) or auto (bf16 on GPUs)")
     p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR: last.pt (default) or best.pt")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--full-res", action="store_true",
@@ -240,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cycleseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cycleseg ... | head`: the reader left; not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
@@ -302,7 +310,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cycleseg.evaluate import evaluate_run, format_results
 
     results = evaluate_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint,
-                           full_res=args.full_res, official=args.official, predictions=args.predictions)
+                           full_res=args.full_res, official=args.official, predictions=args.predictions,
+                           precision=args.precision)
     print(json.dumps(results, indent=2) if args.json else format_results(results))
     return 0
 

@@ -23,6 +23,7 @@ from cycleseg.data import CLASS_NAMES
 from cycleseg.errors import ConfigError, RunError
 from cycleseg.metrics import class_iou, confusion_matrix, psnr_db, snr_db
 from cycleseg.models import Models, build_models, resolve_device
+from cycleseg.precision import resolve_precision
 
 __all__ = ["evaluate_models", "evaluate_run", "format_results", "iou_results", "load_run", "run_dataset", "write_json"]
 
@@ -31,9 +32,10 @@ NUM_EVAL_CLASSES = 19  # mIoU is over the 19 Cityscapes classes; background is n
 
 @torch.inference_mode()
 def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
-                    seed: int = 0, distributed: bool = False) -> dict[str, Any]:
+                    seed: int = 0, distributed: bool = False, precision: str = "fp32") -> dict[str, Any]:
     """Run G (and the forward cycle) over `batches` of (image (B,3,H,W), labels (B,H,W)) and score them.
 
+    `precision` "bf16" (or "auto") runs the networks under autocast, as train.precision does; fp32 by default.
     With `distributed`, each process scores its own share of the images and the confusion matrices and the
     PSNR/SNR sums are added over the processes (all_reduce), so every rank gets the single-process result.
 
@@ -42,6 +44,7 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
          "num_images": int}. None stands for NaN (class absent) and for "not applicable" (plain model, or
          no noise, whose SNR is infinite).
     """
+    amp = resolve_precision(precision, device)
     was_training = models.training
     models.eval()
     conf = torch.zeros(models.num_classes, models.num_classes, dtype=torch.int64, device=device)
@@ -50,12 +53,13 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
         torch.manual_seed(seed)  # reproducible Gaussian noise without disturbing the training RNG
         for image, labels in batches:
             image, labels = image.to(device), labels.to(device)
-            if models.is_cycle:
-                logits, noisy, reconstruction = models.forward_cycle(image)
-                psnrs.append(psnr_db(image, reconstruction).cpu())
-                snrs.append(snr_db(logits, noisy).cpu())
-            else:
-                logits = models.G(image)
+            with amp.autocast():
+                if models.is_cycle:
+                    logits, noisy, reconstruction = models.forward_cycle(image)
+                    psnrs.append(psnr_db(image, reconstruction).cpu())
+                    snrs.append(snr_db(logits, noisy).cpu())
+                else:
+                    logits = models.G(image)
             conf += confusion_matrix(logits.argmax(dim=1), labels, models.num_classes)
             count += image.shape[0]
     models.train(was_training)
@@ -121,7 +125,8 @@ def load_run(run_dir: str | Path, device: torch.device, checkpoint: str = LAST) 
 
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                  batch_size: int | None = None, checkpoint: str = LAST, full_res: bool = False,
-                 official: bool = False, predictions: str | Path | None = None) -> dict[str, Any]:
+                 official: bool = False, predictions: str | Path | None = None,
+                 precision: str = "fp32") -> dict[str, Any]:
     """Evaluate a run on `split` of the Cityscapes-layout folder `data_root`; writes RUN_DIR/eval_<split>.json.
 
     At the training size always; with full_res also at each image's own size (logits upsampled bilinearly
@@ -138,7 +143,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
     dataset = run_dataset(cfg, data_root, split)
     loader = DataLoader(dataset, batch_size=batch_size or cfg.optim.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
-    results = evaluate_models(models, loader, dev, seed=cfg.train.seed)
+    results = evaluate_models(models, loader, dev, seed=cfg.train.seed, precision=precision)
     results = {"run": cfg.name, "split": split, "noise": cfg.noise.kind, "size": f"{cfg.data.width}x{cfg.data.height}",
                **results}
     if full_res or official:

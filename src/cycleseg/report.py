@@ -304,13 +304,12 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
         _Section("Training curves", "Losses per iteration (log.jsonl) and validation mIoU per epoch of every run.",
                  figures=[figures[k] for k in figures if k.startswith("curves_")]),
     ]
-    diagnosed = [(r, r.run_dir / "diagnose_val.json") for r in records if (r.run_dir / "diagnose_val.json").is_file()]
+    diagnosed = [r for r in records if (r.run_dir / "diagnose_val.md").is_file()]
     if diagnosed:
         section = _Section("Diagnostics: the watermarks",
-                           "From `cycleseg diagnose` (see each run's diagnose_val.md).")
-        for r, path in diagnosed:
-            flat = _flat_numbers(json.loads(path.read_text()))
-            section.code.append((f"{r.name}: diagnose_val.json", "\n".join(f"{k}: {v:.4g}" for k, v in flat)))
+                           "From `cycleseg diagnose` (RUN_DIR/diagnose_val.md and .json of each run).")
+        for r in diagnosed:
+            section.code.append((f"{r.name}: diagnose_val.md", (r.run_dir / "diagnose_val.md").read_text()))
             section.figures += sorted((r.run_dir / "diagnose_val").glob("*.png"))
         sections.append(section)
     configs = _Section("Configurations and software", "The resolved config.yaml and versions.json of every run.")
@@ -423,14 +422,3 @@ def _fmt(value: float | None, digits: int, sign: bool = False) -> str:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def _flat_numbers(data: Any, prefix: str = "") -> list[tuple[str, float]]:
-    """(dotted key, number) for every number in nested dicts; lists of numbers are skipped (curves)."""
-    out = []
-    if isinstance(data, dict):
-        for k, v in data.items():
-            out += _flat_numbers(v, f"{prefix}{k}.")
-    elif isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(data):
-        out.append((prefix.rstrip("."), float(data)))
-    return out
