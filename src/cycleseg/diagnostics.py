@@ -97,14 +97,8 @@ def energy_by_class(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         (residual, total), both (S,) float64: sum over pixels of class c of ||residual||^2 and of ||values||^2.
     """
-    num_classes = values.shape[1]
     _, residual = project_on_one_hot(values, labels)
-    index = labels.reshape(-1).long()
-    res = torch.zeros(num_classes, dtype=torch.float64, device=values.device)
-    tot = torch.zeros(num_classes, dtype=torch.float64, device=values.device)
-    res.index_add_(0, index, residual.double().pow(2).sum(dim=1).reshape(-1))
-    tot.index_add_(0, index, values.double().pow(2).sum(dim=1).reshape(-1))
-    return res, tot
+    return _energy_per_class(residual, labels, values.shape[1]), _energy_per_class(values, labels, values.shape[1])
 
 
 def class_mean_field(values: Tensor, labels: Tensor) -> Tensor:
@@ -136,14 +130,14 @@ def unexplained_energy(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         (unexplained, total), both (S,) float64, pixels grouped by `labels`.
     """
-    num_classes = values.shape[1]
     deviation = values - class_mean_field(values, labels)
-    index = labels.reshape(-1).long()
-    dev = torch.zeros(num_classes, dtype=torch.float64, device=values.device)
-    tot = torch.zeros(num_classes, dtype=torch.float64, device=values.device)
-    dev.index_add_(0, index, deviation.double().pow(2).sum(dim=1).reshape(-1))
-    tot.index_add_(0, index, values.double().pow(2).sum(dim=1).reshape(-1))
-    return dev, tot
+    return _energy_per_class(deviation, labels, values.shape[1]), _energy_per_class(values, labels, values.shape[1])
+
+
+def _energy_per_class(x: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """(S,) float64: sum of ||x||^2 over the pixels of each label. x: (B, S, H, W); labels: (B, H, W)."""
+    energy = torch.zeros(num_classes, dtype=torch.float64, device=x.device)
+    return energy.index_add_(0, labels.reshape(-1).long(), x.double().pow(2).sum(dim=1).reshape(-1))
 
 
 def watermark_inputs(logits: Tensor, f_input: Tensor, labels: Tensor | None,

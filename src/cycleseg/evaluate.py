@@ -64,20 +64,18 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
             count += image.shape[0]
     models.train(was_training)
 
-    if not distributed:
-        psnr = torch.cat(psnrs).mean().item() if psnrs else None
-        snr = torch.cat(snrs).mean().item() if snrs else None
-    else:
+    # Sums and counts (float64), so that processes of a distributed evaluation can add theirs up.
+    sums = torch.tensor([torch.cat(psnrs).double().sum().item() if psnrs else 0.0, sum(map(len, psnrs)),
+                         torch.cat(snrs).double().sum().item() if snrs else 0.0, sum(map(len, snrs)), count],
+                        dtype=torch.float64, device=device)
+    if distributed:
         from cycleseg.distributed import all_reduce_sum
 
-        sums = torch.tensor([float(torch.cat(psnrs).double().sum()) if psnrs else 0.0, sum(len(p) for p in psnrs),
-                             float(torch.cat(snrs).double().sum()) if snrs else 0.0, sum(len(v) for v in snrs),
-                             count], dtype=torch.float64, device=device)
         all_reduce_sum(conf)
         all_reduce_sum(sums)
-        psnr = (sums[0] / sums[1]).item() if models.is_cycle else None
-        snr = (sums[2] / sums[3]).item() if models.is_cycle else None
-        count = int(sums[4].item())
+    psnr = (sums[0] / sums[1]).item() if models.is_cycle else None
+    snr = (sums[2] / sums[3]).item() if models.is_cycle else None
+    count = int(sums[4].item())
     return {
         **iou_results(conf.cpu(), NUM_EVAL_CLASSES),
         "psnr_db": _finite_or_none(psnr) if psnr is not None else None,
