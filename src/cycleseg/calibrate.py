@@ -19,14 +19,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from cycleseg.checkpoint import LAST
 from cycleseg.config import Config, NoiseConfig, apply_overrides, config_from_dict
 from cycleseg.data import CityscapesDataset
 from cycleseg.errors import ConfigError, RunError
-from cycleseg.evaluate import load_run, write_json
 from cycleseg.metrics import snr_db
 from cycleseg.models import resolve_device
 from cycleseg.noise import NoiseInjection
+from cycleseg.runs import LAST, load_run, write_json
 
 __all__ = ["calibrate_run", "calibration_path", "measure_snr", "resolve_snr_from"]
 

@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="Cityscapes-layout data folder (overrides data.root)")
     p.add_argument("--only", help="comma-separated config names to run, e.g. plain,nonoise,quant2")
     p.add_argument("--report", action="store_true", help="build the report when the sweep is done")
+    p.add_argument("--retrain", action="store_true",
+                   help="train anew the runs in SWEEP_DIR that were made with other settings (default: refuse)")
 
     p = sub.add_parser(
         "report", help="write report.md and report.html for a sweep: Table 2, Figures 3 and 4, curves",
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    from cycleseg.synthetic import make_synthetic
+    from cycleseg.data.synthetic import make_synthetic
 
     width, height = _parse_size(args.size)
     summary = make_synthetic(args.out, num_train=args.train, num_val=args.val, size=(height, width), seed=args.seed)
@@ -263,46 +265,47 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
-    from cycleseg.checkpoint import LAST
+    from cycleseg import runs
     from cycleseg.config import load_config
 
+    run_config, finished_at = None, None  # finished_at: the step a finished run ended at
     if args.resume is not None:
-        # A resumed run keeps its config; only settings that do not change the result may be overridden.
+        # A resumed run keeps the config of its checkpoint; only config.RESUMABLE_KEYS may be overridden.
+        if args.out is not None:
+            raise ConfigError(f"--resume {args.resume} continues that run in its own folder; drop --out")
+        if args.config is not None and "=" not in str(args.config):
+            raise ConfigError(f"--resume {args.resume} takes the run's own config; drop {args.config}")
         overrides = ([str(args.config)] if args.config is not None else []) + list(args.overrides)
-        fixed = [o for o in overrides if not o.startswith(RESUME_OVERRIDABLE)]
-        if fixed or args.out is not None:
-            raise ConfigError(f"--resume RUN_DIR takes the run's own config; only {', '.join(RESUME_OVERRIDABLE)}"
-                              f"... may be overridden, not {' '.join(fixed) or '--out'}")
-        if not (args.resume / LAST).is_file():
-            raise RunError(f"{args.resume / LAST}: nothing to resume; train with --out {args.resume} first")
-        config_path, out = args.resume / "config.yaml", args.resume
+        if args.data:
+            overrides.append(f"data.root={args.data}")
+        out = args.resume
+        finished_at = runs.read_status(out).get("step") if runs.finished(out) else None
+        cfg, run_config = runs.resume_config(args.resume, overrides)
     else:
-        if args.config is None or args.out is None:
+        if args.config is None:
             raise ConfigError("train needs CONFIG and --out RUN_DIR (or --resume RUN_DIR)")
-        config_path, overrides, out = args.config, list(args.overrides), args.out
-    if args.data:
-        overrides.append(f"data.root={args.data}")
-    cfg = load_config(config_path, overrides)
-    if args.resume is None:
-        from cycleseg.calibrate import resolve_snr_from
+        overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else [])
+        cfg, out = load_config(args.config, overrides), args.out
+        if out is None and not args.dry_run:
+            raise ConfigError("train needs --out RUN_DIR, the folder to create the run in")
+        if out is not None:
+            from cycleseg.calibrate import resolve_snr_from
 
-        cfg = resolve_snr_from(cfg, base_dir=out.parent)  # noise.snr_db: from RUN_DIR -> its measured SNR
+            cfg = resolve_snr_from(cfg, base_dir=out.parent)  # noise.snr_db: from RUN_DIR -> its measured SNR
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    if args.resume is None and (out / LAST).exists() and not args.overwrite:
-        raise RunError(f"{out} already holds a run; continue it with --resume {out}, choose another --out, or pass "
-                       "--overwrite to replace it")
+    from cycleseg.distributed import is_main
     from cycleseg.train import train
 
-    metrics = train(cfg, out, resume=args.resume is not None)
-    from cycleseg.distributed import is_main
-
+    metrics = train(cfg, out, resume=args.resume is not None, overwrite=args.overwrite, run_config=run_config)
     if not is_main():  # under torchrun, rank 0 speaks for all
         return 0
+    if finished_at == metrics["iterations"]:
+        print(f"{out}: the run is already finished ({metrics['iterations']} iterations); nothing to do")
     print(f"{cfg.name}: mIoU {_fmt(metrics.get('miou'), 1)} %, PSNR {_fmt(metrics.get('psnr_db'), 2)} dB, "
           f"SNR {_fmt(metrics.get('snr_db'), 2)} dB after {metrics['iterations']} iterations "
-          f"({metrics['train_seconds']} s); run in {out}")
+          f"({metrics['train_seconds']} s of training); run in {out}")
     return 0
 
 
@@ -337,11 +340,8 @@ def _table(run_dirs: list[Path], split: str) -> str:
     return "\n".join(lines)
 
 
-RESUME_OVERRIDABLE = ("train.", "data.root=", "data.num_workers=", "data.cache=", "data.cache_dir=", "data.check=")
-
-
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from cycleseg.datacheck import check_data, format_report
+    from cycleseg.data.check import check_data, format_report
 
     expect = None
     if args.expect_size:
@@ -361,7 +361,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from cycleseg.cache import cache_folder, prepare
+    from cycleseg.data.cache import cache_folder, prepare
 
     width, height = _parse_size(args.size)
     splits = tuple(dict.fromkeys(args.split)) if args.split else None
@@ -404,7 +404,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("sweep needs at least one config folder or YAML file, e.g. configs/paper")
     try:
         summary = run_sweep(args.configs, args.out, args.overrides, data_root=str(args.data) if args.data else None,
-                            only=only)
+                            only=only, retrain=args.retrain)
     except Interrupted as e:
         raise Interrupted(f"{str(e).split('; continue with')[0]}; continue the sweep with the same command",
                           e.signum) from None

@@ -21,6 +21,7 @@ from cycleseg.noise import NOISE_KINDS, SIGMA_RULES
 
 __all__ = [
     "MODEL_KINDS",
+    "RESUMABLE_KEYS",
     "Config",
     "DataConfig",
     "LossConfig",
@@ -30,6 +31,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
+    "flat_items",
     "load_config",
 ]
 
@@ -37,6 +39,14 @@ MODEL_KINDS = ("cyclegan", "plain")
 CACHE_MODES = ("auto", "off", "require")
 CHECK_MODES = ("fast", "full", "off")
 CLASS_WEIGHTS = ("none", "enet")
+# Keys that do not change what a run computes: where the data lives and how it is read, the device, how often
+# to log and checkpoint, and where to stop. Only these may differ when a run is resumed (runs.resume_config)
+# or a sweep continues a run; any other difference is refused, naming the key.
+RESUMABLE_KEYS = (
+    "data.root", "data.num_workers", "data.cache", "data.cache_dir", "data.check",
+    "train.device", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.max_nonfinite", "train.max_iters",
+)
 
 
 @dataclass
@@ -137,6 +147,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
     apply_overrides(raw, overrides)
     return config_from_dict(raw, source=str(path) if path else "config")
+
+
+def flat_items(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """[("section.key", value), ...] of a nested config dict, in order."""
+    items = []
+    for k, v in d.items():
+        items += flat_items(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return items
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

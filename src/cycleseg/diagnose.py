@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from cycleseg.checkpoint import LAST
 from cycleseg.data import CLASS_NAMES, CityscapesDataset, colorize
 from cycleseg.diagnostics import (
     INPUTS,
@@ -53,9 +52,9 @@ from cycleseg.diagnostics import (
     watermark_inputs,
 )
 from cycleseg.errors import RunError
-from cycleseg.evaluate import load_run, write_json
 from cycleseg.metrics import class_iou, confusion_matrix, psnr_db, snr_db
 from cycleseg.models import Models, resolve_device
+from cycleseg.runs import LAST, load_run, write_json
 
 __all__ = ["DEFAULT_SNRS", "diagnose_models", "diagnose_run", "format_summary"]
 

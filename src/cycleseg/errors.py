@@ -27,3 +27,15 @@ class Interrupted(RunError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+def user_message(error: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker arrives wrapped in the worker's
+    traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): take its last line,
+    the original message."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        prefix, sep, message = last.partition(": ")
+        text = message if sep and "Error" in prefix else last
+    return " ".join(text.splitlines()) or type(error).__name__

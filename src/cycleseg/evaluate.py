@@ -6,7 +6,6 @@ is the noise's measured SNR on G's logits. Gaussian noise is drawn from a fixed 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,23 +13,19 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from cycleseg.cache import open_dataset
-from cycleseg.checkpoint import LAST, check_compatible, load_checkpoint
-from cycleseg.config import Config, config_from_dict
-from cycleseg.data import CLASS_NAMES
-from cycleseg.errors import ConfigError, RunError
+from cycleseg import runs
+from cycleseg.data import CLASS_NAMES, NUM_EVAL_CLASSES, open_split
+from cycleseg.errors import RunError
 from cycleseg.metrics import class_iou, confusion_matrix, psnr_db, snr_db
-from cycleseg.models import Models, build_models, resolve_device
+from cycleseg.models import Models, resolve_device
 from cycleseg.precision import resolve_precision
+from cycleseg.runs import LAST, load_run, seeded_inference
 
-__all__ = ["evaluate_models", "evaluate_run", "format_results", "iou_results", "load_run", "run_dataset", "write_json"]
-
-NUM_EVAL_CLASSES = 19  # mIoU is over the 19 Cityscapes classes; background is not evaluated
+__all__ = ["evaluate_models", "evaluate_run", "format_results", "iou_results"]
 
 
-@torch.inference_mode()
 def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
                     seed: int = 0, distributed: bool = False, precision: str = "fp32") -> dict[str, Any]:
     """Run G (and the forward cycle) over `batches` of (image (B,3,H,W), labels (B,H,W)) and score them.
@@ -45,12 +40,9 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
          no noise, whose SNR is infinite).
     """
     amp = resolve_precision(precision, device)
-    was_training = models.training
-    models.eval()
     conf = torch.zeros(models.num_classes, models.num_classes, dtype=torch.int64, device=device)
     psnrs, snrs, count = [], [], 0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # reproducible Gaussian noise without disturbing the training RNG
+    with seeded_inference(models, seed, device):  # reproducible Gaussian noise, the training RNG untouched
         for image, labels in batches:
             image, labels = image.to(device), labels.to(device)
             with amp.autocast():
@@ -62,7 +54,6 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
                     logits = models.G(image)
             conf += confusion_matrix(logits.argmax(dim=1), labels, models.num_classes)
             count += image.shape[0]
-    models.train(was_training)
 
     # Sums and counts (float64), so that processes of a distributed evaluation can add theirs up.
     sums = torch.tensor([torch.cat(psnrs).double().sum().item() if psnrs else 0.0, sum(map(len, psnrs)),
@@ -94,33 +85,6 @@ def iou_results(conf: Tensor, num_eval_classes: int = NUM_EVAL_CLASSES) -> dict[
     }
 
 
-def run_dataset(cfg: Config, data_root: str | Path, split: str) -> Dataset:
-    """The split at the run's training size, through `cycleseg prepare`'s cache when there is one (data.cache).
-
-    The run's data.cache_dir is used only when `data_root` is the folder the run was trained on.
-    """
-    same_root = Path(data_root).resolve() == Path(cfg.data.root).resolve()
-    return open_dataset(data_root, split, (cfg.data.height, cfg.data.width), cfg.data.cache,
-                        cfg.data.cache_dir if same_root else None)
-
-
-def load_run(run_dir: str | Path, device: torch.device, checkpoint: str = LAST) -> tuple[Models, Any]:
-    """The trained models and config of a run directory (its last.pt, or another checkpoint file in it)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: run directory not found; pass the --out folder of `cycleseg train`")
-    path = run_dir / checkpoint
-    state = load_checkpoint(path, map_location=device)
-    try:
-        cfg = config_from_dict(state["config"], source=str(path))
-        check_compatible(state, cfg.model.kind, cfg.model.num_classes, path)
-        models = build_models(cfg.model, cfg.noise)
-        models.load_state_dict(state["models"])
-    except (KeyError, RuntimeError, ConfigError) as e:
-        raise RunError(f"{path}: checkpoint does not match its config ({_first_line(e)})") from None
-    return models.to(device), cfg
-
-
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                  batch_size: int | None = None, checkpoint: str = LAST, full_res: bool = False,
                  official: bool = False, predictions: str | Path | None = None,
@@ -138,7 +102,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
         raise RunError("--predictions is the folder for --official; add --official")
     dev = resolve_device(device)
     models, cfg = load_run(run_dir, dev, checkpoint)
-    dataset = run_dataset(cfg, data_root, split)
+    dataset = open_split(cfg, split, root=data_root)
     loader = DataLoader(dataset, batch_size=batch_size or cfg.optim.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
     results = evaluate_models(models, loader, dev, seed=cfg.train.seed, precision=precision)
@@ -156,7 +120,8 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
             conf = predict.full_res_confusion(predict.iter_predictions(
                 models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers), cfg.model.num_classes)
             results["full_res"] = iou_results(conf)
-    write_json(Path(run_dir) / f"eval_{split}.json", results)
+    runs.write_json(runs.artifact(run_dir, "eval", split), results)
+    runs.record_evaluation(run_dir, split, checkpoint, runs.checkpoint_step(Path(run_dir) / checkpoint))
     return results
 
 
@@ -185,20 +150,9 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file so a crash never leaves a truncated result."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -12,9 +12,8 @@ from typing import Any
 
 import torch
 
-from cycleseg.checkpoint import LAST
 from cycleseg.errors import RunError
-from cycleseg.evaluate import load_run
+from cycleseg.runs import LAST, load_run
 
 __all__ = ["check_onnx", "export_onnx"]
 

@@ -33,22 +33,24 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cycleseg.checkpoint import LAST
 from cycleseg.config import Config
 from cycleseg.data import (
     CLASS_NAMES,
     LABEL_ID_TO_TRAIN_ID,
     LABEL_SUFFIX,
+    NUM_EVAL_CLASSES,
     TRAIN_ID_TO_LABEL_ID,
     Sample,
     colorize,
     list_samples,
+    open_split,
     read_label,
 )
 from cycleseg.errors import DataError, RunError
-from cycleseg.evaluate import NUM_EVAL_CLASSES, iou_results, load_run, run_dataset, write_json
+from cycleseg.evaluate import iou_results
 from cycleseg.metrics import confusion_matrix
 from cycleseg.models import Models, resolve_device
+from cycleseg.runs import LAST, load_run, write_json
 
 __all__ = ["Prediction", "full_res_confusion", "iter_predictions", "official_evaluate", "official_report",
            "predict_run", "score_predictions", "write_predictions"]
@@ -144,7 +146,7 @@ def predict_run(run_dir: str | Path, data_root: str | Path, split: str, out: str
     models, cfg = load_run(run_dir, dev, checkpoint)
     if reconstruction and not models.is_cycle:
         raise RunError(f"{run_dir}: --reconstruction needs a cycle model; this run is a plain ERFNet (no F)")
-    dataset = run_dataset(cfg, data_root, split)
+    dataset = open_split(cfg, split, root=data_root)
     predictions = iter_predictions(models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers,
                                    cfg.train.seed, reconstruction, progress)
     count = write_predictions(predictions, out)

@@ -30,8 +30,8 @@ from matplotlib.figure import Figure  # the object API: no GUI backend, no globa
 
 from cycleseg.data import CLASS_NAMES, CityscapesDataset, colorize
 from cycleseg.errors import RunError
-from cycleseg.evaluate import load_run
 from cycleseg.models import resolve_device
+from cycleseg.runs import load_run
 from cycleseg.sweep import SWEEP_FILE
 
 __all__ = ["RunRecord", "build_report", "choose_runs", "collect_runs", "load_paper_table", "table2_key",

@@ -15,17 +15,16 @@ from typing import Any
 
 import yaml
 
+from cycleseg import runs
 from cycleseg.calibrate import resolve_snr_from
-from cycleseg.checkpoint import LAST
-from cycleseg.config import Config, load_config
+from cycleseg.config import RESUMABLE_KEYS, Config, config_from_dict, flat_items, load_config
 from cycleseg.errors import ConfigError, RunError
-from cycleseg.evaluate import evaluate_run, write_json
+from cycleseg.evaluate import evaluate_run
+from cycleseg.runs import LAST, write_json
 
 __all__ = ["SWEEP_FILE", "SweepEntry", "find_configs", "run_status", "run_sweep"]
 
 SWEEP_FILE = "sweep.json"
-# Settings that do not change what a run computes; they may differ when an interrupted run is continued.
-FREE_KEYS = ("data.root", "data.num_workers", "train.progress", "train.device", "train.max_iters")
 
 
 @dataclass
@@ -68,17 +67,20 @@ def find_configs(sources: list[Path], only: list[str] | None = None) -> list[Swe
 
 def run_status(run_dir: Path) -> str:
     """"done" (trained and evaluated), "trained" (not evaluated), "interrupted" (has last.pt) or "new"."""
-    if (run_dir / "metrics.json").is_file():
-        return "done" if (run_dir / "eval_val.json").is_file() else "trained"
+    if runs.finished(run_dir) or (run_dir / runs.METRICS).is_file():
+        return "done" if runs.artifact(run_dir, "eval", "val").is_file() else "trained"
     return "interrupted" if (run_dir / LAST).is_file() else "new"
 
 
 def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] = (), data_root: str | None = None,
-              only: list[str] | None = None, log=print) -> list[dict[str, Any]]:
+              only: list[str] | None = None, retrain: bool = False, log=print) -> list[dict[str, Any]]:
     """Train and evaluate every config of `sources` into `sweep_dir`; returns one summary per run.
 
     `overrides` (`key=value`) apply to every config, e.g. a smaller size and fewer epochs for a quick look.
-    Progress: one line per run from `log` ("[3/16] quant2: resuming at step 1200"), and train's progress bar.
+    A run already in the sweep folder is skipped when finished and continued when interrupted, provided it was
+    made with the same settings (outside config.RESUMABLE_KEYS); otherwise the sweep stops naming the key, or,
+    with `retrain`, trains that run anew.
+    Progress: one line per run from `log` ("[3/16] quant2: continuing from step 1200"), and train's progress bar.
     """
     from cycleseg.train import train  # the training stack is only imported when something is trained
 
@@ -86,24 +88,29 @@ def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] =
     entries = find_configs(sources, only)
     extra = list(overrides) + ([f"data.root={data_root}"] if data_root else [])
     configs = {e.name: load_config(e.config, extra) for e in entries}  # every config checked before any training
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise RunError(f"{sweep_dir}: exists and is not a folder; choose another --out")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     summary: list[dict[str, Any]] = []
     for i, entry in enumerate(entries, 1):
         run_dir, cfg = entry.run_dir(sweep_dir), configs[entry.name]
-        status = run_status(run_dir)
         prefix = f"[{i}/{len(entries)}] {entry.name}:"
         start = time.time()
+        cfg = resolve_snr_from(cfg, base_dir=sweep_dir)
+        status = run_status(run_dir)
+        if status != "new" and _differs(run_dir, cfg, retrain):
+            log(f"{prefix} made with other settings; training it anew (--retrain)")
+            status = "retrain"
         if status == "done":
             log(f"{prefix} finished, skipped")
         else:
-            cfg = resolve_snr_from(cfg, base_dir=sweep_dir)
-            if status == "interrupted":
-                cfg = _continue_config(run_dir, cfg)
-                log(f"{prefix} continuing from step {_checkpoint_step(run_dir)}")
-                train(cfg, run_dir, resume=True)
-            elif status == "new":
+            if status in ("interrupted", "trained"):
+                session, saved = runs.resume_config(run_dir, _resumable_overrides(cfg))
+                log(f"{prefix} continuing from step {runs.checkpoint_step(run_dir / LAST)}")
+                train(session, run_dir, resume=True, run_config=saved)
+            else:
                 log(f"{prefix} training ({cfg.optim.epochs} epochs at {cfg.data.width}x{cfg.data.height})")
-                train(cfg, run_dir)
+                train(cfg, run_dir, overwrite=status == "retrain")
             log(f"{prefix} evaluating on val")
             evaluate_run(run_dir, cfg.data.root, "val", device=cfg.train.device)
         summary.append({"name": entry.name, "config": str(entry.config), "run_dir": str(run_dir),
@@ -112,22 +119,31 @@ def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] =
     return summary
 
 
-def _continue_config(run_dir: Path, cfg: Config) -> Config:
-    """The saved config of an interrupted run, checked against what the sweep asks for now."""
-    now = cfg.to_dict()
-    saved = load_config(run_dir / "config.yaml", [f"{k}={json.dumps(_get(now, k))}" for k in FREE_KEYS])
-    diffs = [k for k in _flat(now) if k not in FREE_KEYS and _get(now, k) != _get(saved.to_dict(), k)]
-    if diffs:
-        k = diffs[0]
-        raise RunError(f"{run_dir}: this run was started with {k}={_get(saved.to_dict(), k)}, the sweep now asks for "
-                       f"{_get(now, k)}; rerun with the same overrides, or delete {run_dir} to start it again")
-    return saved
+def _differs(run_dir: Path, cfg: Config, retrain: bool) -> bool:
+    """Whether the run in `run_dir` was made with other settings than `cfg` asks for: RunError naming the key,
+    or True with `retrain`."""
+    path = run_dir / LAST
+    if not path.is_file():
+        path = run_dir / runs.CONFIG  # a run that never reached its first checkpoint
+        saved = runs.read_yaml(path) if path.is_file() else None
+    else:
+        saved = runs.load_checkpoint(path)["config"]
+    if saved is None:
+        return False
+    diff = runs.config_difference(config_from_dict(saved, source=str(path)), cfg)
+    if diff is None:
+        return False
+    if retrain:
+        return True
+    key, then, now = diff
+    raise RunError(f"{run_dir}: this run was made with {key}={then!r}, the sweep now asks for {now!r}; rerun "
+                   f"with the same overrides, pass --retrain to train it anew, or choose another --out")
 
 
-def _checkpoint_step(run_dir: Path) -> int:
-    from cycleseg.checkpoint import load_checkpoint
-
-    return load_checkpoint(run_dir / LAST)["progress"]["step"]
+def _resumable_overrides(cfg: Config) -> list[str]:
+    """This sweep's values of the keys a continued run may take from it (where the data is, the device, ...)."""
+    values = dict(flat_items(cfg.to_dict()))
+    return [f"{k}={json.dumps(values[k])}" for k in RESUMABLE_KEYS]
 
 
 def _snr_from(path: Path) -> str | None:
@@ -146,16 +162,3 @@ def _write_summary(sweep_dir: Path, entries: list[SweepEntry], done: list[dict[s
         "completed": done,
         "pending": [e.name for e in entries if e.name not in finished],
     })
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in d.items():
-        keys += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-    return keys
-
-
-def _get(d: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        d = d[part]
-    return d

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from cycleseg.data import CLASS_NAMES, IMAGE_SUFFIX, LABEL_ID_TO_TRAIN_ID, LABEL_SUFFIX, NUM_CLASSES, SPLITS
+from cycleseg.data.cityscapes import CLASS_NAMES, IMAGE_SUFFIX, LABEL_ID_TO_TRAIN_ID, LABEL_SUFFIX, NUM_CLASSES, SPLITS
 from cycleseg.errors import DataError
 
 __all__ = ["CITYSCAPES_CITIES", "DataReport", "Problem", "SplitSummary", "check_data", "format_report",
@@ -253,7 +253,7 @@ def _count_classes(files: list[_File], report: DataReport) -> None:
 
 def _check_caches(root: Path, splits: list[str], cache_dir: str | Path | None, report: DataReport) -> None:
     """Each cache of `cycleseg prepare` for these splits: up to date, or a problem naming its manifest."""
-    from cycleseg import cache  # cache builds on data.py like this module; imported here to keep startup light
+    from cycleseg.data import cache  # cache builds on data.py like this module; imported here to keep startup light
 
     base = cache.cache_root(root, cache_dir)
     for folder in sorted(p for p in base.glob("*x*") if p.is_dir()) if base.is_dir() else []:

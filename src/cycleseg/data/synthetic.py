@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cycleseg.data import IMAGE_SUFFIX, LABEL_SUFFIX
+from cycleseg.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
 
 __all__ = ["CITIES", "make_synthetic", "render_scene"]
 

@@ -22,12 +22,31 @@ from torch.utils.data import Dataset
 from cycleseg.errors import DataError
 
 __all__ = [
-    "BACKGROUND", "CLASS_NAMES", "IGNORE_TRAIN_ID", "LABEL_ID_TO_TRAIN_ID", "NUM_CLASSES", "PALETTE", "SPLITS",
-    "TRAIN_ID_TO_LABEL_ID", "CityscapesDataset", "Sample", "colorize", "image_to_tensor", "label_ids_to_train_ids",
-    "list_samples", "load_image", "load_label", "read_image", "read_label",
+    "BACKGROUND",
+    "CLASS_NAMES",
+    "IGNORE_TRAIN_ID",
+    "IMAGE_SUFFIX",
+    "LABEL_ID_TO_TRAIN_ID",
+    "LABEL_SUFFIX",
+    "NUM_CLASSES",
+    "NUM_EVAL_CLASSES",
+    "PALETTE",
+    "SPLITS",
+    "TRAIN_ID_TO_LABEL_ID",
+    "CityscapesDataset",
+    "Sample",
+    "colorize",
+    "image_to_tensor",
+    "label_ids_to_train_ids",
+    "list_samples",
+    "load_image",
+    "load_label",
+    "read_image",
+    "read_label",
 ]
 
-NUM_CLASSES = 20
+NUM_CLASSES = 20  # S: the 19 Cityscapes trainIds and the background class
+NUM_EVAL_CLASSES = 19  # mIoU is over the 19 Cityscapes classes; background is not evaluated
 BACKGROUND = 19
 IGNORE_TRAIN_ID = 255
 SPLITS = ("train", "val", "test")

@@ -31,7 +31,15 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from cycleseg.data import NUM_CLASSES, CityscapesDataset, Sample, image_to_tensor, list_samples, read_image, read_label
+from cycleseg.data.cityscapes import (
+    NUM_CLASSES,
+    CityscapesDataset,
+    Sample,
+    image_to_tensor,
+    list_samples,
+    read_image,
+    read_label,
+)
 from cycleseg.errors import DataError
 
 __all__ = ["CACHE_FORMAT", "CachedDataset", "cache_folder", "cache_root", "cache_status", "class_pixel_counts",

@@ -1,0 +1,105 @@
+"""What a training session shows and hears: the log (log.jsonl, TensorBoard, progress bar) and stop signals."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from cycleseg.runs import LOG, atomic_write
+
+__all__ = ["RunLogger", "StopSignals"]
+
+
+class RunLogger:
+    """Appends scalars to RUN/log.jsonl and TensorBoard event files in RUN, and drives the progress bar.
+
+    Resumed at `step`, it drops what was logged after that step (those steps are trained again), and the
+    validation logged at `step` itself unless the checkpoint includes it (`validated`).
+    With `enabled` False (ranks other than 0 under torchrun) it does nothing.
+    """
+
+    def __init__(self, run_dir: Path, name: str, total: int, step: int = 0, resumed: bool = False,
+                 validated: bool = False, progress: bool = True, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar = tqdm(total=total, initial=step, desc=name, unit="it", disable=not (progress and enabled),
+                        dynamic_ncols=True)
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # slow import, only needed to train
+
+        path = run_dir / LOG
+        if not resumed:
+            path.unlink(missing_ok=True)
+        elif path.is_file():
+            kept = [line for line in path.read_text().splitlines(keepends=True) if line.strip()
+                    and _keep(json.loads(line), step, validated)]
+            atomic_write(path, "".join(kept))
+        self.jsonl = open(path, "a")  # noqa: SIM115 -- kept open for the whole session
+        self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=step if resumed else None)
+
+    def log(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+        self.jsonl.write(json.dumps({"step": step, "epoch": epoch, **clean}) + "\n")
+        self.jsonl.flush()
+        for k, v in values.items():
+            if math.isfinite(v):
+                self.tb.add_scalar(k, v, step)
+
+    def advance(self, losses: dict[str, float] | None = None) -> None:
+        """One iteration done; show the latest losses beside the bar."""
+        self.bar.update(1)
+        if losses:
+            self.bar.set_postfix({_short(k): f"{v:.3g}" for k, v in losses.items() if k != "loss/G/total"})
+
+    def write(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+
+    def __enter__(self) -> RunLogger:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _keep(entry: dict[str, Any], step: int, validated: bool) -> bool:
+    if entry["step"] != step:
+        return entry["step"] < step
+    return validated or not any(k.startswith("val/") for k in entry)
+
+
+def _short(key: str) -> str:
+    return "D" if key == "loss/D/total" else key.split("/")[-1]
+
+
+class StopSignals:
+    """Turns SIGINT and SIGTERM into a flag that the loop checks after each iteration (a safe point)."""
+
+    def __enter__(self) -> StopSignals:  # noqa: PYI034
+        self.signum: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

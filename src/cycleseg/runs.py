@@ -1,0 +1,353 @@
+"""The run directory: the one module that creates, overwrites, resumes, finishes and reads it.
+
+A run directory holds one configuration and everything computed under it:
+
+    config.yaml       the resolved config the run was created with (never rewritten)
+    run.json          status: state (running / finished / failed / interrupted), config hash, step,
+                      and which checkpoint each evaluation used
+    last.pt, best.pt  checkpoints (the full training state; best.pt at the best validation mIoU)
+    epoch_NNNN.pt     per-epoch copies (train.keep_checkpoints)
+    log.jsonl, events.out.tfevents.*   losses, LR, validation metrics
+    metrics.json      final validation of `train`
+    eval_<split>.json, calibrate_<split>.json, diagnose_<split>.{json,md}, diagnose_<split>/, official_<split>.json,
+    predictions_<split>/, class_weights.json, versions.json
+
+Every write goes through `atomic_write`, so a crash never leaves half a file. A new run is created only after
+its config and data passed their checks; `--overwrite` then removes every artifact of the old run, so that no
+number of an old configuration can be read as one of the new. Resuming compares the requested settings with
+the checkpoint's own config: only `config.RESUMABLE_KEYS` may differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from cycleseg import __version__
+from cycleseg.config import RESUMABLE_KEYS, Config, apply_overrides, config_from_dict, flat_items
+from cycleseg.errors import ConfigError, RunError
+from cycleseg.models import Models, build_models
+
+__all__ = [
+    "BEST", "CONFIG", "LAST", "LOG", "METRICS", "STATUS", "VERSIONS", "artifact", "atomic_write", "check_compatible",
+    "checkpoint_step",
+    "config_difference", "config_hash", "create_run", "finished", "load_checkpoint", "load_run", "read_json",
+    "read_status", "read_yaml", "record_evaluation", "require_new_run", "resume_config", "save_checkpoint",
+    "seeded_inference", "set_status", "write_json", "write_yaml",
+]
+
+CONFIG = "config.yaml"
+STATUS = "run.json"
+LAST = "last.pt"  # the latest training state: what `evaluate` and `--resume` read
+BEST = "best.pt"  # the state with the best validation mIoU so far
+METRICS = "metrics.json"
+LOG = "log.jsonl"
+VERSIONS = "versions.json"
+_CHECKPOINT_FORMAT = "cycleseg-checkpoint-v1"
+_STATES = ("running", "finished", "failed", "interrupted")
+# What makes a folder a run directory (and so something --overwrite may empty).
+_RUN_MARKERS = (CONFIG, STATUS, LAST)
+
+
+def artifact(run_dir: str | Path, kind: str, split: str | None = None) -> Path:
+    """Path of a per-split artifact: artifact(run, "eval", "val") -> RUN/eval_val.json.
+
+    kinds: eval, calibrate, official, diagnose (.json), diagnose_md (.md), diagnose_figures, predictions (folders).
+    """
+    names = {"eval": "eval_{}.json", "calibrate": "calibrate_{}.json", "official": "official_{}.json",
+             "diagnose": "diagnose_{}.json", "diagnose_md": "diagnose_{}.md", "diagnose_figures": "diagnose_{}",
+             "predictions": "predictions_{}"}
+    if kind not in names:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    return Path(run_dir) / names[kind].format(split)
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write `data` to `path` through a temporary file, fsync and rename: a crash leaves the old file or the new.
+
+    A failure (disk full, no permission, a file where a folder should be) is a RunError naming the path.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise RunError(f"{path}: could not write ({e.strerror or e}); free disk space or fix permissions, "
+                       "the previous file is intact") from None
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_yaml(path: str | Path, data: Any) -> None:
+    atomic_write(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file of a run; RunError naming the file when it is missing or not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}: not readable JSON ({_first_line(e)}); it may be truncated: rerun the command "
+                       "that writes it") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A run's YAML file (config.yaml) as a dict; RunError naming the file when it is missing or corrupt."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RunError(f"{path}: not readable YAML ({_first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a training state (atomically, as every run file)."""
+    buffer = io.BytesIO()
+    torch.save({"format": _CHECKPOINT_FORMAT, "version": __version__, **state}, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`; RunError naming the file if it is missing or not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: checkpoint not found; train a model first (cycleseg train ...)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 -- truncated zip, random bytes, pickle errors: all mean "not usable"
+        raise RunError(f"{path}: not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt") \
+            from None
+    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+        raise RunError(f"{path}: not a cycleseg checkpoint")
+    return state
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The training step a checkpoint was saved at (memory-mapped: its tensors are not read)."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)["progress"]["step"]
+    except Exception:  # noqa: BLE001 -- an unreadable file has no step; load_checkpoint reports why
+        return None
+
+
+def check_compatible(state: dict[str, Any], kind: str, num_classes: int, path: Path) -> None:
+    """RunError naming the file if the checkpoint holds another model kind or number of classes."""
+    model = state.get("model") or state.get("config", {}).get("model", {})
+    if model.get("kind") != kind or model.get("num_classes") != num_classes:
+        raise RunError(f"{path}: checkpoint is of a {model.get('kind')} model with {model.get('num_classes')} "
+                       f"classes, expected {kind} with {num_classes}; point at the right run")
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint: str = LAST
+             ) -> tuple[Models, Config]:
+    """The trained models (in eval mode, on `device`) and config of a run: its last.pt, or another file in it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: run directory not found; pass the --out folder of `cycleseg train`")
+    path = run_dir / checkpoint
+    state = load_checkpoint(path, map_location=device)
+    try:
+        cfg = config_from_dict(state["config"], source=str(path))
+        check_compatible(state, cfg.model.kind, cfg.model.num_classes, path)
+        models = build_models(cfg.model, cfg.noise)
+        models.load_state_dict(state["models"])
+    except (KeyError, RuntimeError, ConfigError) as e:
+        raise RunError(f"{path}: checkpoint does not match its config ({_first_line(e)})") from None
+    return models.to(device).eval(), cfg
+
+
+@contextlib.contextmanager
+def seeded_inference(module: torch.nn.Module, seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Eval mode, no autograd, and the global RNG seeded with `seed` (the noise injection's Gaussian draws
+    repeat) inside; the module's mode and the caller's RNG streams are restored after."""
+    device = torch.device(device)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+            torch.manual_seed(seed)
+            yield
+    finally:
+        module.train(was_training)
+
+
+# ------------------------------------------------------------------------------------- creating and resuming
+
+def require_new_run(run_dir: str | Path, overwrite: bool) -> None:
+    """Check, without writing anything, that `run_dir` may become a new run.
+
+    A missing or empty folder is fine; a run directory needs `overwrite`; anything else is refused.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir}: exists and is not a folder; choose another --out")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if not any((run_dir / m).exists() for m in _RUN_MARKERS):
+        raise RunError(f"{run_dir}: folder is not empty and holds no run; choose another --out (cycleseg does not "
+                       "delete files it did not write)")
+    if not overwrite:
+        raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, choose another --out, "
+                       "or pass --overwrite to replace it")
+
+
+def create_run(run_dir: str | Path, cfg: Config, overwrite: bool = False) -> Path:
+    """Make `run_dir` the home of a new run of `cfg`: remove an old run's every artifact (with `overwrite`),
+    then write config.yaml, run.json (state running) and versions.json. Call after the data checks passed."""
+    run_dir = Path(run_dir)
+    require_new_run(run_dir, overwrite)
+    if run_dir.is_dir():
+        for entry in run_dir.iterdir():  # every artifact: checkpoints, evaluations, logs, predictions, events
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"{run_dir}: cannot create the run folder ({e.strerror}); choose another --out") from None
+    write_yaml(run_dir / CONFIG, cfg.to_dict())
+    write_json(run_dir / VERSIONS, software_versions())
+    write_json(run_dir / STATUS, {"state": "running", "config_sha256": config_hash(cfg), "step": 0,
+                                  "created": _now(), "updated": _now(), "message": None, "evaluations": {}})
+    return run_dir
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> tuple[Config, dict[str, Any]]:
+    """The config to continue `run_dir` with: the checkpoint's own config, plus `overrides` of RESUMABLE_KEYS.
+
+    Returns (config for this session, the run's saved config as a dict, which later checkpoints keep: session
+    overrides such as train.max_iters do not become part of the run). Refuses, naming the key, an override of
+    any other key and a config.yaml edited since the run was created.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / LAST
+    if not path.is_file():
+        raise RunError(f"{path}: nothing to resume; train with --out {run_dir} first")
+    saved = load_checkpoint(path)["config"]
+    saved_cfg = config_from_dict(saved, source=str(path))
+    if (run_dir / CONFIG).is_file():
+        edited = config_difference(config_from_dict(read_yaml(run_dir / CONFIG), source=str(run_dir / CONFIG)),
+                                   saved_cfg)
+        if edited:
+            key, now, then = edited
+            raise RunError(f"{run_dir / CONFIG}: {key} was changed to {now!r} after the run started with {then!r} "
+                           f"(its checkpoint); restore it, or start a new run with --out")
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(f"{key} cannot change when a run is resumed (it changes what the run computes); "
+                              f"start a new run with --out. On resume only these may change: "
+                              f"{', '.join(RESUMABLE_KEYS)}")
+    session = config_from_dict(apply_overrides(json.loads(json.dumps(saved)), list(overrides)),
+                               source="command line")
+    return session, saved
+
+
+def config_difference(a: Config, b: Config) -> tuple[str, Any, Any] | None:
+    """The first key outside RESUMABLE_KEYS where two configs differ, as (key, a's value, b's value); else None."""
+    values_b = dict(flat_items(b.to_dict()))
+    for key, value in flat_items(a.to_dict()):
+        if key not in RESUMABLE_KEYS and value != values_b.get(key):
+            return key, value, values_b.get(key)
+    return None
+
+
+def config_hash(cfg: Config) -> str:
+    """SHA-256 of the settings that define what a run computes (RESUMABLE_KEYS left out)."""
+    relevant = {k: v for k, v in flat_items(cfg.to_dict()) if k not in RESUMABLE_KEYS}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- status
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """run.json of a run; {} when there is none (a folder from before run.json, or no run)."""
+    path = Path(run_dir) / STATUS
+    return read_json(path) if path.is_file() else {}
+
+
+def set_status(run_dir: str | Path, state: str, step: int | None = None, message: str | None = None) -> None:
+    """Record the run's state (running / finished / failed / interrupted) in run.json."""
+    if state not in _STATES:
+        raise ValueError(f"unknown run state {state!r}")
+    status = read_status(run_dir)
+    status.update(state=state, updated=_now(), message=message)
+    if step is not None:
+        status["step"] = step
+    write_json(Path(run_dir) / STATUS, status)
+
+
+def finished(run_dir: str | Path) -> bool:
+    """True when `train` completed the run (final validation and metrics.json written)."""
+    return read_status(run_dir).get("state") == "finished" and (Path(run_dir) / METRICS).is_file()
+
+
+def record_evaluation(run_dir: str | Path, split: str, checkpoint: str, step: int | None) -> None:
+    """Note in run.json which checkpoint (and its training step) an eval_<split>.json was computed from."""
+    status = read_status(run_dir)
+    if not status:
+        return
+    status.setdefault("evaluations", {})[split] = {"checkpoint": checkpoint, "step": step, "time": _now()}
+    write_json(Path(run_dir) / STATUS, status)
+
+
+def software_versions() -> dict[str, str]:
+    """What the run was made with, for the report: package, Python, torch, NumPy, platform, accelerator."""
+    import platform
+
+    import numpy as np
+
+    return {"cycleseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform(),
+            "cuda": torch.version.cuda or "none",
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename itself durable (POSIX); harmless where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

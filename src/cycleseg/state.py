@@ -1,0 +1,136 @@
+"""The training state: everything a run needs to go on exactly as if it had never stopped.
+
+`TrainState` holds the models (G, F, D_X and the noise), both Adam optimizers and their LR schedules, the image
+pool, the fp16 gradient scalers, the `Progress` counters and, in its `state_dict`, the RNG states. `save` and
+`load` go through the run layer's atomic checkpoint files.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cycleseg import distributed
+from cycleseg.config import Config
+from cycleseg.errors import RunError
+from cycleseg.models import build_models
+from cycleseg.pool import ImagePool
+from cycleseg.precision import make_adam, resolve_precision
+from cycleseg.runs import check_compatible, load_checkpoint, save_checkpoint
+from cycleseg.steps import lr_factor
+
+__all__ = ["Progress", "TrainState"]
+
+
+@dataclass
+class Progress:
+    """Where training stands. An epoch whose batches are all done but that is not closed yet (LR schedule step,
+    validation) has batch_in_epoch == batches per epoch: a run stopped there closes it when resumed."""
+
+    epoch: int = 0  # current epoch, 0-based
+    batch_in_epoch: int = 0  # batches of `epoch` already trained
+    step: int = 0  # iterations done in total
+    best_miou: float | None = None
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+    validated_step: int | None = None  # step of the latest validation
+    last_metrics: dict[str, Any] | None = None  # its results: what metrics.json reports at the end
+    train_seconds: float = 0.0  # time spent training, over all sessions
+
+
+class TrainState:
+    """Models, optimizers, schedulers, pool, scalers and progress of one run (one process of it).
+
+    `run_config` is the run's own config (a dict), stored in every checkpoint; a resumed session may run
+    with other RESUMABLE_KEYS (train.max_iters, ...) without making them part of the run.
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, run_config: dict[str, Any] | None = None) -> None:
+        self.run_config = run_config if run_config is not None else cfg.to_dict()
+        self.device = device
+        self.amp = resolve_precision(cfg.train.precision, device)
+        self.models = build_models(cfg.model, cfg.noise).to(device)
+        if cfg.train.channels_last:
+            self.models.to(memory_format=torch.channels_last)
+        adam = {"lr": cfg.optim.lr, "betas": (cfg.optim.beta1, cfg.optim.beta2), "kernel": cfg.optim.kernel,
+                "device": device}
+        m = self.models
+        self.opt_g = make_adam(list(m.G.parameters()) + (list(m.F.parameters()) if m.is_cycle else []), **adam)
+        self.opt_d = make_adam(list(m.D.parameters()), **adam) if m.is_cycle else None
+        schedule = lambda epoch: lr_factor(epoch, cfg.optim.epochs, cfg.optim.decay_start_epoch)
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in self.optimizers]
+        self.pool = ImagePool(cfg.optim.pool_size, seed=cfg.train.seed + distributed.rank())
+        self.progress = Progress()
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.opt_g, self.opt_d) if o is not None]
+
+    @property
+    def lr(self) -> float:
+        return self.opt_g.param_groups[0]["lr"]
+
+    def close_epoch(self) -> None:
+        """The end of an epoch: one step of the LR schedule, and on to the next epoch."""
+        for s in self.schedulers:
+            s.step()
+        self.progress.epoch += 1
+        self.progress.batch_in_epoch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        for name, p in self.models.named_parameters():
+            if not torch.isfinite(p).all():  # never let a checkpoint carry NaN weights
+                raise RunError(f"parameter {name} is not finite; not writing a checkpoint (the last one is kept)")
+        return {
+            "config": self.run_config,
+            "model": {"kind": self.models.kind, "num_classes": self.models.num_classes},
+            "models": self.models.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "pool": self.pool.state_dict(),
+            "scalers": [self.amp.scaler(o).state_dict() for o in self.optimizers] if self.amp.uses_scaler else [],
+            "progress": asdict(self.progress),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Restore everything `state_dict` saved, RNG states included; RunError naming `source` on a mismatch."""
+        check_compatible(state, self.models.kind, self.models.num_classes, Path(source))
+        try:
+            self.models.load_state_dict(state["models"])
+            for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+                o.load_state_dict(s)
+            for sch, s in zip(self.schedulers, state["schedulers"], strict=True):
+                sch.load_state_dict(s)
+            self.pool.load_state_dict(state["pool"])
+            if self.amp.uses_scaler and state.get("scalers"):
+                for o, s in zip(self.optimizers, state["scalers"], strict=True):
+                    self.amp.scaler(o).load_state_dict(s)
+            self.progress = Progress(**state["progress"])
+            rng = state["rng"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise RunError(f"{source}: checkpoint does not match this run ({str(e).splitlines()[0]})") from None
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+
+    def save(self, path: str | Path) -> None:
+        """Write the state atomically (rank 0 only under torchrun: the ranks hold the same weights)."""
+        if distributed.is_main():
+            save_checkpoint(path, self.state_dict())
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(load_checkpoint(path, map_location=self.device), source=str(path))
+        distributed.broadcast_parameters(self.models)

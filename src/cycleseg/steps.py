@@ -1,0 +1,153 @@
+"""The per-batch protocol of the paper's Table 1, and the plain ERFNet baseline (J_seg alone). Plain torch.
+
+    1. load inputs x_bar, y_bar                       (the caller's DataLoader)
+    2. outputs of G, F, D_X, noise injection          (generator_step, first half)
+    3. generator loss J_gen (eq. 7)                   (generator_step)
+    4. update G and F, D_X frozen                     (generator_step)
+    5. discriminator loss J_disc (eq. 8), image pool  (discriminator_step)
+    6. update D_X, G and F frozen                     (discriminator_step)
+
+Each step takes the loss settings (`LossConfig`), not the whole config; `lr_factor` is the LR schedule.
+A NaN or infinite loss or gradient skips the update and raises NonFiniteError.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from cycleseg import distributed
+from cycleseg.config import LossConfig
+from cycleseg.data.cityscapes import BACKGROUND
+from cycleseg.losses import (
+    GeneratorTerms,
+    adversarial_loss,
+    discriminator_loss,
+    generator_loss,
+    image_reconstruction_loss,
+    segmentation_loss,
+    segmentation_reconstruction_loss,
+)
+from cycleseg.models import Models
+from cycleseg.pool import ImagePool
+from cycleseg.precision import FP32, Precision
+
+__all__ = ["NonFiniteError", "discriminator_step", "generator_step", "lr_factor", "plain_step"]
+
+
+def lr_factor(epoch: int, epochs: int, decay_start_epoch: int) -> float:
+    """LR multiplier of epoch `epoch` (0-based): 1 before decay_start_epoch, then linear to 0 at `epochs`.
+
+    The paper: 200 epochs, constant for 100, so epoch 100 -> 1.0, 150 -> 0.5, 199 -> 0.01.
+    """
+    if epoch < decay_start_epoch:
+        return 1.0
+    return max(0.0, (epochs - epoch) / (epochs - decay_start_epoch))
+
+
+def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,
+                   loss: LossConfig, class_weights: Tensor | None = None,
+                   amp: Precision = FP32) -> tuple[dict[str, Tensor], Tensor]:
+    """Table 1 steps 2-4: both cycles, J_gen, and an update of G and F with D_X frozen.
+
+    Args:
+        image: x_bar (B, 3, H, W) in [-1, 1]; labels: y_bar as (B, H, W) class indices.
+        class_weights: (S,) weights of both cross entropies (loss.class_weights=enet); None: the paper's loss.
+        amp: mixed precision of the networks (train.precision); the losses are computed in fp32.
+    Returns:
+        the loss terms (detached scalars) and the synthetic image x = F(y_bar) (B, 3, H, W), detached,
+        for the discriminator step.
+    """
+    ignore = BACKGROUND if loss.ignore_background else -100
+    models.D.requires_grad_(False)  # D_X is fixed during the generator update (Table 1, step 4)
+    try:
+        with amp.autocast():
+            logits, _noisy, reconstruction = models.forward_cycle(image)  # forward: x -> y_hat -> y_tilde -> x_rec
+            fake, logits_rec = models.backward_cycle(labels)  # backward cycle: y -> x -> y_rec
+            terms = GeneratorTerms(
+                seg=segmentation_loss(logits, labels, ignore, class_weights),
+                rec_x=image_reconstruction_loss(reconstruction, image),
+                adv=adversarial_loss(models.D(fake).float()),
+                rec_y=segmentation_reconstruction_loss(logits_rec, labels, ignore, class_weights),
+            )
+            total = generator_loss(terms, loss.alpha, loss.beta, loss.gamma)
+        _check_loss(total, "J_gen")
+        _backward(total, opt_g, amp)
+    finally:  # a skipped (non-finite) step must not leave D frozen for the discriminator step
+        models.D.requires_grad_(True)
+    _step(total, opt_g, "J_gen", amp)
+
+    logged = {"loss/G/total": total, "loss/G/seg": terms.seg, "loss/G/rec_x": terms.rec_x,
+              "loss/G/adv": terms.adv, "loss/G/rec_y": terms.rec_y}
+    return {k: v.detach() for k, v in logged.items()}, fake.detach()
+
+
+def discriminator_step(models: Models, opt_d: torch.optim.Optimizer, image: Tensor, fake: Tensor,
+                       pool: ImagePool, amp: Precision = FP32) -> dict[str, Tensor]:
+    """Table 1 steps 5-6: J_disc on a real image and one from the history pool; update D_X only.
+
+    `fake` is already detached, so no gradient reaches G or F: they stay fixed in this step.
+    """
+    with amp.autocast():
+        d_real = models.D(image).float()
+        d_fake = models.D(pool.query(fake)).float()
+        loss = discriminator_loss(d_real, d_fake)
+    _check_loss(loss, "J_disc")
+    _backward(loss, opt_d, amp)
+    _step(loss, opt_d, "J_disc", amp)
+    return {"loss/D/total": loss.detach()}
+
+
+def plain_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,
+               loss: LossConfig, class_weights: Tensor | None = None, amp: Precision = FP32) -> dict[str, Tensor]:
+    """The plain ERFNet baseline: one update of G on J_seg alone."""
+    ignore = BACKGROUND if loss.ignore_background else -100
+    with amp.autocast():
+        seg = segmentation_loss(models.G(image).float(), labels, ignore, class_weights)
+    _check_loss(seg, "J_seg")
+    _backward(seg, opt_g, amp)
+    _step(seg, opt_g, "J_seg", amp)
+    return {"loss/G/seg": seg.detach()}
+
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient is NaN or infinite; the update was skipped."""
+
+
+def _check_loss(loss: Tensor, name: str) -> None:
+    """Skip the backward pass of a NaN/inf loss. Not with several processes: there every rank must reach the
+    gradient all_reduce, and the NaN shows in the averaged gradients on all ranks alike."""
+    if not distributed.is_distributed():
+        _check_finite(loss, name)
+
+
+def _check_finite(loss: Tensor | None, name: str, params: list[Tensor] | None = None) -> None:
+    if loss is not None and not torch.isfinite(loss):
+        raise NonFiniteError(f"{name} is {float(loss.detach())}")
+    if params is not None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            raise NonFiniteError(f"gradient of {name} is not finite")
+
+
+def _backward(loss: Tensor, optimizer: torch.optim.Optimizer, amp: Precision) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    (amp.scaler(optimizer).scale(loss) if amp.uses_scaler else loss).backward()
+
+
+def _step(loss: Tensor, optimizer: torch.optim.Optimizer, name: str, amp: Precision) -> None:
+    """The update, unless a gradient is NaN/inf: then NonFiniteError (fp32, bf16), or, with fp16's scaler,
+    a skipped step and a smaller loss scale (overflows are expected there while the scale settles)."""
+    distributed.average_gradients(_params(optimizer))  # data parallel: every rank applies the mean gradient
+    if amp.uses_scaler:
+        scaler = amp.scaler(optimizer)
+        scaler.step(optimizer)
+        scaler.update()
+        return
+    _check_finite(None if distributed.is_distributed() else loss, name, _params(optimizer))
+    optimizer.step()
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
