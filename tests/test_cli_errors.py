@@ -86,3 +86,189 @@ def test_dry_run_prints_resolved_config(tmp_path):
                 "noise.bits=3")
     assert r.returncode == 0 and "bits: 3" in r.stdout
     assert not Path(tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------ in-process: cycleseg.cli.main
+
+QUANT2_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "quant2.yaml")
+
+
+def main_error(capsys, *argv, code=2):
+    """Run cycleseg.cli.main in-process; assert exit `code` and exactly one line on stderr; return that line."""
+    from cycleseg.cli import main
+
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == code, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def copy_run(run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_unknown_label_id_in_a_worker_is_one_line(tiny_data, tmp_path, capsys):
+    """A DataError raised in a DataLoader worker reaches the user as its own line, not the worker's traceback."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    label = min((data / "gtFine" / "train").rglob("*_gtFine_labelIds.png"))
+    ids = np.array(Image.open(label))
+    ids[0, 0] = 250
+    Image.fromarray(ids, "L").save(label)
+    line = main_error(capsys, "train", QUANT2_YAML, "--data", data, "--out", tmp_path / "r", *TINY,
+                      "data.num_workers=1", "data.check=off")
+    assert line.startswith("cycleseg train: error: ")
+    assert label.name in line and "250" in line
+    assert len(line) < 400, line
+
+
+def test_worker_traceback_is_flattened_for_every_command(monkeypatch, capsys):
+    """cli.main prints the original message of an error re-raised from a DataLoader worker, whatever the command."""
+    from torch._utils import ExceptionWrapper
+
+    from cycleseg import cli
+    from cycleseg.errors import DataError
+
+    def failing_command(args):
+        try:
+            raise DataError("/data/x_gtFine_labelIds.png: unknown Cityscapes labelIds [250]")
+        except DataError:
+            ExceptionWrapper(where="in DataLoader worker process 0").reraise()
+
+    monkeypatch.setitem(cli.COMMANDS, "table", failing_command)
+    line = main_error(capsys, "table", "somewhere")
+    assert line == "cycleseg table: error: /data/x_gtFine_labelIds.png: unknown Cityscapes labelIds [250]"
+
+
+def test_train_out_is_a_file(tiny_data, tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a run")
+    line = main_error(capsys, "train", QUANT2_YAML, "--data", tiny_data, "--out", tmp_path / "taken", *TINY)
+    assert str(tmp_path / "taken") in line and "not a folder" in line and "--out" in line
+
+
+def test_resolve_device_rejects_unknown_names():
+    from cycleseg.errors import ConfigError
+    from cycleseg.models import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    for name in ("gpu", "cuda:x", "cuda:", "CPU"):
+        with pytest.raises(ConfigError, match="auto, cpu, cuda or cuda:N"):
+            resolve_device(name)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "diagnose", "calibrate"])
+def test_unknown_device_flag(command, trained_cycle_run, tiny_data, tmp_path, capsys):
+    run = copy_run(trained_cycle_run, tmp_path)
+    extra = ["--out", tmp_path / "pred"] if command == "predict" else []
+    line = main_error(capsys, command, run, "--data", tiny_data, "--device", "gpu", *extra)
+    assert "'gpu'" in line and "auto, cpu, cuda or cuda:N" in line
+    assert not (tmp_path / "pred").exists()
+
+
+def test_unknown_device_flag_of_report(tmp_path, capsys):
+    line = main_error(capsys, "report", tmp_path, "--device", "cuda:first")
+    assert "'cuda:first'" in line and "auto, cpu, cuda or cuda:N" in line
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"])
+def test_unknown_train_device(device, tiny_data, tmp_path, capsys):
+    line = main_error(capsys, "train", QUANT2_YAML, "--data", tiny_data, "--out", tmp_path / "r", *TINY,
+                      f"train.device={device}")
+    assert "train.device" in line and "auto, cpu, cuda or cuda:N" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_export_without_the_onnx_extra(trained_cycle_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    for flags in ([], ["--no-check"]):
+        line = main_error(capsys, "export", trained_cycle_run, "--onnx", tmp_path / "g.onnx", *flags)
+        assert "pip install 'cycleseg[onnx]'" in line
+    assert not (tmp_path / "g.onnx").exists()
+
+
+def test_export_under_a_file(trained_cycle_run, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    line = main_error(capsys, "export", trained_cycle_run, "--onnx", tmp_path / "file" / "sub" / "g.onnx")
+    assert str(tmp_path / "file") + ":" in line and "not a folder" in line
+    line = main_error(capsys, "export", trained_cycle_run, "--onnx", tmp_path)
+    assert "is a folder" in line
+
+
+def test_export_into_a_missing_folder(trained_cycle_run, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from cycleseg.cli import main
+
+    out = tmp_path / "new" / "deeper" / "g.onnx"
+    assert main(["export", str(trained_cycle_run), "--onnx", str(out), "--no-check"]) == 0
+    assert out.stat().st_size > 0 and str(out) in capsys.readouterr().out
+
+
+def fake_run(path, metrics=None, name="fake"):
+    """A run directory as `table` reads it: config.yaml and metrics.json."""
+    import json
+
+    path.mkdir()
+    (path / "config.yaml").write_text(f"name: {name}\nmodel: {{kind: cyclegan}}\nnoise: {{kind: quantize, bits: 2}}\n")
+    (path / "metrics.json").write_text(json.dumps(metrics or {"miou": 40.0, "psnr_db": 20.0, "snr_db": 5.0}))
+    return path
+
+
+def test_table_corrupt_eval_json(tmp_path, capsys):
+    run = fake_run(tmp_path / "run")
+    (run / "eval_val.json").write_text('{"miou": 4')  # truncated
+    line = main_error(capsys, "table", run)
+    assert str(run / "eval_val.json") in line and "not readable JSON" in line
+
+
+def test_table_corrupt_config(tmp_path, capsys):
+    run = fake_run(tmp_path / "run")
+    (run / "config.yaml").write_text("name: [unclosed\n")
+    line = main_error(capsys, "table", run)
+    assert str(run / "config.yaml") in line and "not readable YAML" in line
+
+
+def test_table_split_without_eval_file(tmp_path, capsys):
+    from cycleseg.cli import main
+
+    run = fake_run(tmp_path / "run")
+    line = main_error(capsys, "table", run, "--split", "nonexistent")
+    assert "no eval_nonexistent.json;" in line and f"cycleseg evaluate {run}" in line and "--split train" in line
+    line = main_error(capsys, "table", run, "--split", "train")  # metrics.json is val: no fallback for train
+    assert "no eval_train.json;" in line and "metrics.json" not in line and "--split train`" in line
+    assert main(["table", str(run)]) == 0  # val falls back to metrics.json (train's final validation)
+    assert "40.0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--train", "-1"], "--train -1"),
+    (["--train", "0"], "--train 0"),
+    (["--val", "-1"], "--val -1"),
+])
+def test_make_synthetic_bad_counts(flags, needle, tmp_path, capsys):
+    line = main_error(capsys, "make-synthetic", tmp_path / "d", "--size", "64x32", *flags)
+    assert needle in line
+    assert not (tmp_path / "d").exists()
+
+
+def test_make_synthetic_onto_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    line = main_error(capsys, "make-synthetic", tmp_path / "file", "--size", "64x32", "--train", "1", "--val", "0")
+    assert str(tmp_path / "file") + ":" in line and "not a folder" in line
+    line = main_error(capsys, "make-synthetic", tmp_path / "file" / "sub", "--size", "64x32", "--train", "1")
+    assert str(tmp_path / "file") in line and "cannot write" in line
+
+
+def test_report_missing_data_folder(tmp_path, capsys):
+    line = main_error(capsys, "report", tmp_path, "--data", tmp_path / "MISSING")
+    assert str(tmp_path / "MISSING") + ":" in line and "not found" in line and "--data" in line
+    assert not (tmp_path / "report.md").exists()

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from cycleseg import __version__
-from cycleseg.errors import ConfigError, CycleSegError, Interrupted, RunError
+from cycleseg.errors import ConfigError, CycleSegError, DataError, Interrupted, RunError, user_message
 
 EXAMPLES = """\
 examples:
@@ -237,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if getattr(args, "device", None) is not None:  # an unknown --device fails before any run is read
+            from cycleseg.models import resolve_device
+
+            resolve_device(args.device)
         return COMMANDS[args.command](args)
     except Interrupted as e:
         print(f"cycleseg {args.command}: {_one_line(e)}", file=sys.stderr)
@@ -256,6 +260,10 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     from cycleseg.data.synthetic import make_synthetic
 
     width, height = _parse_size(args.size)
+    if args.train < 1:
+        raise ConfigError(f"--train {args.train}: must be at least 1 (the number of training images)")
+    if args.val < 0:
+        raise ConfigError(f"--val {args.val}: must be at least 0 (the number of validation images)")
     summary = make_synthetic(args.out, num_train=args.train, num_val=args.val, size=(height, width), seed=args.seed)
     print(f"wrote {summary.get('train', args.train)} train and {summary.get('val', args.val)} val images "
           f"of {width}x{height} to {args.out}")
@@ -327,14 +335,23 @@ def cmd_table(args: argparse.Namespace) -> int:
 def _table(run_dirs: list[Path], split: str) -> str:
     """Runs side by side like the paper's Table 2: noise, measured SNR, mIoU, PSNR."""
     lines = [f"{'run':<24} {'noise':<22} {'SNR dB':>7} {'mIoU %':>7} {'PSNR dB':>8}"]
+    from cycleseg import runs
+
     for run_dir in run_dirs:
-        path = run_dir / f"eval_{split}.json"
+        path = runs.artifact(run_dir, "eval", split)
+        if not path.is_file() and split == "val":  # metrics.json: train's final validation, on val
+            path = run_dir / runs.METRICS
         if not path.is_file():
-            path = run_dir / "metrics.json"
-        if not path.is_file():
-            raise RunError(f"{run_dir}: no eval_{split}.json or metrics.json; run `cycleseg evaluate` first")
-        r = json.loads(path.read_text())
-        config = _read_yaml(run_dir / "config.yaml")
+            also = f" or {runs.METRICS}" if split == "val" else ""
+            hint = (f"run `cycleseg evaluate {run_dir} --data DIR --split {split}` first" if split in ("train", "val")
+                    else f"`cycleseg evaluate {run_dir} --data DIR --split train|val` writes eval_train.json or "
+                         "eval_val.json; pass --split train or val")
+            raise RunError(f"{run_dir}: no {runs.artifact(run_dir, 'eval', split).name}{also}; {hint}")
+        r = runs.read_json(path)
+        if not isinstance(r, dict):
+            raise RunError(f"{path}: expected a JSON object of metrics, got {type(r).__name__}; rerun the command "
+                           "that writes it")
+        config = runs.read_yaml(run_dir / runs.CONFIG) if (run_dir / runs.CONFIG).is_file() else {}
         lines.append(f"{config.get('name', run_dir.name):<24} {_noise_label(config):<22} "
                      f"{_fmt(r.get('snr_db'), 2):>7} {_fmt(r.get('miou'), 1):>7} {_fmt(r.get('psnr_db'), 2):>8}")
     return "\n".join(lines)
@@ -421,6 +438,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.examples < 1:
         raise ConfigError(f"--examples {args.examples}: must be >= 1")
+    if args.data is not None and not (args.data / "leftImg8bit" / "val").is_dir():
+        what = "folder not found" if not args.data.is_dir() else "no validation images in leftImg8bit/val/"
+        raise DataError(f"{args.data}: {what}; pass the Cityscapes-layout data folder for Figure 3 with --data, "
+                        "or leave --data out to use the runs' data.root")
     runs = [n.strip() for n in args.runs.split(",") if n.strip()] if args.runs else None
     md, page = build_report(args.sweep_dir, args.data, runs, args.examples, args.device)
     print(f"report written: {md} and {page}")
@@ -469,12 +490,6 @@ def _parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
-
-
 def _noise_label(config: dict) -> str:
     model, noise = config.get("model", {}), config.get("noise", {})
     if model.get("kind") == "plain":
@@ -487,9 +502,10 @@ def _noise_label(config: dict) -> str:
     return kind
 
 
-def _one_line(error: Exception) -> str:
-    """Messages quote user input (file names, keys); never let it break the one-line rule."""
-    return " ".join(str(error).splitlines())
+def _one_line(error: BaseException | str) -> str:
+    """Messages quote user input (file names, keys); never let it break the one-line rule. An error re-raised
+    from a DataLoader worker carries the worker's traceback: only its original message is kept."""
+    return user_message(error) if isinstance(error, BaseException) else " ".join(str(error).splitlines())
 
 
 def _fmt(value: float | None, digits: int) -> str:

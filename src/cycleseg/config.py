@@ -295,7 +295,7 @@ def _validate(cfg: Config, source: str) -> None:
         fail("train.precision", f"must be fp32, bf16, fp16 or auto, got {t.precision!r}")
     if o.kernel not in ("auto", "fused", "foreach", "loop"):
         fail("optim.kernel", f"must be auto, fused, foreach or loop, got {o.kernel!r}")
-    if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
+    if not (t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit())):
         fail("train.device", f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from cycleseg.errors import RunError
-from cycleseg.runs import LAST, load_run
+from cycleseg.runs import LAST, load_run, seeded_inference
 
 __all__ = ["check_onnx", "export_onnx"]
 
@@ -21,11 +21,18 @@ OPSET = 17
 
 
 def export_onnx(run_dir: str | Path, out: str | Path, checkpoint: str = LAST, check: bool = True) -> dict[str, Any]:
-    """Write G of `run_dir` to the ONNX file `out`; with `check`, compare it with PyTorch (see check_onnx)."""
+    """Write G of `run_dir` to the ONNX file `out` (its folder created); with `check`, compare it with PyTorch
+    (see check_onnx). RunError, one line, when the [onnx] extra is missing or `out` cannot be written."""
+    _require_onnx(check)
+    out = Path(out)
+    _check_destination(out)
     models, cfg = load_run(run_dir, torch.device("cpu"), checkpoint)
     G = models.G.eval()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"{out.parent}: cannot create the folder ({e.strerror or e}); choose another --onnx path") \
+            from None
     example = torch.zeros(1, 3, cfg.data.height, cfg.data.width)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about G's input-shape checks: they hold for any input
@@ -43,17 +50,42 @@ def export_onnx(run_dir: str | Path, out: str | Path, checkpoint: str = LAST, ch
     return result
 
 
-@torch.no_grad()
+def _require_onnx(check: bool) -> None:
+    """RunError, before any work, when a package of the [onnx] extra is missing."""
+    names = ("onnx", "onnxruntime") if check else ("onnx",)
+    missing = []
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise RunError(f"{' and '.join(missing)} not installed; ONNX export needs the [onnx] extra: "
+                       "pip install 'cycleseg[onnx]'")
+
+
+def _check_destination(out: Path) -> None:
+    """RunError naming the path when `out` is a folder or a folder above it is a file."""
+    if out.is_dir():
+        raise RunError(f"{out}: is a folder; --onnx takes a file name, e.g. {out / 'g.onnx'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunError(f"{parent}: is a file, not a folder; choose an --onnx path outside it")
+            return
+
+
 def check_onnx(G: torch.nn.Module, path: str | Path, size: tuple[int, int], batch: int = 2,
                seed: int = 0) -> dict[str, float]:
     """Max absolute difference of the logits of ONNX Runtime and PyTorch on random images (B, 3, H, W)."""
     try:
         import onnxruntime as ort
     except ImportError:
-        raise RunError("onnxruntime is not installed; pip install onnxruntime (or pass --no-check)") from None
+        raise RunError("onnxruntime not installed; pip install 'cycleseg[onnx]' (or pass --no-check)") from None
     x = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ours = G.eval()(x)
+    with seeded_inference(G, seed):  # eval mode and no autograd; G's own mode is restored after
+        ours = G(x)
     theirs = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
     return {"max_abs_diff": (ours - theirs).abs().max().item(),
             "argmax_agreement": (ours.argmax(1) == theirs.argmax(1)).double().mean().item()}

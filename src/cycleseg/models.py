@@ -69,9 +69,14 @@ def one_hot(labels: Tensor, num_classes: int) -> Tensor:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> the first CUDA GPU if there is one, else the CPU; "cpu", "cuda", "cuda:N" as given."""
+    """"auto" -> the first CUDA GPU if there is one, else the CPU; "cpu", "cuda", "cuda:N" as given.
+
+    Any other name is a ConfigError listing the accepted ones (the --device flags reach here unchecked)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ConfigError(f"device {name!r} is not known; use auto, cpu, cuda or cuda:N (e.g. --device cpu or "
+                          "train.device=cpu)")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"device {name!r} requested but no CUDA GPU is available; use device=cpu")
+        raise RunError(f"device {name!r} requested but no CUDA GPU is available; use --device cpu (train.device=cpu)")
     return torch.device(name)

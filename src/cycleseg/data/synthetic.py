@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from cycleseg.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
+from cycleseg.errors import ConfigError, DataError
 
 __all__ = ["CITIES", "make_synthetic", "render_scene"]
 
@@ -194,10 +195,26 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
         num_train, num_val: images per split, spread over the split's cities (CITIES).
         size: (H, W) of the images.
         seed: the same seed writes byte-identical files.
+
+    Raises ConfigError for a negative number of images, DataError naming the path when `root` (or a folder
+    above it) is a file or cannot be written.
     """
     root = Path(root)
     height, width = size
-    counts = {"train": num_train, "val": num_val}
+    for split, count in (("training", num_train), ("validation", num_val)):
+        if count < 0:
+            raise ConfigError(f"number of {split} images must be >= 0, got {count}")
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: exists and is not a folder; choose another output folder")
+    try:
+        _write_splits(root, {"train": num_train, "val": num_val}, height, width, seed)
+    except OSError as e:
+        raise DataError(f"{e.filename or root}: cannot write ({e.strerror or e}); choose another output folder "
+                        "(not inside a file) or fix its permissions") from None
+    return {"train": num_train, "val": num_val, "root": str(root)}
+
+
+def _write_splits(root: Path, counts: dict[str, int], height: int, width: int, seed: int) -> None:
     for split_index, (split, count) in enumerate(counts.items()):
         cities = CITIES[split]
         for i in range(count):
@@ -211,4 +228,3 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
             label_dir.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image, "RGB").save(image_dir / f"{stem}{IMAGE_SUFFIX}", compress_level=1)
             Image.fromarray(label, "L").save(label_dir / f"{stem}{LABEL_SUFFIX}", compress_level=1)
-    return {**counts, "root": str(root)}
