@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cycleseg.cache import CachedDataset, prepare
 from cycleseg.data import CityscapesDataset
-from cycleseg.synthetic import make_synthetic
+from cycleseg.data.cache import CachedDataset, prepare
+from cycleseg.data.synthetic import make_synthetic
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -41,7 +41,7 @@ def measure(variant: str, size: tuple[int, int], device: str, iters: int, warmup
     from cycleseg.models import build_models
     from cycleseg.pool import ImagePool
     from cycleseg.precision import make_adam, resolve_precision, to_memory_format
-    from cycleseg.train import discriminator_step, generator_step
+    from cycleseg.steps import discriminator_step, generator_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def measure(variant: str, size: tuple[int, int], device: str, iters: int, warmup
     labels = torch.randint(0, 20, (4, *size), device=dev)
 
     def iteration() -> None:
-        _, fake = generator_step(models, opt_g, image, labels, cfg, amp=amp)
+        _, fake = generator_step(models, opt_g, image, labels, cfg.loss, amp=amp)
         discriminator_step(models, opt_d, image, fake, pool, amp=amp)
 
     if dev.type == "cuda":

@@ -11,7 +11,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from cycleseg.cache import (
+from cycleseg.cli import main
+from cycleseg.config import load_config
+from cycleseg.data import CityscapesDataset
+from cycleseg.data.cache import (
     CachedDataset,
     cache_folder,
     cache_status,
@@ -19,11 +22,8 @@ from cycleseg.cache import (
     open_dataset,
     prepare,
 )
-from cycleseg.checkpoint import LAST, load_checkpoint
-from cycleseg.cli import main
-from cycleseg.config import load_config
-from cycleseg.data import CityscapesDataset
 from cycleseg.errors import DataError
+from cycleseg.runs import LAST, load_checkpoint
 from cycleseg.train import train
 
 SIZE = (32, 64)  # (H, W) of training; the fixture's files are 64x128, so the cache really resizes

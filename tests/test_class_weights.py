@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F_
 
-from cycleseg.cache import prepare
 from cycleseg.config import Config, load_config
 from cycleseg.data import CityscapesDataset
+from cycleseg.data.cache import prepare
 from cycleseg.errors import ConfigError
 from cycleseg.losses import enet_class_weights, segmentation_loss
 from cycleseg.train import train

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cycleseg.cache import prepare
 from cycleseg.cli import main
-from cycleseg.datacheck import check_data, require_valid
+from cycleseg.data.cache import prepare
+from cycleseg.data.check import check_data, require_valid
 from cycleseg.errors import DataError
 
 H, W = 8, 16

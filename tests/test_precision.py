@@ -36,7 +36,7 @@ def _train(precision="fp32", channels_last=False, kernel="loop", iterations=3, s
     labels = torch.randint(0, 20, (2, 32, 64), generator=gen)
     history = []
     for _ in range(iterations):
-        losses, fake = generator_step(models, opt_g, image, labels, Config(), amp=amp)
+        losses, fake = generator_step(models, opt_g, image, labels, Config().loss, amp=amp)
         losses |= discriminator_step(models, opt_d, image, fake, pool, amp=amp)
         history.append({k: v.item() for k, v in losses.items()})
     return history, models

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import cycleseg.train as train_module
-from cycleseg.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+import cycleseg.steps as steps_module
 from cycleseg.config import load_config
 from cycleseg.errors import RunError
 from cycleseg.models import build_models
-from cycleseg.pool import ImagePool
-from cycleseg.train import Progress, restore_checkpoint, train
+from cycleseg.runs import BEST, LAST, load_checkpoint, save_checkpoint
+from cycleseg.state import Progress, TrainState
+from cycleseg.train import train
 
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
 # 8 images / batch 2 = 4 iterations per epoch; 3 epochs = 12 iterations; Gaussian noise so that the torch RNG
@@ -59,7 +59,7 @@ def reference(tiny_data, tmp_path_factory):
 def test_resume_in_process_is_exact(tiny_data, tmp_path, reference, stop_after):
     train(_cfg(tiny_data, f"train.max_iters={stop_after}"), tmp_path)
     assert load_checkpoint(tmp_path / LAST)["progress"]["step"] == stop_after
-    metrics = train(_cfg(tiny_data), tmp_path, resume=True)
+    metrics = train(_cfg(tiny_data), tmp_path, resume=True, run_config=_cfg(tiny_data).to_dict())
     assert metrics["iterations"] == 12
     assert_same_state(load_checkpoint(tmp_path / LAST), reference)
     steps = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"lr"' in line]
@@ -144,11 +144,10 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypa
     path = tmp_path / LAST
     save_checkpoint(path, {"value": torch.ones(3)})
 
-    def half_write(obj, f):
-        f.write(b"PK\x03\x04 partial")
-        raise KeyboardInterrupt  # the process dies in the middle of the write
+    def dies(fd):
+        raise KeyboardInterrupt  # the process dies with the new file half on disk, before the rename
 
-    monkeypatch.setattr("cycleseg.checkpoint.torch.save", half_write)
+    monkeypatch.setattr("cycleseg.runs.os.fsync", dies)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"value": torch.zeros(3)})
     assert torch.equal(load_checkpoint(path)["value"], torch.ones(3))
@@ -158,11 +157,11 @@ def test_disk_full_is_a_clear_error_and_keeps_the_previous_one(tmp_path, monkeyp
     path = tmp_path / LAST
     save_checkpoint(path, {"value": torch.ones(3)})
 
-    def disk_full(obj, f):
+    def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("cycleseg.checkpoint.torch.save", disk_full)
-    with pytest.raises(RunError, match="could not write checkpoint .No space left on device.*intact"):
+    monkeypatch.setattr("cycleseg.runs.os.fsync", disk_full)
+    with pytest.raises(RunError, match="could not write .No space left on device.*intact"):
         save_checkpoint(path, {"value": torch.zeros(3)})
     assert not (tmp_path / (LAST + ".tmp")).exists()
     assert torch.equal(load_checkpoint(path)["value"], torch.ones(3))
@@ -198,16 +197,14 @@ def test_checkpoint_of_another_model_fails_clearly(tiny_data, reference, tmp_pat
     path = tmp_path / LAST
     save_checkpoint(path, {k: v for k, v in reference.items() if k not in ("format", "version")})
     cfg = _cfg(tiny_data, *extra)
-    models = build_models(cfg.model, cfg.noise)
-    parts = {"models": models, "optimizers": [], "schedulers": [], "pool": ImagePool(3)}
     with pytest.raises(RunError, match=needle) as e:
-        restore_checkpoint(path, cfg, parts, torch.device("cpu"))
+        TrainState(cfg, torch.device("cpu")).load(path)
     assert str(path) in str(e.value)
 
 
 def _nan_after(monkeypatch, name, first_bad, last_bad=10**9):
     """Make the training loss `name` return NaN on its calls number first_bad..last_bad (1-based)."""
-    real = getattr(train_module, name)
+    real = getattr(steps_module, name)
     calls = {"n": 0}
 
     def patched(*args, **kwargs):
@@ -215,7 +212,7 @@ def _nan_after(monkeypatch, name, first_bad, last_bad=10**9):
         loss = real(*args, **kwargs)
         return loss * float("nan") if first_bad <= calls["n"] <= last_bad else loss
 
-    monkeypatch.setattr(train_module, name, patched)
+    monkeypatch.setattr(steps_module, name, patched)
 
 
 def test_nan_loss_is_skipped_and_counted(tiny_data, tmp_path, monkeypatch):
@@ -259,6 +256,6 @@ def test_a_skipped_generator_step_leaves_d_trainable(tiny_data, monkeypatch):
     models = build_models(cfg.model, cfg.noise)
     opt_g = torch.optim.Adam(list(models.G.parameters()) + list(models.F.parameters()))
     image, labels = torch.rand(2, 3, 32, 64) * 2 - 1, torch.randint(0, 20, (2, 32, 64))
-    with pytest.raises(train_module.NonFiniteError, match="J_gen is nan"):
-        train_module.generator_step(models, opt_g, image, labels, cfg)
+    with pytest.raises(steps_module.NonFiniteError, match="J_gen is nan"):
+        steps_module.generator_step(models, opt_g, image, labels, cfg.loss)
     assert all(p.requires_grad for p in models.D.parameters())

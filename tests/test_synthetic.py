@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from cycleseg.data import LABEL_ID_TO_TRAIN_ID, list_samples
-from cycleseg.synthetic import make_synthetic
+from cycleseg.data.synthetic import make_synthetic
 
 
 def _digest(root):

@@ -35,7 +35,7 @@ def _changed(before, module):
 def test_generator_step_leaves_d_unchanged_and_updates_g_and_f():
     cfg, models, opt_g, _opt_d, image, labels = _setup(["noise.kind=quantize", "noise.bits=2"])
     d_before, g_before, f_before = _snapshot(models.D), _snapshot(models.G), _snapshot(models.F)
-    losses, fake = generator_step(models, opt_g, image, labels, cfg)
+    losses, fake = generator_step(models, opt_g, image, labels, cfg.loss)
     assert _changed(d_before, models.D) == []
     g_weights = [k for k in g_before if k.endswith("weight")]
     assert set(g_weights) <= set(_changed(g_before, models.G))
@@ -48,7 +48,7 @@ def test_generator_step_leaves_d_unchanged_and_updates_g_and_f():
 
 def test_discriminator_step_leaves_g_and_f_unchanged_and_updates_d():
     cfg, models, opt_g, opt_d, image, labels = _setup()
-    _, fake = generator_step(models, opt_g, image, labels, cfg)
+    _, fake = generator_step(models, opt_g, image, labels, cfg.loss)
     g_before, f_before, d_before = _snapshot(models.G), _snapshot(models.F), _snapshot(models.D)
     losses = discriminator_step(models, opt_d, image, fake, ImagePool(50))
     assert _changed(g_before, models.G) == [] and _changed(f_before, models.F) == []
@@ -58,7 +58,7 @@ def test_discriminator_step_leaves_g_and_f_unchanged_and_updates_d():
 
 def test_generator_loss_is_the_weighted_sum_of_the_logged_terms():
     cfg, models, opt_g, _opt_d, image, labels = _setup(["loss.alpha=0.3", "loss.beta=0.2", "loss.gamma=0.7"])
-    losses, _ = generator_step(models, opt_g, image, labels, cfg)
+    losses, _ = generator_step(models, opt_g, image, labels, cfg.loss)
     seg, rx, adv, ry = (float(losses[f"loss/G/{k}"]) for k in ("seg", "rec_x", "adv", "rec_y"))
     expected = 0.7 * (0.3 * seg + 0.7 * rx) + 0.3 * (0.2 * adv + 0.8 * ry)
     assert abs(float(losses["loss/G/total"]) - expected) < 1e-5
@@ -68,7 +68,7 @@ def test_plain_step_uses_only_g():
     cfg, models, opt_g, _, image, labels = _setup(["model.kind=plain"])
     assert models.F is None and models.D is None
     before = _snapshot(models.G)
-    losses = plain_step(models, opt_g, image, labels, cfg)
+    losses = plain_step(models, opt_g, image, labels, cfg.loss)
     assert set(losses) == {"loss/G/seg"} and len(_changed(before, models.G)) > 0
 
 
@@ -92,7 +92,7 @@ def test_ignore_background_option_changes_only_background_pixels():
         logits = models_copy.G(image)
     expected = torch.nn.functional.cross_entropy(logits[:1, :, :1, :1], labels[:1, :1, :1])
     torch.manual_seed(1)
-    losses = plain_step(models, opt_g, image, labels, cfg)
+    losses = plain_step(models, opt_g, image, labels, cfg.loss)
     assert abs(float(losses["loss/G/seg"]) - expected.item()) < 1e-4
 
 

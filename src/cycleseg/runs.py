@@ -247,15 +247,20 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> tuple[Confi
 
     Returns (config for this session, the run's saved config as a dict, which later checkpoints keep: session
     overrides such as train.max_iters do not become part of the run). Refuses, naming the key, an override of
-    any other key and a config.yaml edited since the run was created.
+    any other key and a config.yaml edited since the run was created. A run stopped before its first
+    checkpoint starts again from step 0 with the config.yaml it was created with.
     """
     run_dir = Path(run_dir)
     path = run_dir / LAST
-    if not path.is_file():
+    if path.is_file():
+        saved = load_checkpoint(path)["config"]
+    elif (run_dir / STATUS).is_file() and (run_dir / CONFIG).is_file():  # stopped before its first checkpoint
+        path = run_dir / CONFIG
+        saved = read_yaml(path)
+    else:
         raise RunError(f"{path}: nothing to resume; train with --out {run_dir} first")
-    saved = load_checkpoint(path)["config"]
     saved_cfg = config_from_dict(saved, source=str(path))
-    if (run_dir / CONFIG).is_file():
+    if path.name == LAST and (run_dir / CONFIG).is_file():
         edited = config_difference(config_from_dict(read_yaml(run_dir / CONFIG), source=str(run_dir / CONFIG)),
                                    saved_cfg)
         if edited:

@@ -66,10 +66,10 @@ def find_configs(sources: list[Path], only: list[str] | None = None) -> list[Swe
 
 
 def run_status(run_dir: Path) -> str:
-    """"done" (trained and evaluated), "trained" (not evaluated), "interrupted" (has last.pt) or "new"."""
+    """"done" (trained and evaluated), "trained" (not evaluated), "interrupted" (created, not finished) or "new"."""
     if runs.finished(run_dir) or (run_dir / runs.METRICS).is_file():
         return "done" if runs.artifact(run_dir, "eval", "val").is_file() else "trained"
-    return "interrupted" if (run_dir / LAST).is_file() else "new"
+    return "interrupted" if (run_dir / LAST).is_file() or (run_dir / runs.STATUS).is_file() else "new"
 
 
 def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] = (), data_root: str | None = None,
@@ -106,7 +106,7 @@ def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] =
         else:
             if status in ("interrupted", "trained"):
                 session, saved = runs.resume_config(run_dir, _resumable_overrides(cfg))
-                log(f"{prefix} continuing from step {runs.checkpoint_step(run_dir / LAST)}")
+                log(f"{prefix} continuing from step {runs.checkpoint_step(run_dir / LAST) or 0}")
                 train(session, run_dir, resume=True, run_config=saved)
             else:
                 log(f"{prefix} training ({cfg.optim.epochs} epochs at {cfg.data.width}x{cfg.data.height})")

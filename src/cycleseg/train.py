@@ -60,7 +60,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     distributed.broadcast_parameters(state.models)  # identical start on every rank
     if distributed.rank() > 0:  # its own noise draws; rank 0 keeps the single-process streams
         torch.manual_seed(cfg.train.seed + distributed.rank())
-    if resume:
+    if resume and (run_dir / LAST).is_file():  # a run stopped before its first checkpoint starts from step 0
         state.load(run_dir / LAST)
     class_weights = _class_weights(cfg, train_set, run_dir, device)
     if cfg.train.compile:  # in place: state_dict keys stay those of the plain modules
