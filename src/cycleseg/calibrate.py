@@ -10,7 +10,6 @@ run (its own noise, or any other noise applied to its logits) and writes RUN_DIR
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,42 +19,38 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from cycleseg.config import Config, NoiseConfig, apply_overrides, config_from_dict
-from cycleseg.data import CityscapesDataset
+from cycleseg.data import open_split
 from cycleseg.errors import ConfigError, RunError
 from cycleseg.metrics import snr_db
 from cycleseg.models import resolve_device
 from cycleseg.noise import NoiseInjection
-from cycleseg.runs import LAST, load_run, write_json
+from cycleseg.runs import LAST, artifact, load_run, read_json, seeded_inference, write_json
 
 __all__ = ["calibrate_run", "calibration_path", "measure_snr", "resolve_snr_from"]
 
 
 def calibration_path(run_dir: str | Path, split: str = "val") -> Path:
-    return Path(run_dir) / f"calibrate_{split}.json"
+    return artifact(run_dir, "calibrate", split)
 
 
-@torch.no_grad()
 def measure_snr(G: torch.nn.Module, noise: NoiseInjection, batches: Iterable[tuple[Tensor, Tensor]],
                 device: torch.device, seed: int = 0) -> Tensor:
     """Per-image SNR (eq. 11) of `noise` on G's logits over all `batches` of (image (B, 3, H, W), _).
 
     Returns a (N,) tensor in dB, one value per image; +inf for a noise that changes nothing.
     """
-    was_training = G.training
-    G.eval()
     values = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # Gaussian noise repeats, and the caller's RNG is left alone
+    with seeded_inference(G, seed, device):  # Gaussian noise repeats, and the caller's RNG is left alone
         for image, _ in batches:
             logits = G(image.to(device))
             values.append(snr_db(logits, noise(logits)).cpu())
-    G.train(was_training)
     return torch.cat(values) if values else torch.empty(0)
 
 
 def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                   noise_overrides: list[str] = (), checkpoint: str = LAST) -> dict[str, Any]:
-    """Measure the mean per-image SNR of a run's noise (or of `noise_overrides`) on `split`.
+    """Measure the mean per-image SNR of a run's noise (or of `noise_overrides`) on `split`, opened as every
+    command opens it (`data.open_split`: the run's cache settings and data.max_*_images).
 
     Args:
         noise_overrides: `key=value` settings of the noise section (e.g. ["kind=quantize", "bits=1"]) to
@@ -68,7 +63,7 @@ def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val"
     noise_cfg = _noise_config(cfg.noise, noise_overrides)
     noise = models.noise if not noise_overrides else NoiseInjection(
         noise_cfg.kind, bits=noise_cfg.bits, snr_db=noise_cfg.snr_db, sigma_rule=noise_cfg.sigma_rule)
-    dataset = CityscapesDataset(data_root, split, (cfg.data.height, cfg.data.width))
+    dataset = open_split(cfg, split, root=data_root)
     loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     snrs = measure_snr(models.G, noise, loader, dev, seed=cfg.train.seed)
     finite = snrs[torch.isfinite(snrs)]
@@ -102,7 +97,7 @@ def resolve_snr_from(cfg: Config, base_dir: str | Path = ".", device: str = "aut
                           "train that run first (a sweep trains it before this one)")
     path = calibration_path(run_dir)
     if path.is_file():
-        measured = json.loads(path.read_text())["snr_db"]
+        measured = read_json(path)["snr_db"]
     else:
         measured = calibrate_run(run_dir, cfg.data.root, device=device)["snr_db"]
     return dataclasses.replace(cfg, noise=dataclasses.replace(cfg.noise, snr_db=round(measured, 4)))

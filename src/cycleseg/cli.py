@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cycleseg import __version__
 from cycleseg.errors import ConfigError, CycleSegError, DataError, Interrupted, RunError, user_message
+from cycleseg.formats import fmt, noise_label
 
 EXAMPLES = """\
 examples:
@@ -311,8 +312,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if finished_at == metrics["iterations"]:
         print(f"{out}: the run is already finished ({metrics['iterations']} iterations); nothing to do")
-    print(f"{cfg.name}: mIoU {_fmt(metrics.get('miou'), 1)} %, PSNR {_fmt(metrics.get('psnr_db'), 2)} dB, "
-          f"SNR {_fmt(metrics.get('snr_db'), 2)} dB after {metrics['iterations']} iterations "
+    print(f"{cfg.name}: mIoU {fmt(metrics.get('miou'), 1)} %, PSNR {fmt(metrics.get('psnr_db'), 2)} dB, "
+          f"SNR {fmt(metrics.get('snr_db'), 2)} dB after {metrics['iterations']} iterations "
           f"({metrics['train_seconds']} s of training); run in {out}")
     return 0
 
@@ -352,8 +353,8 @@ def _table(run_dirs: list[Path], split: str) -> str:
             raise RunError(f"{path}: expected a JSON object of metrics, got {type(r).__name__}; rerun the command "
                            "that writes it")
         config = runs.read_yaml(run_dir / runs.CONFIG) if (run_dir / runs.CONFIG).is_file() else {}
-        lines.append(f"{config.get('name', run_dir.name):<24} {_noise_label(config):<22} "
-                     f"{_fmt(r.get('snr_db'), 2):>7} {_fmt(r.get('miou'), 1):>7} {_fmt(r.get('psnr_db'), 2):>8}")
+        lines.append(f"{config.get('name', run_dir.name):<24} {noise_label(config):<22} "
+                     f"{fmt(r.get('snr_db'), 2):>7} {fmt(r.get('miou'), 1):>7} {fmt(r.get('psnr_db'), 2):>8}")
     return "\n".join(lines)
 
 
@@ -490,26 +491,10 @@ def _parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _noise_label(config: dict) -> str:
-    model, noise = config.get("model", {}), config.get("noise", {})
-    if model.get("kind") == "plain":
-        return "plain ERFNet"
-    kind = noise.get("kind", "none")
-    if kind == "quantize":
-        return f"quantize {noise.get('bits')} bit"
-    if kind == "gaussian":
-        return f"gaussian {noise.get('snr_db')} dB"
-    return kind
-
-
 def _one_line(error: BaseException | str) -> str:
     """Messages quote user input (file names, keys); never let it break the one-line rule. An error re-raised
     from a DataLoader worker carries the worker's traceback: only its original message is kept."""
     return user_message(error) if isinstance(error, BaseException) else " ".join(str(error).splitlines())
-
-
-def _fmt(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from cycleseg.data import CLASS_NAMES, CityscapesDataset, colorize
+from cycleseg import runs
+from cycleseg.data import CLASS_NAMES, colorize, open_split
 from cycleseg.diagnostics import (
     INPUTS,
     SCALE_REFERENCES,
@@ -52,14 +53,14 @@ from cycleseg.diagnostics import (
     watermark_inputs,
 )
 from cycleseg.errors import RunError
-from cycleseg.metrics import class_iou, confusion_matrix, psnr_db, snr_db
+from cycleseg.formats import figure, finite_or_none, fmt, iou_results, noise_label, save_figure, to_rgb
+from cycleseg.metrics import confusion_matrix, psnr_db, snr_db
 from cycleseg.models import Models, resolve_device
-from cycleseg.runs import LAST, load_run, write_json
+from cycleseg.runs import LAST, load_run, seeded_inference
 
 __all__ = ["DEFAULT_SNRS", "diagnose_models", "diagnose_run", "format_summary"]
 
 DEFAULT_SNRS = (40.0, 30.0, 20.0, 10.0, 5.0, 0.0, -5.0, -10.0)  # dB, the sensitivity sweep
-NUM_EVAL_CLASSES = 19
 HIGH_FREQUENCY_CUTOFF = 0.25  # cycles per pixel: half the Nyquist frequency
 SPECTRA = ("image", "logits_residual", "f_input_residual")
 FIGURES = ("sensitivity", "energy", "spectrum", "examples")  # diagnose_<split>/<name>.png
@@ -67,7 +68,6 @@ INPUT_TITLES = {"noisy": "F(noise(G(x)))", "decision": "F(decision)", "class_mea
                 "ground_truth": "F(ground truth)"}
 
 
-@torch.no_grad()
 def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device, seed: int = 0,
                     snrs: Sequence[float] = DEFAULT_SNRS, scale_to: str = "f_input",
                     num_examples: int = 4) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -87,16 +87,10 @@ def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
     if not models.is_cycle:
         raise RunError("diagnose needs a cycle model (model.kind=cyclegan): a plain ERFNet has no F to reconstruct "
                        "the image from its class scores")
-    was_training = models.training
-    models.eval()
     acc = _Accumulator(models.num_classes, len(snrs), device, num_examples)
     generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # the run's own Gaussian noise injection, as in `evaluate`
-        try:
-            _accumulate(models, batches, device, snrs, scale_to, generator, acc)
-        finally:
-            models.train(was_training)
+    with seeded_inference(models, seed, device):  # the run's own Gaussian noise injection, as in `evaluate`
+        _accumulate(models, batches, device, snrs, scale_to, generator, acc)
     if acc.count == 0:
         raise RunError("no images to diagnose; the split is empty")
     results = acc.results(snrs, scale_to, seed)
@@ -183,7 +177,7 @@ class _Accumulator:
             "num_images": self.count,
             "seed": seed,
             "scale_to": scale_to,
-            "miou": _miou(self.conf),
+            "miou": iou_results(self.conf)["miou"],
             "snr_db": _mean(self.snr),
             "watermark_gap": {
                 "psnr_db": psnr,
@@ -192,7 +186,7 @@ class _Accumulator:
             "sensitivity": {
                 "sigma_rule": "equal_snr",
                 "points": [{"snr_target_db": float(target), "snr_db": _mean(self.sweep_snr[k]),
-                            "psnr_db": _mean(self.sweep_psnr[k]), "miou": _miou(self.sweep_conf[k])}
+                            "psnr_db": _mean(self.sweep_psnr[k]), "miou": iou_results(self.sweep_conf[k])["miou"]}
                            for k, target in enumerate(snrs)],
             },
             "energy": {
@@ -234,28 +228,26 @@ def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
     if not models.is_cycle:
         raise RunError(f"{run_dir}: diagnose needs a cycle model (model.kind=cyclegan); this run is a plain ERFNet, "
                        "which has no F to reconstruct the image from its class scores")
-    dataset = CityscapesDataset(data_root, split, (cfg.data.height, cfg.data.width))
+    dataset = open_split(cfg, split, root=data_root)
     if max_images is not None and max_images < len(dataset):
         dataset = Subset(dataset, range(max_images))
     loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     results, examples = diagnose_models(models, loader, dev, seed=cfg.train.seed, snrs=snrs, scale_to=scale_to,
                                         num_examples=num_examples)
-    figure_dir = run_dir / f"diagnose_{split}"
+    figure_dir = runs.artifact(run_dir, "diagnose_figures", split)
+    markdown = runs.artifact(run_dir, "diagnose_md", split)
     results = {"run": cfg.name, "split": split, "checkpoint": checkpoint, "noise": cfg.noise.kind,
-               "noise_label": _noise_label(cfg), **results,
+               "noise_label": noise_label(cfg), **results,
                "figures": {name: f"{figure_dir.name}/{name}.png" for name in FIGURES},
-               "summary": f"diagnose_{split}.md"}
-    markdown = run_dir / f"diagnose_{split}.md"
+               "summary": markdown.name}
     try:
         figure_dir.mkdir(exist_ok=True)
-        write_figures(figure_dir, results, examples)
-        write_json(run_dir / f"diagnose_{split}.json", results)
-        tmp = markdown.with_name(markdown.name + ".tmp")
-        tmp.write_text(format_markdown(results))
-        tmp.replace(markdown)
     except OSError as e:
-        raise RunError(f"{e.filename or run_dir}: could not write the diagnostics ({e.strerror}); free disk space "
-                       "or fix permissions") from None
+        raise RunError(f"{figure_dir}: could not create the figure folder ({e.strerror}); free disk space or fix "
+                       "permissions") from None
+    write_figures(figure_dir, results, examples)  # every file written atomically; RunError naming it if not
+    runs.write_json(runs.artifact(run_dir, "diagnose", split), results)
+    runs.atomic_write(markdown, format_markdown(results))
     return results
 
 
@@ -264,28 +256,15 @@ def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
 
 def write_figures(figure_dir: Path, results: dict[str, Any], examples: dict[str, Tensor]) -> dict[str, Path]:
     """sensitivity.png, energy.png, spectrum.png and examples.png in `figure_dir`; returns name -> path."""
-    paths = {name: figure_dir / f"{name}.png" for name in FIGURES}
-    _sensitivity_figure(results).savefig(paths["sensitivity"], dpi=110)
-    _energy_figure(results).savefig(paths["energy"], dpi=110)
-    _spectrum_figure(results).savefig(paths["spectrum"], dpi=110)
-    _examples_figure(examples).savefig(paths["examples"], dpi=110)
-    return paths
-
-
-def _figure(width: float, height: float):
-    # A bare Figure with an Agg canvas: no pyplot, no global backend state, safe in any process.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    figures = {"sensitivity": _sensitivity_figure(results), "energy": _energy_figure(results),
+               "spectrum": _spectrum_figure(results), "examples": _examples_figure(examples)}
+    return {name: save_figure(fig, figure_dir / f"{name}.png") for name, fig in figures.items()}
 
 
 def _sensitivity_figure(results: dict[str, Any]):
     points = results["sensitivity"]["points"]
     snr = [p["snr_db"] if p["snr_db"] is not None else p["snr_target_db"] for p in points]
-    fig = _figure(9, 3.4)
+    fig = figure(9, 3.4, layout="constrained")
     ax_psnr, ax_miou = fig.subplots(1, 2)
     ax_psnr.plot(snr, [_nan(p["psnr_db"]) for p in points], "o-", color="C0", label="F(noise(G(x) + extra))")
     styles = {"noisy": ("C0", "--"), "decision": ("C3", ":"), "class_mean": ("C2", ":"), "ground_truth": ("C7", "-.")}
@@ -313,7 +292,7 @@ def _sensitivity_figure(results: dict[str, Any]):
 def _energy_figure(results: dict[str, Any]):
     energy = results["energy"]
     names = [n for n, count in energy["logits"]["pixels_per_class"].items() if count > 0]
-    fig = _figure(10, 3.6)
+    fig = figure(10, 3.6, layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     x = np.arange(len(names))
     panels = (("per_class", "residual_share", "outside the decision one-hot (residual)"),
@@ -336,7 +315,7 @@ def _spectrum_figure(results: dict[str, Any]):
     freq = spectrum["frequency"]
     labels = {"image": "image x", "logits_residual": "residual of G's logits",
               "f_input_residual": "residual of F's input"}
-    fig = _figure(5.5, 3.6)
+    fig = figure(5.5, 3.6, layout="constrained")
     ax = fig.subplots()
     if spectrum["power"]["f_input_residual"] == spectrum["power"]["logits_residual"]:
         labels = {"image": "image x", "logits_residual": "residual of G's logits = F's input"}
@@ -360,7 +339,7 @@ def _examples_figure(examples: dict[str, Tensor]):
     rows = examples["image"].shape[0]
     height, width = examples["image"].shape[2:]
     cell = 1.55
-    fig = _figure(cell * len(columns), cell * height / width * rows + 0.5)
+    fig = figure(cell * len(columns), cell * height / width * rows + 0.5, layout="constrained")
     axes = np.atleast_2d(fig.subplots(rows, len(columns), squeeze=False))
     for r in range(rows):
         image = examples["image"][r]
@@ -372,7 +351,7 @@ def _examples_figure(examples: dict[str, Tensor]):
             elif key in ("residual", "unexplained"):
                 shown = _amplify(value)
             else:
-                shown = _to_rgb(value)
+                shown = to_rgb(value)
             ax.imshow(shown, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -381,11 +360,6 @@ def _examples_figure(examples: dict[str, Tensor]):
             if r == 0:
                 ax.set_title(title, fontsize=7)
     return fig
-
-
-def _to_rgb(image: Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) in [0, 1]."""
-    return ((image.permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 
 
 def _amplify(maps: Tensor) -> np.ndarray:
@@ -408,8 +382,8 @@ def format_markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# Steganography diagnostics: {r['run']} ({r['noise_label']}), {r['split']} split",
         "",
-        (f"{r['num_images']} images, checkpoint `{r['checkpoint']}`, seed {r['seed']}; mIoU {_f(r['miou'], 1)} %, "
-         f"SNR of the run's own noise injection {_f(r['snr_db'], 2)} dB."),
+        (f"{r['num_images']} images, checkpoint `{r['checkpoint']}`, seed {r['seed']}; mIoU {fmt(r['miou'], 1)} %, "
+         f"SNR of the run's own noise injection {fmt(r['snr_db'], 2)} dB."),
         "",
         "## 1. Watermark gap",
         "",
@@ -426,8 +400,8 @@ def format_markdown(r: dict[str, Any]) -> str:
                     "ground_truth": "one-hot of the ground truth, scaled"}
     for name in INPUTS:
         if name in psnr:
-            lines.append(f"| {descriptions[name]} | {_f(psnr[name], 2)} | "
-                         f"{_f(gap['gap_db'].get(name), 2) if name != 'noisy' else '-'} |")
+            lines.append(f"| {descriptions[name]} | {fmt(psnr[name], 2)} | "
+                         f"{fmt(gap['gap_db'].get(name), 2) if name != 'noisy' else '-'} |")
     lines += [
         "",
         ("gap = PSNR(noisy) - PSNR(that input): how much better F rebuilds the image from G's full class scores "
@@ -444,9 +418,9 @@ def format_markdown(r: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for p in r["sensitivity"]["points"]:
-        lines.append(f"| {p['snr_target_db']:g} | {_f(p['snr_db'], 2)} | {_f(p['psnr_db'], 2)} | {_f(p['miou'], 1)} |")
+        lines.append(f"| {p['snr_target_db']:g} | {fmt(p['snr_db'], 2)} | {fmt(p['psnr_db'], 2)} | {fmt(p['miou'], 1)} |")
     lines += [
-        f"| no extra noise | - | {_f(psnr.get('noisy'), 2)} | {_f(r['miou'], 1)} |",
+        f"| no extra noise | - | {fmt(psnr.get('noisy'), 2)} | {fmt(r['miou'], 1)} |",
         "",
         f"![sensitivity]({r['figures']['sensitivity']})",
         "",
@@ -491,12 +465,12 @@ def format_summary(r: dict[str, Any], run_dir: Path) -> str:
     gap = r["watermark_gap"]["gap_db"]
     return "\n".join([
         f"{r['run']} ({r['noise_label']}), {r['num_images']} {r['split']} images",
-        (f"PSNR dB: noisy {_f(psnr.get('noisy'), 2)}, decision {_f(psnr.get('decision'), 2)}, class means "
-         f"{_f(psnr.get('class_mean'), 2)}, ground truth {_f(psnr.get('ground_truth'), 2)}"),
-        f"watermark gap {_f(gap.get('decision'), 2)} dB (noisy - decision)",
+        (f"PSNR dB: noisy {fmt(psnr.get('noisy'), 2)}, decision {fmt(psnr.get('decision'), 2)}, class means "
+         f"{fmt(psnr.get('class_mean'), 2)}, ground truth {fmt(psnr.get('ground_truth'), 2)}"),
+        f"watermark gap {fmt(gap.get('decision'), 2)} dB (noisy - decision)",
         (f"residual energy share: G's logits {_pct(r['energy']['logits']['residual_share'])}, F's input "
          f"{_pct(r['energy']['f_input']['residual_share'])}"),
-        "sensitivity PSNR dB: " + ", ".join(f"{p['snr_target_db']:g} dB -> {_f(p['psnr_db'], 2)}"
+        "sensitivity PSNR dB: " + ", ".join(f"{p['snr_target_db']:g} dB -> {fmt(p['psnr_db'], 2)}"
                                             for p in r["sensitivity"]["points"]),
         (f"wrote {run_dir / ('diagnose_' + r['split'] + '.json')}, {run_dir / r['summary']} and "
          f"{run_dir / ('diagnose_' + r['split'])}/*.png"),
@@ -506,47 +480,24 @@ def format_summary(r: dict[str, Any], run_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _noise_label(cfg: Any) -> str:
-    kind = cfg.noise.kind
-    if kind == "quantize":
-        return f"quantize {cfg.noise.bits} bit"
-    if kind == "gaussian":
-        return f"gaussian {cfg.noise.snr_db} dB"
-    return "no noise" if kind == "none" else kind
-
-
 def _class_names(num_classes: int) -> list[str]:
     return list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [f"class {i}" for i in range(num_classes)]
 
 
-def _miou(conf: Tensor) -> float | None:
-    iou = class_iou(conf.cpu(), min(NUM_EVAL_CLASSES, conf.shape[0]))
-    present = iou[~torch.isnan(iou)]
-    return _finite(100 * present.mean().item()) if len(present) else None
-
-
 def _mean(values: list[Tensor]) -> float | None:
-    return _finite(torch.cat(values).double().mean().item()) if values else None
+    return finite_or_none(torch.cat(values).double().mean().item()) if values else None
 
 
 def _ratio(part: Tensor, whole: Tensor) -> float | None:
-    return _finite(float(part) / float(whole)) if float(whole) > 0 else None
+    return finite_or_none(float(part) / float(whole)) if float(whole) > 0 else None
 
 
 def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def _nan(value: float | None) -> float:
     return math.nan if value is None else value
-
-
-def _f(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _pct(value: float | None) -> str:

@@ -6,7 +6,6 @@ is the noise's measured SNR on G's logits. Gaussian noise is drawn from a fixed 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from cycleseg import runs
-from cycleseg.data import CLASS_NAMES, NUM_EVAL_CLASSES, open_split
+from cycleseg import predict, runs
+from cycleseg.data import open_split
 from cycleseg.errors import RunError
-from cycleseg.metrics import class_iou, confusion_matrix, psnr_db, snr_db
+from cycleseg.formats import finite_or_none, fmt, iou_results
+from cycleseg.metrics import confusion_matrix, psnr_db, snr_db
 from cycleseg.models import Models, resolve_device
 from cycleseg.precision import resolve_precision
 from cycleseg.runs import LAST, load_run, seeded_inference
 
-__all__ = ["evaluate_models", "evaluate_run", "format_results", "iou_results"]
+__all__ = ["evaluate_models", "evaluate_run", "format_results"]
 
 
 def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
@@ -68,20 +68,10 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
     snr = (sums[2] / sums[3]).item() if models.is_cycle else None
     count = int(sums[4].item())
     return {
-        **iou_results(conf.cpu(), NUM_EVAL_CLASSES),
-        "psnr_db": _finite_or_none(psnr) if psnr is not None else None,
-        "snr_db": _finite_or_none(snr) if snr is not None else None,
+        **iou_results(conf),
+        "psnr_db": finite_or_none(psnr) if psnr is not None else None,
+        "snr_db": finite_or_none(snr) if snr is not None else None,
         "num_images": count,
-    }
-
-
-def iou_results(conf: Tensor, num_eval_classes: int = NUM_EVAL_CLASSES) -> dict[str, Any]:
-    """{"miou": %, "iou": {class name: %}} of a (S, S) confusion matrix; None for NaN (class absent)."""
-    iou = class_iou(conf, num_eval_classes)
-    present = iou[~torch.isnan(iou)]
-    return {
-        "miou": _finite_or_none(100 * present.mean().item()) if len(present) else None,
-        "iou": {name: _finite_or_none(100 * v) for name, v in zip(CLASS_NAMES, iou.tolist())},
     }
 
 
@@ -109,8 +99,6 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
     results = {"run": cfg.name, "split": split, "noise": cfg.noise.kind, "size": f"{cfg.data.width}x{cfg.data.height}",
                **results}
     if full_res or official:
-        from cycleseg import predict  # imported here: predict builds on this module
-
         if official:
             results["official"] = predict.official_report(Path(run_dir), data_root, split, models, cfg, dataset, dev,
                                                           Path(predictions) if predictions is not None else None)
@@ -141,18 +129,10 @@ def format_results(results: dict[str, Any]) -> str:
     width = max(7, *(len(title) for title, _ in columns))
     lines = [f"{'class':<15}" + "".join(f" {title:>{width}}" for title, _ in columns)]
     for name in results["iou"]:
-        lines.append(f"{name:<15}" + "".join(f" {_fmt(c['iou'].get(name), digits):>{width}}" for _, c in columns))
+        lines.append(f"{name:<15}" + "".join(f" {fmt(c['iou'].get(name), digits):>{width}}" for _, c in columns))
     lines.append("-" * (15 + (width + 1) * len(columns)))
-    lines.append(f"{'mIoU %':<15}" + "".join(f" {_fmt(c['miou'], digits):>{width}}" for _, c in columns))
-    lines.append(f"{'PSNR dB':<15} {_fmt(results['psnr_db'], 2):>7}")
-    lines.append(f"{'SNR dB':<15} {_fmt(results['snr_db'], 2):>7}")
+    lines.append(f"{'mIoU %':<15}" + "".join(f" {fmt(c['miou'], digits):>{width}}" for _, c in columns))
+    lines.append(f"{'PSNR dB':<15} {fmt(results['psnr_db'], 2):>7}")
+    lines.append(f"{'SNR dB':<15} {fmt(results['snr_db'], 2):>7}")
     lines.append(f"{'images':<15} {results['num_images']:>7}")
     return "\n".join(lines)
-
-
-def _fmt(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F_
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from cycleseg.config import Config
@@ -47,10 +47,10 @@ from cycleseg.data import (
     read_label,
 )
 from cycleseg.errors import DataError, RunError
-from cycleseg.evaluate import iou_results
+from cycleseg.formats import finite_or_none, iou_results, to_rgb
 from cycleseg.metrics import confusion_matrix
 from cycleseg.models import Models, resolve_device
-from cycleseg.runs import LAST, load_run, write_json
+from cycleseg.runs import LAST, artifact, load_run, seeded_inference, write_json
 
 __all__ = ["Prediction", "full_res_confusion", "iter_predictions", "official_evaluate", "official_report",
            "predict_run", "score_predictions", "write_predictions"]
@@ -65,42 +65,44 @@ class Prediction:
     reconstruction: Tensor | None  # (3, H, W) float32 in [-1, 1] at the training size, or None
 
 
-@torch.no_grad()
 def iter_predictions(models: Models, dataset: Dataset, device: torch.device, batch_size: int = 4,
                      num_workers: int = 0, seed: int = 0, reconstruction: bool = False,
                      progress: bool = False) -> Iterator[Prediction]:
-    """G over `dataset` (a split, dataset.samples in order) in batches; per image, its logits upsampled
-    bilinearly to the image's own size, then the argmax.
+    """G over `dataset` (a split as `open_split` gives it, its samples in order) in batches; per image, its logits
+    upsampled bilinearly to the image's own size, then the argmax.
 
     reconstruction: also run the forward cycle (cycle models), with the noise drawn from `seed` as in evaluation.
+    The models run under `runs.seeded_inference`, which this generator holds until it is exhausted or closed.
     """
-    samples: list[Sample] = dataset.samples
+    samples = _samples(dataset)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    was_training = models.training
-    models.eval()
     index = 0
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)  # reproducible Gaussian noise in x_rec, training RNG untouched
-            bar = tqdm(loader, desc="predict", unit="batch", disable=not progress, dynamic_ncols=True)
-            for image, _ in bar:
-                image = image.to(device, non_blocking=True)
-                rec = None
-                if reconstruction and models.is_cycle:
-                    logits, _noisy, rec = models.forward_cycle(image)
-                else:
-                    logits = models.G(image)  # (B, S, H, W)
-                for b in range(image.shape[0]):  # one image at a time: (S, 1024, 2048) float32 is 168 MB
-                    sample = samples[index]
-                    index += 1
-                    with Image.open(sample.image_path) as source:
-                        width, height = source.size
-                    full = F_.interpolate(logits[b:b + 1], size=(height, width), mode="bilinear", align_corners=False)
-                    yield Prediction(sample, full.argmax(dim=1)[0].to(torch.uint8).cpu().numpy(),
-                                     rec[b].float().cpu() if rec is not None else None)
-    finally:
-        models.train(was_training)
+    with seeded_inference(models, seed, device):  # reproducible Gaussian noise in x_rec, training RNG untouched
+        bar = tqdm(loader, desc="predict", unit="batch", disable=not progress, dynamic_ncols=True)
+        for image, _ in bar:
+            image = image.to(device, non_blocking=True)
+            rec = None
+            if reconstruction and models.is_cycle:
+                logits, _noisy, rec = models.forward_cycle(image)
+            else:
+                logits = models.G(image)  # (B, S, H, W)
+            for b in range(image.shape[0]):  # one image at a time: (S, 1024, 2048) float32 is 168 MB
+                sample = samples[index]
+                index += 1
+                with Image.open(sample.image_path) as source:
+                    width, height = source.size
+                full = F_.interpolate(logits[b:b + 1], size=(height, width), mode="bilinear", align_corners=False)
+                yield Prediction(sample, full.argmax(dim=1)[0].to(torch.uint8).cpu().numpy(),
+                                 rec[b].float().cpu() if rec is not None else None)
+
+
+def _samples(dataset: Dataset) -> list[Sample]:
+    """The samples of a split in order: its .samples, or those a Subset of it (data.max_*_images) keeps."""
+    if isinstance(dataset, Subset):
+        samples = _samples(dataset.dataset)
+        return [samples[i] for i in dataset.indices]
+    return dataset.samples
 
 
 def full_res_confusion(predictions: Iterator[Prediction], num_classes: int) -> Tensor:
@@ -123,8 +125,7 @@ def write_predictions(predictions: Iterator[Prediction], out: Path) -> int:
               out / "labelIds" / city / f"{name}_labelIds.png")
         _save(Image.fromarray(colorize(p.train_ids), "RGB"), out / "color" / city / f"{name}_color.png")
         if p.reconstruction is not None:
-            rgb = ((p.reconstruction.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            _save(Image.fromarray(rgb, "RGB"), out / "reconstruction" / city / f"{name}_rec.png")
+            _save(Image.fromarray(to_rgb(p.reconstruction), "RGB"), out / "reconstruction" / city / f"{name}_rec.png")
         count += 1
     return count
 
@@ -196,7 +197,7 @@ def score_predictions(predictions: str | Path, data_root: str | Path, split: str
             raise DataError(f"{path}: values {sorted(set(np.unique(pred_ids[pred < 0]).tolist()))[:10]} are not "
                             "Cityscapes labelIds")
         conf += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(labels), len(CLASS_NAMES))
-    return {**iou_results(conf, NUM_EVAL_CLASSES), "num_images": len(samples)}
+    return {**iou_results(conf), "num_images": len(samples)}
 
 
 def official_evaluate(predictions: str | Path, data_root: str | Path, split: str,
@@ -239,8 +240,8 @@ def official_evaluate(predictions: str | Path, data_root: str | Path, split: str
         raise RunError(f"cityscapesscripts evaluation of {folder} failed: {errors[-1] if errors else 'exit'}; "
                        "predictions must be labelId PNGs named <city>_<seq>_<frame>*.png, one per image, at the "
                        "label's size (cycleseg predict writes them)") from None
-    iou = {name: _percent_or_none(result["classScores"][name]) for name in CLASS_NAMES[:NUM_EVAL_CLASSES]}
-    return {"miou": _percent_or_none(result["averageScoreClasses"]), "iou": iou, "num_images": len(ground_truth),
+    iou = {name: finite_or_none(100 * float(result["classScores"][name])) for name in CLASS_NAMES[:NUM_EVAL_CLASSES]}
+    return {"miou": finite_or_none(100 * float(result["averageScoreClasses"])), "iou": iou, "num_images": len(ground_truth),
             "export": str(export) if export is not None else None}
 
 
@@ -254,7 +255,7 @@ def official_report(run_dir: Path, data_root: str | Path, split: str, models: Mo
          "ours": {"miou", "iou", "num_images"}}; the script's full JSON goes to RUN_DIR/official_<split>.json.
     """
     if predictions is None:
-        predictions = run_dir / f"predictions_{split}"
+        predictions = artifact(run_dir, "predictions", split)
         count = write_predictions(iter_predictions(models, dataset, device, cfg.optim.batch_size, cfg.data.num_workers,
                                                    cfg.train.seed), predictions)
         write_json(predictions / "predict.json", {"run": str(run_dir), "split": split, "data": str(data_root),
@@ -262,10 +263,5 @@ def official_report(run_dir: Path, data_root: str | Path, split: str, models: Mo
     elif not predictions.is_dir():
         raise RunError(f"{predictions}: predictions folder not found; write one with `cycleseg predict`")
     ours = score_predictions(predictions, data_root, split)
-    official = official_evaluate(predictions, data_root, split, export=run_dir / f"official_{split}.json")
+    official = official_evaluate(predictions, data_root, split, export=artifact(run_dir, "official", split))
     return {"predictions": str(predictions), "cityscapesscripts": official, "ours": ours}
-
-
-def _percent_or_none(value: float) -> float | None:
-    value = float(value)
-    return 100 * value if np.isfinite(value) else None

@@ -14,31 +14,47 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import yaml
-from matplotlib.figure import Figure  # the object API: no GUI backend, no global pyplot state
 
-from cycleseg.data import CLASS_NAMES, CityscapesDataset, colorize
+from cycleseg.config import config_from_dict
+from cycleseg.data import CLASS_NAMES, NUM_EVAL_CLASSES, colorize, open_split
 from cycleseg.errors import RunError
+from cycleseg.formats import figure, fmt, noise_label, save_figure, to_rgb
 from cycleseg.models import resolve_device
-from cycleseg.runs import load_run
+from cycleseg.runs import (
+    CONFIG,
+    LOG,
+    METRICS,
+    VERSIONS,
+    artifact,
+    atomic_write,
+    load_run,
+    read_json,
+    read_yaml,
+    seeded_inference,
+)
 from cycleseg.sweep import SWEEP_FILE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["RunRecord", "build_report", "choose_runs", "collect_runs", "load_paper_table", "table2_key",
            "table2_rows"]
 
 FILES = "report_files"
-EVAL_CLASSES = CLASS_NAMES[:19]  # mIoU is over the 19 Cityscapes classes
+EVAL_CLASSES = CLASS_NAMES[:NUM_EVAL_CLASSES]  # mIoU is over the 19 Cityscapes classes
+_fmt = functools.partial(fmt, missing="–")  # the report's tables write a missing number as a dash
 
 
 @dataclass
@@ -92,8 +108,8 @@ def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
         raise RunError(f"{sweep_dir}: sweep folder not found; run `cycleseg sweep ... --out {sweep_dir}` first")
     order: list[str] = []
     if (sweep_dir / SWEEP_FILE).is_file():
-        order = json.loads((sweep_dir / SWEEP_FILE).read_text()).get("runs", [])
-    dirs = sorted((d for d in sweep_dir.iterdir() if (d / "config.yaml").is_file()),
+        order = read_json(sweep_dir / SWEEP_FILE).get("runs", [])
+    dirs = sorted((d for d in sweep_dir.iterdir() if (d / CONFIG).is_file()),
                   key=lambda d: (order.index(d.name) if d.name in order else len(order), d.name))
     if not dirs:
         raise RunError(f"{sweep_dir}: no run directories (folders with config.yaml) in it")
@@ -106,7 +122,7 @@ def table2_rows(runs: list[RunRecord], paper: list[dict[str, Any]]) -> list[dict
     rows = []
     for run in runs:
         index, ref = by_key.get(run.key, (len(paper), None))
-        row = {"run": run.name, "label": ref["label"] if ref else _label(run.config), "order": index,
+        row = {"run": run.name, "label": ref["label"] if ref else noise_label(run.config), "order": index,
                "evaluated": run.results is not None}
         for metric in ("snr_db", "miou", "psnr_db"):
             ours, theirs = run.value(metric), ref[metric] if ref else None
@@ -151,22 +167,22 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
 
     figures: dict[str, Path] = {}
     if chosen:
-        figures["class_iou"] = _save(plot_class_iou(chosen), files / "class_iou.png")
+        figures["class_iou"] = save_figure(plot_class_iou(chosen), files / "class_iou.png")
     root = Path(data_root) if data_root else Path(chosen[0].config["data"]["root"]) if chosen else None
     examples_note = ""
     if chosen and root is not None and (root / "leftImg8bit" / "val").is_dir():
-        figures["examples"] = _save(plot_examples(chosen, root, num_examples, resolve_device(device)),
-                                    files / "examples.png")
+        figures["examples"] = save_figure(plot_examples(chosen, root, num_examples, resolve_device(device)),
+                                          files / "examples.png")
     else:
         examples_note = f"Figure 3 left out: no validation images at {root}; pass --data DIR."
     for r in records:
         if r.log:
-            figures[f"curves_{r.name}"] = _save(plot_curves(r), files / f"curves_{_slug(r.name)}.png")
+            figures[f"curves_{r.name}"] = save_figure(plot_curves(r), files / f"curves_{_slug(r.name)}.png")
 
     sections = _sections(records, rows, chosen, figures, examples_note, sweep_dir)
     md_path, html_path = sweep_dir / "report.md", sweep_dir / "report.html"
-    md_path.write_text(_markdown(sections, sweep_dir))
-    html_path.write_text(_html(sections, sweep_dir))
+    atomic_write(md_path, _markdown(sections, sweep_dir))
+    atomic_write(html_path, _html(sections, sweep_dir))
     return md_path, html_path
 
 
@@ -174,7 +190,7 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
 
 def plot_class_iou(runs: list[RunRecord]) -> Figure:
     """Figure 4: IoU of each of the 19 classes, one bar per run."""
-    fig = Figure(figsize=(13, 4.2))
+    fig = figure(13, 4.2)
     ax = fig.subplots()
     width = 0.8 / len(runs)
     x = np.arange(len(EVAL_CLASSES))
@@ -194,7 +210,7 @@ def plot_class_iou(runs: list[RunRecord]) -> Figure:
 
 def plot_curves(run: RunRecord) -> Figure:
     """Training losses over iterations and validation mIoU over epochs of one run."""
-    fig = Figure(figsize=(11, 3.2))
+    fig = figure(11, 3.2)
     ax_loss, ax_val = fig.subplots(1, 2)
     loss_keys = sorted({k for e in run.log for k in e if k.startswith("loss/")})
     for k in loss_keys:
@@ -218,35 +234,36 @@ def plot_curves(run: RunRecord) -> Figure:
     return fig
 
 
-@torch.no_grad()
 def plot_examples(runs: list[RunRecord], data_root: Path, num_images: int, device: torch.device) -> Figure:
-    """Figure 3: validation images, ground truth, each run's prediction (and reconstruction for cycle models)."""
-    size = (runs[0].config["data"]["height"], runs[0].config["data"]["width"])
-    dataset = CityscapesDataset(data_root, "val", size)
-    indices = np.unique(np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).round().astype(int))
+    """Figure 3: validation images, ground truth, each run's prediction (and reconstruction for cycle models).
+
+    Each run reads the images at its own training size, through `open_split` as `evaluate` reads them (so runs
+    of different sizes can stand side by side); the image and ground-truth columns are the first run's.
+    """
+    splits = [open_split(config_from_dict(run.config, source=str(run.run_dir / CONFIG)), "val", root=data_root)
+              for run in runs]
+    count = min(len(split) for split in splits)
+    indices = np.unique(np.linspace(0, count - 1, min(num_images, count)).round().astype(int))
     columns: list[tuple[str, list[np.ndarray]]] = [("image", []), ("ground truth", [])]
-    batch = [dataset[int(i)] for i in indices]
-    images = torch.stack([b[0] for b in batch])
-    columns[0][1].extend(_to_rgb(images))
-    columns[1][1].extend(colorize(b[1].numpy()) for b in batch)
-    for run in runs:
+    for n, (run, split) in enumerate(zip(runs, splits)):
+        batch = [split[int(i)] for i in indices]
+        images = torch.stack([b[0] for b in batch])
+        if n == 0:
+            size = tuple(images.shape[2:])
+            columns[0][1].extend(to_rgb(images))
+            columns[1][1].extend(colorize(b[1].numpy()) for b in batch)
         models, cfg = load_run(run.run_dir, device)
-        models.eval()
-        if (cfg.data.height, cfg.data.width) != size:
-            raise RunError(f"{run.run_dir}: trained at {cfg.data.width}x{cfg.data.height}, the other chosen runs at "
-                           f"{size[1]}x{size[0]}; choose runs of one size with --runs")
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.train.seed)  # Gaussian noise as in evaluation
+        with seeded_inference(models, cfg.train.seed, device):  # Gaussian noise as in evaluation
             if models.is_cycle:
                 logits, _, reconstruction = models.forward_cycle(images.to(device))
             else:
                 logits, reconstruction = models.G(images.to(device)), None
         columns.append((f"{run.name}\nprediction", [colorize(p) for p in logits.argmax(1).cpu().numpy()]))
         if reconstruction is not None:
-            columns.append((f"{run.name}\nreconstruction", _to_rgb(reconstruction.cpu())))
+            columns.append((f"{run.name}\nreconstruction", list(to_rgb(reconstruction))))
     rows, cols = len(indices), len(columns)
     col_width, aspect = 1.8, size[1] / size[0]
-    fig = Figure(figsize=(cols * col_width, rows * (col_width / aspect + 0.1) + 0.9))
+    fig = figure(cols * col_width, rows * (col_width / aspect + 0.1) + 0.9)
     axes = fig.subplots(rows, cols, squeeze=False)
     for c, (title, pictures) in enumerate(columns):
         for r in range(rows):
@@ -257,16 +274,6 @@ def plot_examples(runs: list[RunRecord], data_root: Path, num_images: int, devic
     fig.suptitle("Validation examples (Figure 3)", fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def _to_rgb(images: torch.Tensor) -> list[np.ndarray]:
-    """(B, 3, H, W) in [-1, 1] -> B arrays (H, W, 3) uint8."""
-    return list(((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------- content
@@ -304,13 +311,14 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
         _Section("Training curves", "Losses per iteration (log.jsonl) and validation mIoU per epoch of every run.",
                  figures=[figures[k] for k in figures if k.startswith("curves_")]),
     ]
-    diagnosed = [r for r in records if (r.run_dir / "diagnose_val.md").is_file()]
+    diagnosed = [r for r in records if artifact(r.run_dir, "diagnose_md", "val").is_file()]
     if diagnosed:
         section = _Section("Diagnostics: the watermarks",
                            "From `cycleseg diagnose` (RUN_DIR/diagnose_val.md and .json of each run).")
         for r in diagnosed:
-            section.code.append((f"{r.name}: diagnose_val.md", (r.run_dir / "diagnose_val.md").read_text()))
-            section.figures += sorted((r.run_dir / "diagnose_val").glob("*.png"))
+            markdown = artifact(r.run_dir, "diagnose_md", "val")
+            section.code.append((f"{r.name}: {markdown.name}", markdown.read_text()))
+            section.figures += sorted(artifact(r.run_dir, "diagnose_figures", "val").glob("*.png"))
         sections.append(section)
     configs = _Section("Configurations and software", "The resolved config.yaml and versions.json of every run.")
     for r in records:
@@ -388,36 +396,21 @@ window.addEventListener("load", () => {{
 # ---------------------------------------------------------------------------------------------------- helpers
 
 def _read_run(run_dir: Path) -> RunRecord:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = read_yaml(run_dir / CONFIG)
     results = None
-    for name in ("eval_val.json", "metrics.json"):
-        if (run_dir / name).is_file():
-            results = json.loads((run_dir / name).read_text())
+    for path in (artifact(run_dir, "eval", "val"), run_dir / METRICS):
+        if path.is_file():
+            results = read_json(path)
             break
     log = []
-    if (run_dir / "log.jsonl").is_file():
-        for line in (run_dir / "log.jsonl").read_text().splitlines():
+    if (run_dir / LOG).is_file():
+        for line in (run_dir / LOG).read_text().splitlines():
             try:
                 log.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # a line cut by a crash: the rest of the log is still worth plotting
-    versions = json.loads((run_dir / "versions.json").read_text()) if (run_dir / "versions.json").is_file() else {}
+    versions = read_json(run_dir / VERSIONS) if (run_dir / VERSIONS).is_file() else {}
     return RunRecord(run_dir.name, run_dir, config, results, log, versions)
-
-
-def _label(config: dict[str, Any]) -> str:
-    """A row name for a run that is not in the paper's table, e.g. "Gaussian 5.1 dB" or "Gaussian 7.38 dB (paper_eq13)"."""
-    kind, _, rest = table2_key(config).partition(":")
-    if kind == "gaussian":
-        snr, _, rule = rest.partition(":")
-        return f"Gaussian {snr} dB" + (f" ({rule})" if rule else "")
-    return f"quantize {rest} bit" if kind == "quantize" else kind
-
-
-def _fmt(value: float | None, digits: int, sign: bool = False) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def _slug(name: str) -> str:

@@ -1,0 +1,111 @@
+"""What the commands share to present results: numbers as text, a run's noise label, the IoU results of a
+confusion matrix, and the figure helpers (a bare Agg figure, atomic PNG saving, images as RGB).
+
+Light on purpose: `cycleseg table` imports it, so nothing heavy is imported at module level; torch, the
+data tables, matplotlib and the run layer are imported by the functions that use them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
+    from torch import Tensor
+
+    from cycleseg.config import Config
+
+__all__ = ["DPI", "figure", "finite_or_none", "fmt", "iou_results", "noise_label", "save_figure", "to_rgb"]
+
+DPI = 110  # every PNG figure of diagnose and report
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+def fmt(value: float | None, digits: int, sign: bool = False, missing: str = "-") -> str:
+    """`value` with `digits` decimals (and a + or - with `sign`); `missing` for None, NaN and infinities."""
+    if value is None or not math.isfinite(value):
+        return missing
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def finite_or_none(value: float) -> float | None:
+    """`value`, or None where it is NaN or infinite (JSON has neither; results write None)."""
+    return value if math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------------------------------- labels
+
+def noise_label(config: Mapping[str, Any] | Config) -> str:
+    """How tables, titles and reports name a run: "plain ERFNet", "no noise", "max-only", "quantize 2 bit",
+    "Gaussian 7.38 dB", "Gaussian 7.38 dB (paper_eq13)" (a sigma rule other than equal_snr).
+
+    `config`: a Config, or a config as a dict (config.yaml of a run).
+    """
+    if not isinstance(config, Mapping):
+        config = config.to_dict()
+    model, noise = config.get("model") or {}, config.get("noise") or {}
+    if model.get("kind") == "plain":
+        return "plain ERFNet"
+    kind = noise.get("kind", "none")
+    if kind == "quantize":
+        return f"quantize {noise.get('bits')} bit"
+    if kind == "gaussian":
+        snr = noise.get("snr_db")
+        snr = f"{float(snr):g}" if isinstance(snr, (int, float)) else str(snr)  # "from RUN_DIR" before training
+        rule = noise.get("sigma_rule", "equal_snr")
+        return f"Gaussian {snr} dB" + ("" if rule == "equal_snr" else f" ({rule})")
+    return {"none": "no noise", "max_only": "max-only"}.get(kind, kind)
+
+
+# ---------------------------------------------------------------------------------------------------- IoU
+
+def iou_results(conf: Tensor, num_eval_classes: int | None = None) -> dict[str, Any]:
+    """{"miou": %, "iou": {class name: %}} of an (S, S) confusion matrix (rows = ground truth).
+
+    The one conversion of a confusion matrix into the reported IoUs: `metrics.class_iou` and `metrics.mean_iou`
+    over the first `num_eval_classes` classes (default: the 19 Cityscapes classes, or all S when S is smaller),
+    in percent; None stands for NaN (a class absent from prediction and ground truth, or every class absent).
+    """
+    from cycleseg.data.cityscapes import CLASS_NAMES, NUM_EVAL_CLASSES
+    from cycleseg.metrics import class_iou, mean_iou
+
+    conf = conf.cpu()
+    n = min(NUM_EVAL_CLASSES, conf.shape[0]) if num_eval_classes is None else num_eval_classes
+    return {
+        "miou": finite_or_none(100 * mean_iou(conf, n)),
+        "iou": {name: finite_or_none(100 * v) for name, v in zip(CLASS_NAMES, class_iou(conf, n).tolist())},
+    }
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+def figure(width: float, height: float, layout: str | None = None) -> Figure:
+    """A bare matplotlib Figure (inches) with an Agg canvas: no pyplot, no GUI backend, no global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
+    """Write `fig` as a PNG, atomically (RunError naming the file when it cannot be written); returns the path."""
+    from cycleseg.runs import atomic_write
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    atomic_write(path, buffer.getvalue())
+    return Path(path)
+
+
+def to_rgb(images: Tensor) -> np.ndarray:
+    """Images in [-1, 1], (3, H, W) or (B, 3, H, W) -> uint8 RGB (H, W, 3) or (B, H, W, 3), as a PNG stores them."""
+    rgb = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return rgb.movedim(-3, -1).numpy()
