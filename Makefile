@@ -1,5 +1,5 @@
 # Quick start:  make demo   (set up, synthetic data, train + evaluate three runs, print a Table 2)
-#               make test   (set up, run the whole test suite)
+#               make test   (set up, run the whole test suite; make test-fast: all but the slow tests)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +8,7 @@ DATA   := data/synthetic
 RUNS   := runs/demo
 DEMO_RUNS := erfnet cyclegan quant2
 
-.PHONY: setup demo sweep-demo test lint clean
+.PHONY: setup demo sweep-demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ sweep-demo: $(STAMP) $(DATA)/leftImg8bit
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The fast tier (under a minute on 2 cores): everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -10,6 +10,25 @@ from cycleseg.data.synthetic import make_synthetic
 
 torch.set_num_threads(2)
 
+# Slow tests of test files that are being rewritten by others right now: marked here rather than in the file
+# (move them into the file as @pytest.mark.slow when convenient). A renamed test is simply no longer marked.
+SLOW_ELSEWHERE = {
+    "test_resume.py": {
+        "test_resume_in_process_is_exact",  # the 12-iteration reference run, then 3 interrupted ones
+        "test_sigkill_at_random_moments_then_resume_is_bit_identical",  # 5 killed processes
+        "test_sigterm_writes_a_checkpoint_and_exits_cleanly",  # 2 processes
+        "test_checkpoint_of_another_model_fails_clearly",  # needs the reference run
+        "test_best_checkpoint_tracks_validation_miou",
+        "test_nan_loss_is_skipped_and_counted",
+    },
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.originalname in SLOW_ELSEWHERE.get(item.path.name, ()):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
@@ -31,4 +50,12 @@ def trained_cycle_run(tiny_data, tmp_path_factory):
     config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "quant2.yaml"
     assert main(["train", str(config), "--data", str(tiny_data), "--out", str(out), "data.height=32",
                  "data.width=64", "optim.epochs=1", "optim.decay_start_epoch=0", "train.progress=false"]) == 0
-    return out
+    before = _listing(out)
+    yield out
+    assert _listing(out) == before, "a test modified the shared trained_cycle_run (copy it first)"
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder`: relative path -> (size, mtime_ns)."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}

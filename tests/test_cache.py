@@ -172,6 +172,7 @@ def test_class_pixel_counts_cached_and_png_agree(data):
     assert class_pixel_counts(Subset(png, subset)).tolist() == expected.tolist()
 
 
+@pytest.mark.slow  # two training runs
 def test_training_from_the_cache_is_identical(data, tmp_path):
     """The same run from the PNGs and from the cache ends with bit-identical weights and optimizer states."""
     common = [f"data.root={data}", "data.height=32", "data.width=64", "optim.batch_size=4", "optim.epochs=1",

@@ -1,8 +1,11 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback."""
 
+import contextlib
+import io
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -10,9 +13,21 @@ CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.
 TINY = ["data.height=32", "data.width=64", "optim.epochs=1", "optim.decay_start_epoch=0", "train.progress=false"]
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cycleseg.cli", *map(str, args)], capture_output=True, text=True, check=False,
-                          cwd=cwd)
+def run_cli(*args):
+    """`cycleseg ARGS` in this process (cycleseg.cli.main): no interpreter and torch start-up per call.
+
+    Returns what a subprocess would (returncode, stdout, stderr). An exception escaping main() fails the test
+    (where a subprocess would print a traceback); test_entry_point_error_is_one_line runs the real command.
+    """
+    from cycleseg.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse exits itself on usage errors
+            code = e.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def assert_one_line_error(result, *needles):
@@ -59,6 +74,15 @@ def test_bad_config_values(tmp_path, override, needle):
 
 def test_missing_config_file(tmp_path):
     r = run_cli("train", tmp_path / "nope.yaml", "--out", tmp_path / "run")
+    assert_one_line_error(r, "nope.yaml")
+
+
+@pytest.mark.slow  # a process of its own (test_integration.py checks `--help` the same way in the fast tier)
+def test_entry_point_error_is_one_line(tmp_path):
+    """The installed command path, `python -m cycleseg.cli`, in a process of its own: exit code 2, one line."""
+    r = subprocess.run([sys.executable, "-m", "cycleseg.cli", "train", str(tmp_path / "nope.yaml"), "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True, check=False)
+    assert r.returncode == 2
     assert_one_line_error(r, "nope.yaml")
 
 

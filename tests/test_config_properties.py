@@ -154,8 +154,60 @@ def test_cli_random_argument_lists_never_traceback(argv):
         assert err.strip().splitlines()[-1].startswith("cycleseg"), err
 
 
+# Every setting, written out by hand: a key added to config.py fails the test below until it is added here, and
+# so gets considered for RATES_AND_WEIGHTS, COUNTS or OTHER_NUMBERS.
+ALL_KEYS = [
+    "data.root", "data.height", "data.width", "data.num_workers", "data.max_train_images", "data.max_val_images",
+    "data.cache", "data.cache_dir", "data.check",
+    "model.kind", "model.num_classes",
+    "noise.kind", "noise.bits", "noise.snr_db", "noise.sigma_rule",
+    "loss.alpha", "loss.beta", "loss.gamma", "loss.ignore_background", "loss.class_weights",
+    "optim.lr", "optim.beta1", "optim.beta2", "optim.batch_size", "optim.epochs", "optim.decay_start_epoch",
+    "optim.pool_size", "optim.kernel",
+    "train.seed", "train.device", "train.log_every", "train.eval_every", "train.max_iters", "train.progress",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite", "train.precision",
+    "train.channels_last", "train.compile",
+]
+# Numeric settings that are neither a rate nor a count, and why.
+OTHER_NUMBERS = {
+    "train.seed": "any integer is a seed",
+    "noise.snr_db": "negative dB are valid SNRs (the paper goes down to -20 dB)",
+    "noise.bits": "1..8 only, checked in test_config.py",
+    "train.max_iters": ">= 1 or null",
+    "data.max_train_images": ">= 1 or null",
+    "data.max_val_images": ">= 1 or null",
+}
+
+
+def _is_numeric(hint) -> bool:
+    options = typing.get_args(hint) or (hint,)
+    return any(t in (int, float) for t in options)
+
+
 def test_keys_cover_every_setting():
-    """The strategies above draw from every key of every section."""
-    assert len(KEYS) == sum(len(dataclasses.fields(HINTS[s])) for s in SECTIONS)
+    """The strategies above draw from every key of every section: the keys read from the dataclasses are the
+    explicit list above, and the keys a Config writes (to_dict, another code path)."""
+    assert KEYS == sorted(ALL_KEYS)
+    written = [f"{section}.{key}" for section, fields in Config().to_dict().items() if isinstance(fields, dict)
+               for key in fields]
+    assert KEYS == sorted(written)
     assert {"optim.lr", "noise.bits", "train.max_nonfinite", "data.height"} <= set(KEYS)
     assert set(RATES_AND_WEIGHTS + COUNTS) <= set(KEYS)
+    assert not set(RATES_AND_WEIGHTS) & set(COUNTS) and not set(OTHER_NUMBERS) & set(RATES_AND_WEIGHTS + COUNTS)
+    numeric = {f"{section}.{f.name}" for section in SECTIONS
+               for f in dataclasses.fields(HINTS[section])
+               if _is_numeric(typing.get_type_hints(HINTS[section])[f.name])}
+    assert numeric == set(RATES_AND_WEIGHTS) | set(COUNTS) | set(OTHER_NUMBERS)  # every number is tested somewhere
+
+
+@pytest.mark.parametrize("key", sorted(OTHER_NUMBERS))
+def test_other_numbers_reject_wrong_values(key):
+    wrong = {"train.seed": 0.5, "noise.snr_db": [1], "noise.bits": 0, "train.max_iters": 0,
+             "data.max_train_images": -1, "data.max_val_images": 0}[key]
+    raw = _set({}, key, wrong)
+    if key == "noise.bits":
+        raw["noise"]["kind"] = "quantize"
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw)
+    _assert_one_line(e.value)
+    assert key in str(e.value)

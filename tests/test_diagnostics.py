@@ -232,6 +232,7 @@ def tiny_runs(tiny_data, tmp_path_factory):
     return base
 
 
+@pytest.mark.slow  # diagnose end to end, twice
 def test_cli_diagnose_writes_json_markdown_and_figures(tiny_runs, tiny_data, capsys):
     run = tiny_runs / "gauss"
     args = ["diagnose", str(run), "--data", str(tiny_data), "--snrs", "20,0", "--examples", "2"]

@@ -22,6 +22,10 @@ TINY = ["data.height=32", "data.width=64", "optim.batch_size=2", "optim.epochs=2
         "train.precision=fp32", "train.checkpoint_every=0"]
 
 
+# Every test here needs the 2-process torchrun run (or a second training run beside it).
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tiny_data, tmp_path_factory):
     if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():

@@ -1,7 +1,5 @@
 """ONNX export of G: the file ONNX Runtime runs gives PyTorch's logits (max abs difference under 1e-4)."""
 
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("onnxruntime")
@@ -10,16 +8,11 @@ from cycleseg.cli import main
 from cycleseg.evaluate import load_run
 from cycleseg.export import check_onnx, export_onnx
 
-ERFNET_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "erfnet.yaml")
-TINY = ["data.height=32", "data.width=64", "optim.batch_size=4", "optim.epochs=1", "optim.decay_start_epoch=0",
-        "train.progress=false"]
-
 
 @pytest.fixture(scope="module")
-def run(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "plain"
-    assert main(["train", ERFNET_YAML, "--data", str(tiny_data), "--out", str(out), *TINY]) == 0
-    return out
+def run(trained_cycle_run):
+    """The session's trained cycle run: export reads it (G only) and writes only where it is told."""
+    return trained_cycle_run
 
 
 def test_onnx_logits_match_pytorch(run, tmp_path):

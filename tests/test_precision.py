@@ -10,17 +10,31 @@ from cycleseg.pool import ImagePool
 from cycleseg.precision import make_adam, resolve_precision, to_memory_format
 from cycleseg.train import discriminator_step, generator_step
 
-# Relative difference of the loss terms over 3 iterations, bf16 vs fp32. The adversarial terms are left out:
-# at initialisation D_X's outputs are near 0 on 2 images, so their relative rounding effects are large (up to
-# 40 % by the third iteration) although absolute differences are small.
-BF16_TOLERANCE = 0.02
-STABLE_TERMS = ("loss/G/total", "loss/G/seg", "loss/G/rec_x", "loss/G/rec_y")
+# Comparisons between kernels, memory formats or precisions are made after ONE step, where they are well
+# defined on any CPU. Over several iterations they are not: at the paper's initialisation the training
+# gradient is extremely sensitive to rounding (fp32 BatchNorm on batch statistics of small activations): a
+# change of the input image by one ulp moves G's gradient by ~5 % (its norm), and Adam's first, sign-like
+# step turns that into different weights, so the loss terms of later iterations differ by 1e-3 to 1e-2
+# between two equally correct kernels, more or less on different CPUs (AVX512-BF16/AMX vs AVX2).
+#
+# So: the first iteration's loss terms (a forward pass of the same weights) must agree to rounding; the first
+# step's gradients must lie within the spread that one-ulp perturbations of the input produce on this CPU,
+# measured in the test; the Adam kernels, given the same gradients, must make the same update.
+FP32_LOSS_RTOL = 1e-5  # measured: 5e-7 (channels_last), 0 (Adam kernels)
+BF16_LOSS_RTOL = {"loss/G/total": 0.01, "loss/G/seg": 0.01, "loss/G/rec_x": 0.01, "loss/G/rec_y": 0.01,
+                  # D_X's outputs are near 0 at initialisation: relative rounding effects are large there
+                  "loss/G/adv": 0.1, "loss/D/total": 0.1}  # measured: 7e-4, 4e-5, 2e-4, 2e-4, 3e-2, 3e-2
+SPREAD_FACTOR = 8  # a gradient may differ by up to this many times the largest one-ulp spread ...
+GRAD_FLOOR = 1e-5  # ... or by this much relative (D_X is well conditioned: its spread is ~5e-7)
 
 
-def _train(precision="fp32", channels_last=False, kernel="loop", iterations=3, seed=0, noise="quantize"):
-    """A few Table 1 iterations of the cycle model on fixed random data; returns the loss history.
+def _train(precision="fp32", channels_last=False, kernel="loop", iterations=3, seed=0, noise="quantize",
+           perturb=None):
+    """A few Table 1 iterations of the cycle model on fixed random data.
 
     noise="quantize": 2 bits, the paper's best; "none": no quantizer whose level flips amplify rounding.
+    perturb: a seed: move every pixel of the image by one ulp, up or down at random (rounding-level noise).
+    Returns the loss history, the models, and the gradients of the first step of G, F and D_X.
     """
     torch.manual_seed(seed)
     device = torch.device("cpu")
@@ -32,44 +46,108 @@ def _train(precision="fp32", channels_last=False, kernel="loop", iterations=3, s
     opt_d = make_adam(list(models.D.parameters()), 2e-4, (0.5, 0.999), kernel, device)
     pool = ImagePool(3, seed=seed)
     gen = torch.Generator().manual_seed(123)
-    image = to_memory_format(torch.rand(2, 3, 32, 64, generator=gen) * 2 - 1, channels_last)
+    image = torch.rand(2, 3, 32, 64, generator=gen) * 2 - 1
+    if perturb is not None:
+        up = torch.rand(image.shape, generator=torch.Generator().manual_seed(perturb)) < 0.5
+        image = torch.where(up, torch.nextafter(image, torch.tensor(2.0)), torch.nextafter(image, torch.tensor(-2.0)))
+    image = to_memory_format(image, channels_last)
     labels = torch.randint(0, 20, (2, 32, 64), generator=gen)
-    history = []
+    history, grads = [], {}
     for _ in range(iterations):
         losses, fake = generator_step(models, opt_g, image, labels, Config().loss, amp=amp)
+        if not grads:
+            grads = {"G": [p.grad.clone() for p in models.G.parameters()],
+                     "F": [p.grad.clone() for p in models.F.parameters()]}
         losses |= discriminator_step(models, opt_d, image, fake, pool, amp=amp)
+        grads.setdefault("D", [p.grad.clone() for p in models.D.parameters()])
         history.append({k: v.item() for k, v in losses.items()})
-    return history, models
+    return history, models, grads
+
+
+def _grad_difference(a, b):
+    """Per network: ||a - b|| / ||b|| over all its parameters, in float64."""
+    out = {}
+    for net in b:
+        diff = sum((x.double() - y.double()).pow(2).sum() for x, y in zip(a[net], b[net], strict=True))
+        out[net] = (diff / sum(y.double().pow(2).sum() for y in b[net])).sqrt().item()
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32_reference():
+    """One fp32 step, and the spread of its gradients under three one-ulp perturbations of the input."""
+    history, _, grads = _train(noise="none", iterations=1)
+    spread = {net: 0.0 for net in grads}
+    for seed in (1, 2, 3):
+        perturbed = _grad_difference(_train(noise="none", iterations=1, perturb=seed)[2], grads)
+        spread = {net: max(spread[net], perturbed[net]) for net in spread}
+    return history[0], grads, spread
 
 
 def test_fp32_training_is_bit_for_bit_repeatable():
-    a, models_a = _train()
-    b, models_b = _train()
+    a, models_a, _ = _train()
+    b, models_b, _ = _train()
     assert a == b
     for (name, pa), pb in zip(models_a.named_parameters(), models_b.parameters(), strict=True):
         assert torch.equal(pa, pb), name
 
 
-def test_bf16_losses_are_within_tolerance_of_fp32():
-    fp32, _ = _train("fp32", noise="none")
-    bf16, _ = _train("bf16", noise="none")
-    for step32, step16 in zip(fp32, bf16, strict=True):
-        for key in STABLE_TERMS:
-            assert step16[key] == pytest.approx(step32[key], rel=BF16_TOLERANCE), key
-    assert fp32 != bf16  # bf16 really ran (it rounds differently)
-    first32, first16 = fp32[0], bf16[0]  # same weights: every term, adversarial ones included, differs by rounding only
-    for key in first32:
-        assert first16[key] == pytest.approx(first32[key], rel=0.05), key
+def test_bf16_losses_are_within_tolerance_of_fp32(fp32_reference):
+    """The first iteration (same weights): every loss term differs by bf16 rounding only."""
+    first32, _, _ = fp32_reference
+    bf16, _, _ = _train("bf16", noise="none", iterations=1)
+    assert bf16[0] != first32  # bf16 really ran (it rounds differently)
+    for key, rtol in BF16_LOSS_RTOL.items():
+        assert bf16[0][key] == pytest.approx(first32[key], rel=rtol), key
 
 
-@pytest.mark.parametrize("options", [{"channels_last": True}, {"kernel": "fused"}, {"kernel": "foreach"}])
-def test_exact_options_match_the_reference_closely(options):
-    """channels_last and the Adam kernels change only float rounding: the fp32 loss terms agree to 1e-3."""
-    ref, _ = _train(noise="none")
-    other, _ = _train(noise="none", **options)
-    for a, b in zip(ref, other, strict=True):
-        for key in STABLE_TERMS[1:]:  # J_gen includes the adversarial term (see BF16_TOLERANCE)
-            assert b[key] == pytest.approx(a[key], rel=1e-3), key
+def test_bf16_trains():
+    """Three bf16 iterations: finite losses, and every network's weights move."""
+    history, models, _ = _train("bf16", iterations=3)
+    assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in history)
+    torch.manual_seed(0)
+    initial = build_models(ModelConfig(), NoiseConfig(kind="quantize", bits=2))
+    for net in ("G", "F", "D"):
+        moved = [not torch.equal(a, b) for a, b in zip(getattr(models, net).parameters(),
+                                                        getattr(initial, net).parameters(), strict=True)]
+        assert sum(moved) > len(moved) // 2, net
+
+
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"kernel": "fused"}, {"kernel": "foreach"}],
+                         ids=["channels_last", "fused", "foreach"])
+def test_exact_options_match_the_reference_closely(options, fp32_reference):
+    """channels_last and the Adam kernels change only float rounding: after one step, the loss terms agree to
+    1e-5 and the gradients lie within the rounding spread of the reference (see FP32_LOSS_RTOL)."""
+    first, grads, spread = fp32_reference
+    other, _, other_grads = _train(noise="none", iterations=1, **options)
+    for key in first:
+        assert other[0][key] == pytest.approx(first[key], rel=FP32_LOSS_RTOL), key
+    difference = _grad_difference(other_grads, grads)
+    for net, value in difference.items():
+        assert value <= max(SPREAD_FACTOR * spread[net], GRAD_FLOOR), (net, value, spread[net])
+
+
+def test_adam_kernels_make_the_same_updates():
+    """Given the same gradients, the fused, foreach and loop Adam make the same updates, step after step (the
+    bias correction changes with the step), to float rounding."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 3, 3, 3), (16,), (64, 16, 1, 3), (20,)]
+    start = [torch.randn(s, generator=gen) * 0.02 for s in shapes]
+    gradients = [[torch.randn(s, generator=gen) * 10.0 ** torch.randint(-6, 1, (1,), generator=gen).item()
+                  for s in shapes] for _ in range(5)]
+    finals = {}
+    for kernel in ("loop", "foreach", "fused"):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = make_adam(params, 2e-4, (0.5, 0.999), kernel, torch.device("cpu"))
+        for step in gradients:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        finals[kernel] = [p.detach() for p in params]
+    for kernel in ("foreach", "fused"):
+        for a, b in zip(finals[kernel], finals["loop"], strict=True):
+            torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-9)  # a few ulps; the 5 updates sum to ~1e-3
+        assert any(not torch.equal(a, s) for a, s in zip(finals[kernel], start, strict=True))
 
 
 def test_precision_choices():
@@ -85,7 +163,7 @@ def test_precision_choices():
 def test_bf16_evaluation_is_close_to_fp32():
     from cycleseg.evaluate import evaluate_models
 
-    _, models = _train(noise="none", iterations=1)
+    _, models, _ = _train(noise="none", iterations=1)
     gen = torch.Generator().manual_seed(7)
     batches = [(torch.rand(2, 3, 32, 64, generator=gen) * 2 - 1, torch.randint(0, 20, (2, 32, 64), generator=gen))]
     fp32 = evaluate_models(models, batches, torch.device("cpu"))

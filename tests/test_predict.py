@@ -75,9 +75,16 @@ def test_predict_writes_labelids_colour_and_reconstruction(run, data, tmp_path, 
     models.eval()
     with torch.no_grad():
         logits = models.G(load_image(samples[0].image_path, (32, 64))[None])
-    train_ids = F_.interpolate(logits, size=(64, 128), mode="bilinear", align_corners=False).argmax(dim=1)[0]
+    upsampled = F_.interpolate(logits, size=(64, 128), mode="bilinear", align_corners=False)[0]
+    expected = TRAIN_ID_TO_LABEL_ID[upsampled.argmax(dim=0).numpy()]
     written = np.asarray(Image.open(out / "labelIds" / samples[0].city / f"{samples[0].name}_labelIds.png"))
-    assert np.array_equal(written, TRAIN_ID_TO_LABEL_ID[train_ids.numpy()])
+    # predict runs G on a batch, this on one image: other kernels, so the logits may differ by rounding (2e-9
+    # measured, at logits of ~2e-3 after 2 iterations), and a pixel whose two best classes are within 1e-3 of
+    # the logits' scale may go either way (0.2 % of them here). Everywhere else: the same class.
+    best = upsampled.topk(2, dim=0).values
+    clear = ((best[0] - best[1]) > 1e-3 * upsampled.abs().mean()).numpy()
+    assert clear.mean() > 0.95
+    assert np.array_equal(written[clear], expected[clear])
 
 
 def test_predict_test_split(run, data, tmp_path, capsys):
@@ -136,6 +143,7 @@ def _perturbed(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return pred
 
 
+@pytest.mark.slow  # two 2048x1024 images through both evaluations
 def test_official_and_ours_agree_at_full_resolution(tmp_path):
     """2048x1024 files, several classes absent from ground truth and prediction: within 0.01 points per class."""
     root = tmp_path / "cs"

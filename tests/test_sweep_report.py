@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from cycleseg.calibrate import calibrate_run
 from cycleseg.cli import main
@@ -94,6 +95,7 @@ def interrupted_sweep(configs, tiny_data, tmp_path_factory):
             "first_done_mtime": first_done, "interrupted_at": interrupted_at}
 
 
+@pytest.mark.slow  # the interrupted sweep: 3 runs, 2 processes
 def test_interrupted_sweep_continues_and_skips_finished_runs(interrupted_sweep):
     out = interrupted_sweep["out"]
     code, _, err = interrupted_sweep["first"]
@@ -113,6 +115,7 @@ def test_interrupted_sweep_continues_and_skips_finished_runs(interrupted_sweep):
     assert json.loads((out / "sweep.json").read_text())["pending"] == []
 
 
+@pytest.mark.slow  # the interrupted sweep: 3 runs, 2 processes
 def test_report_lists_every_run_beside_the_paper(interrupted_sweep):
     out = interrupted_sweep["out"]
     assert main(["report", str(out)]) == 0
@@ -129,6 +132,7 @@ def test_report_lists_every_run_beside_the_paper(interrupted_sweep):
     assert "torch" in page and "pool_size: 50" in page  # software versions and configs
 
 
+@pytest.mark.slow  # the interrupted sweep: 3 runs, 2 processes
 def test_table2_rows_compute_the_differences(interrupted_sweep):
     runs = collect_runs(interrupted_sweep["out"])
     rows = {r["run"]: r for r in table2_rows(runs, load_paper_table())}
@@ -139,13 +143,20 @@ def test_table2_rows_compute_the_differences(interrupted_sweep):
     assert [r["run"] for r in table2_rows(runs, load_paper_table())] == ["a_plain", "b_nonoise", "c_quant2"]
 
 
-def test_sweep_refuses_to_continue_a_run_with_other_settings(interrupted_sweep, configs, tiny_data, tmp_path):
+@pytest.mark.slow  # the interrupted sweep: 3 runs, 2 processes
+def test_sweep_refuses_to_continue_a_run_with_other_settings(interrupted_sweep, configs, tiny_data, tmp_path,
+                                                             capsys):
     out = tmp_path / "sweep"
     shutil.copytree(interrupted_sweep["out"] / "b_nonoise", out / "b_nonoise")
     (out / "b_nonoise" / "metrics.json").unlink()  # as if interrupted
+    steps_before = _steps(out / "b_nonoise" / "log.jsonl")
     code = main(["sweep", str(configs / "b_nonoise.yaml"), "--data", str(tiny_data), "--out", str(out),
                  *[t.replace("optim.epochs=4", "optim.epochs=5") for t in TINY]])
+    err = capsys.readouterr().err.strip()
     assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert "b_nonoise: this run was made with optim.epochs=4, the sweep now asks for 5" in err, err
+    assert _steps(out / "b_nonoise" / "log.jsonl") == steps_before  # nothing trained
 
 
 def test_find_configs_puts_runs_with_snr_from_last_and_checks_names(tmp_path):
@@ -173,8 +184,8 @@ def _direct_quantizer_snr(G, images, bits):
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4])
-def test_calibrate_matches_a_direct_computation(interrupted_sweep, tiny_data, bits):
-    run = interrupted_sweep["out"] / "c_quant2"
+def test_calibrate_matches_a_direct_computation(trained_cycle_run, tiny_data, bits):
+    run = trained_cycle_run  # a 2-bit run; calibrate_run with noise overrides writes nothing into it
     result = calibrate_run(run, tiny_data, noise_overrides=["kind=quantize", f"bits={bits}"], device="cpu")
     models, cfg = load_run(run, torch.device("cpu"))
     models.eval()
@@ -184,8 +195,10 @@ def test_calibrate_matches_a_direct_computation(interrupted_sweep, tiny_data, bi
     assert result["snr_db"] == pytest.approx(_direct_quantizer_snr(models.G, images, bits), abs=1e-3)
 
 
-def test_snr_from_a_run_gives_a_gaussian_run_at_that_snr(interrupted_sweep, tiny_data, capsys):
-    base = interrupted_sweep["out"]
+@pytest.mark.slow  # trains a Gaussian run
+def test_snr_from_a_run_gives_a_gaussian_run_at_that_snr(trained_cycle_run, tiny_data, tmp_path, capsys):
+    base = tmp_path
+    shutil.copytree(trained_cycle_run, base / "c_quant2")  # a 2-bit run; calibrate writes into it
     assert main(["calibrate", str(base / "c_quant2"), "--data", str(tiny_data)]) == 0
     measured = json.loads((base / "c_quant2" / "calibrate_val.json").read_text())["snr_db"]
     assert f"SNR {measured:.2f} dB" in capsys.readouterr().out
@@ -196,8 +209,6 @@ def test_snr_from_a_run_gives_a_gaussian_run_at_that_snr(interrupted_sweep, tiny
     assert saved["noise"]["snr_db"] == pytest.approx(measured, abs=1e-4)
     evaluated = json.loads((base / "gauss_from_q2" / "metrics.json").read_text())
     assert evaluated["snr_db"] == pytest.approx(measured, abs=0.05)  # the Gaussian run measures that SNR
-    (base / "gauss_from_q2" / "metrics.json").unlink()  # keep the sweep folder as the other tests expect
-    shutil.rmtree(base / "gauss_from_q2")
 
 
 def test_snr_from_a_missing_run_is_a_clear_error(tiny_data, tmp_path, capsys):
@@ -207,6 +218,7 @@ def test_snr_from_a_missing_run_is_a_clear_error(tiny_data, tmp_path, capsys):
     assert code == 2 and "no trained run at nowhere" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # the interrupted sweep: 3 runs, 2 processes
 def test_calibrate_needs_a_noise(interrupted_sweep, tiny_data):
     with pytest.raises(RunError, match="infinite SNR"):
         calibrate_run(interrupted_sweep["out"] / "b_nonoise", tiny_data, device="cpu")
@@ -217,6 +229,7 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (apt install chromium)")
+@pytest.mark.slow  # the interrupted sweep: 3 runs, 2 processes
 def test_html_report_renders_in_a_headless_browser(interrupted_sweep, tmp_path):
     out = interrupted_sweep["out"]
     build_report(out)
@@ -228,13 +241,13 @@ def test_html_report_renders_in_a_headless_browser(interrupted_sweep, tmp_path):
     assert "Uncaught" not in result.stderr
 
 
+@pytest.mark.slow  # the interrupted sweep: 3 runs, 2 processes
 def test_report_includes_diagnostics_when_present(interrupted_sweep, tmp_path):
     out = tmp_path / "sweep"
     shutil.copytree(interrupted_sweep["out"], out)
     run = out / "b_nonoise"
     (run / "diagnose_val").mkdir()
-    shutil.copy(out / "report_files" / "class_iou.png" if (out / "report_files").exists()
-                else next((interrupted_sweep["out"] / "report_files").glob("*.png")), run / "diagnose_val" / "gap.png")
+    Image.new("RGB", (64, 32), (200, 30, 30)).save(run / "diagnose_val" / "gap.png")  # as `diagnose` writes figures
     (run / "diagnose_val.md").write_text("# Diagnostics\nwatermark gap 1.23 dB\n")
     build_report(out)
     md = (out / "report.md").read_text()
