@@ -12,24 +12,6 @@ torch.set_num_threads(2)
 
 # Slow tests of test files that are being rewritten by others right now: marked here rather than in the file
 # (move them into the file as @pytest.mark.slow when convenient). A renamed test is simply no longer marked.
-SLOW_ELSEWHERE = {
-    "test_resume.py": {
-        "test_resume_in_process_is_exact",  # the 12-iteration reference run, then 3 interrupted ones
-        "test_sigkill_at_random_moments_then_resume_is_bit_identical",  # 5 killed processes
-        "test_sigterm_writes_a_checkpoint_and_exits_cleanly",  # 2 processes
-        "test_checkpoint_of_another_model_fails_clearly",  # needs the reference run
-        "test_best_checkpoint_tracks_validation_miou",
-        "test_nan_loss_is_skipped_and_counted",
-    },
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.originalname in SLOW_ELSEWHERE.get(item.path.name, ()):
-            item.add_marker(pytest.mark.slow)
-
-
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """8 train and 4 val images of 64x32 (W x H) in the Cityscapes layout."""

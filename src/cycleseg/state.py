@@ -8,6 +8,7 @@ pool, the fp16 gradient scalers, the `Progress` counters and, in its `state_dict
 from __future__ import annotations
 
 import random
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ class TrainState:
     def close_epoch(self) -> None:
         """The end of an epoch: one step of the LR schedule, and on to the next epoch."""
         with warnings.catch_warnings():  # a run resumed at an epoch's end closes it before its first update
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
             for s in self.schedulers:
                 s.step()
         self.progress.epoch += 1

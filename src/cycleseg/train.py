@@ -75,7 +75,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                     progress=cfg.train.progress, enabled=main)
     if distributed.world_size() > 1:
         log.write(f"{cfg.name}: {distributed.world_size()} processes, batch {cfg.optim.batch_size} per process, "
-                  f"{per_epoch} iterations per epoch")
+                  f"global batch {distributed.world_size() * cfg.optim.batch_size}, {per_epoch} iterations per epoch")
     try:
         with log, StopSignals() as stop:
             while not (p.step >= total and p.batch_in_epoch < per_epoch and p.validated_step == p.step):
