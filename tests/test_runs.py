@@ -164,3 +164,24 @@ def test_config_hash_ignores_only_the_resumable_keys():
     assert runs.config_hash(base) == runs.config_hash(load_config(None, ["train.max_iters=5", "data.root=/x"]))
     assert runs.config_hash(base) != runs.config_hash(load_config(None, ["train.seed=1"]))
     assert runs.config_difference(base, load_config(None, ["optim.lr=1e-3"])) == ("optim.lr", 2e-4, 1e-3)
+
+
+@pytest.mark.slow
+def test_every_command_reads_the_data_the_way_the_run_does(tiny_data, tmp_path, capsys):
+    """data.cache=require and data.cache_dir hold for evaluate, calibrate, diagnose and predict alike."""
+    from cycleseg.data.cache import prepare
+
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    shutil.copytree(tiny_data, data)
+    prepare(data, (32, 64), cache_dir=cache)
+    run = tmp_path / "run"
+    assert _train(data, run, CYCLE, "noise.kind=quantize", "noise.bits=2", "train.max_iters=1", "data.cache=require",
+                  f"data.cache_dir={cache}") == 0
+    shutil.rmtree(cache)
+    commands = [["evaluate"], ["calibrate"], ["diagnose", "--max-images", "2"],
+                ["predict", "--out", str(tmp_path / "preds")]]
+    for command in commands:
+        capsys.readouterr()
+        assert main([command[0], str(run), "--data", str(data), *command[1:]]) == 2, command
+        err = _one_error_line(capsys)
+        assert "data.cache=require" in err and f"cycleseg prepare {data}" in err, err
