@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
 # 8 images / batch 4 = 2 iterations per epoch, 3 epochs = 6 iterations, validated every epoch; a checkpoint after
 # every iteration, so that the last step's checkpoint precedes the final epoch end and validation (issue 17).
-TINY = ["data.height=32", "data.width=64", "optim.epochs=3", "optim.decay_start_epoch=1", "optim.pool_size=3",
+TINY = ["train.precision=fp32", "data.height=32", "data.width=64", "optim.epochs=3", "optim.decay_start_epoch=1", "optim.pool_size=3",
         "noise.kind=gaussian", "noise.snr_db=5", "train.progress=false", "train.log_every=1", "train.eval_every=1",
         "train.checkpoint_every=1"]
 

@@ -150,9 +150,13 @@ def test_adam_kernels_make_the_same_updates():
         assert any(not torch.equal(a, s) for a, s in zip(finals[kernel], start, strict=True))
 
 
-def test_precision_choices():
+def test_precision_choices(monkeypatch):
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu).dtype is None  # fp32 on the CPU unless asked
+    monkeypatch.setattr("cycleseg.precision.native_bf16_cpu", lambda: False)
+    assert resolve_precision("auto", cpu).dtype is None  # fp32 on CPUs that emulate bf16
+    monkeypatch.setattr("cycleseg.precision.native_bf16_cpu", lambda: True)
+    assert resolve_precision("auto", cpu).dtype == torch.bfloat16  # bf16 where it is native
+    assert resolve_precision("fp32", cpu).dtype is None
     assert resolve_precision("bf16", cpu).dtype == torch.bfloat16
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", cpu)
@@ -170,3 +174,66 @@ def test_bf16_evaluation_is_close_to_fp32():
     bf16 = evaluate_models(models, batches, torch.device("cpu"), precision="bf16")
     assert bf16["psnr_db"] == pytest.approx(fp32["psnr_db"], abs=0.1)
     assert bf16["num_images"] == fp32["num_images"] == 2
+
+
+@pytest.mark.parametrize("flags, native", [("fpu sse avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
+                                           ("fpu amx_bf16 amx_tile", True)])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    from cycleseg.precision import native_bf16_cpu
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert native_bf16_cpu(str(cpuinfo)) is native
+    assert native_bf16_cpu(str(tmp_path / "missing")) is False
+
+
+def _auto_run(data, out, *extra):
+    from cycleseg.cli import main
+
+    return main(["train", "configs/demo/quant2.yaml", "--data", str(data), "--out", str(out), "data.height=32",
+                 "data.width=64", "optim.epochs=1", "optim.decay_start_epoch=0", "train.progress=false",
+                 "train.precision=auto", *extra])
+
+
+def test_auto_keeps_bf16_when_its_losses_match_and_says_why(tiny_data, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr("cycleseg.precision.native_bf16_cpu", lambda: True)
+    assert _auto_run(tiny_data, tmp_path / "run") == 0
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["precision"]["name"] == "bf16"
+    assert "natively" in status["precision"]["reason"] and "first batch" in status["precision"]["reason"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["precision"] == "bf16"
+    # the choice holds for the whole run: a resume on a CPU without native bf16 keeps it
+    monkeypatch.setattr("cycleseg.precision.native_bf16_cpu", lambda: False)
+    from cycleseg.cli import main
+    from cycleseg.runs import load_checkpoint
+
+    assert main(["train", "--resume", str(tmp_path / "run"), "train.max_iters=3"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["precision"]["name"] == "bf16"
+
+
+def test_auto_falls_back_to_fp32_when_bf16_losses_differ(tiny_data, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr("cycleseg.precision.native_bf16_cpu", lambda: True)
+    monkeypatch.setattr("cycleseg.steps.BF16_RTOL", {"seg": 1e-9, "rec_x": 1e-9, "rec_y": 1e-9, "total": 1e-9})
+    assert _auto_run(tiny_data, tmp_path / "run") == 0
+    precision = json.loads((tmp_path / "run" / "run.json").read_text())["precision"]
+    assert precision["name"] == "fp32" and "fp32 instead" in precision["reason"]
+
+
+def test_the_bf16_check_leaves_the_run_unchanged(tiny_data):
+    """bf16_agrees works on a copy with the RNG forked: the models' weights, BatchNorm statistics and the
+    global RNG are as before."""
+    from cycleseg.steps import bf16_agrees
+
+    torch.manual_seed(0)
+    models = build_models(ModelConfig(), NoiseConfig(kind="gaussian", snr_db=5.0))
+    before = {k: v.clone() for k, v in models.state_dict().items()}
+    image, labels = torch.rand(2, 3, 32, 64) * 2 - 1, torch.randint(0, 20, (2, 32, 64))
+    rng = torch.get_rng_state()
+    ok, why = bf16_agrees(models, image, labels, Config().loss)
+    assert ok, why
+    assert all(torch.equal(before[k], v) for k, v in models.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)

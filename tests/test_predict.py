@@ -54,7 +54,7 @@ def run(data, tmp_path_factory):
 def test_predict_writes_labelids_colour_and_reconstruction(run, data, tmp_path, capsys):
     out = tmp_path / "pred"
     assert main(["predict", str(run), "--data", str(data), "--split", "val", "--out", str(out),
-                 "--reconstruction"]) == 0
+                 "--reconstruction", "--precision", "fp32"]) == 0
     assert "of 4 val images" in capsys.readouterr().out
     samples = list_samples(data, "val")
     for sample in samples:

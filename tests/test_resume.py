@@ -22,7 +22,7 @@ from cycleseg.train import train
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
 # 8 images / batch 2 = 4 iterations per epoch; 3 epochs = 12 iterations; Gaussian noise so that the torch RNG
 # matters; a checkpoint after every iteration.
-TINY = ["data.height=32", "data.width=64", "optim.batch_size=2", "optim.epochs=3", "optim.decay_start_epoch=1",
+TINY = ["train.precision=fp32", "data.height=32", "data.width=64", "optim.batch_size=2", "optim.epochs=3", "optim.decay_start_epoch=1",
         "optim.pool_size=3", "noise.kind=gaussian", "noise.snr_db=5", "train.progress=false", "train.log_every=1",
         "train.eval_every=1", "train.checkpoint_every=1"]
 

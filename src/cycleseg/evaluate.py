@@ -42,16 +42,15 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
     amp = resolve_precision(precision, device)
     conf = torch.zeros(models.num_classes, models.num_classes, dtype=torch.int64, device=device)
     psnrs, snrs, count = [], [], 0
-    with seeded_inference(models, seed, device):  # reproducible Gaussian noise, the training RNG untouched
+    with seeded_inference(models, seed, device, amp):  # reproducible Gaussian noise, the training RNG untouched
         for image, labels in batches:
             image, labels = image.to(device), labels.to(device)
-            with amp.autocast():
-                if models.is_cycle:
-                    logits, noisy, reconstruction = models.forward_cycle(image)
-                    psnrs.append(psnr_db(image, reconstruction).cpu())
-                    snrs.append(snr_db(logits, noisy).cpu())
-                else:
-                    logits = models.G(image)
+            if models.is_cycle:
+                logits, noisy, reconstruction = models.forward_cycle(image)
+                psnrs.append(psnr_db(image, reconstruction).cpu())
+                snrs.append(snr_db(logits, noisy).cpu())
+            else:
+                logits = models.G(image)
             conf += confusion_matrix(logits.argmax(dim=1), labels, models.num_classes)
             count += image.shape[0]
 
@@ -78,8 +77,11 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                  batch_size: int | None = None, checkpoint: str = LAST, full_res: bool = False,
                  official: bool = False, predictions: str | Path | None = None,
-                 precision: str = "fp32") -> dict[str, Any]:
+                 precision: str = "auto") -> dict[str, Any]:
     """Evaluate a run on `split` of the Cityscapes-layout folder `data_root`; writes RUN_DIR/eval_<split>.json.
+
+    `precision` auto (the default) runs the networks in bf16 where that is native (GPUs, CPUs with AVX512-BF16
+    or AMX: about twice as fast; PSNR within 0.1 dB of fp32), else fp32; "fp32" gives the reference numbers.
 
     At the training size always; with full_res also at each image's own size (logits upsampled bilinearly
     before the argmax: "full_res"); with official also by cityscapesscripts' evaluation on labelId
@@ -92,21 +94,24 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
         raise RunError("--predictions is the folder for --official; add --official")
     dev = resolve_device(device)
     models, cfg = load_run(run_dir, dev, checkpoint)
+    models.to(memory_format=torch.channels_last)  # NHWC convolutions: faster inference on CPUs and GPUs
+    amp = resolve_precision(precision, dev)
     dataset = open_split(cfg, split, root=data_root)
     loader = DataLoader(dataset, batch_size=batch_size or cfg.optim.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
-    results = evaluate_models(models, loader, dev, seed=cfg.train.seed, precision=precision)
+    results = evaluate_models(models, loader, dev, seed=cfg.train.seed, precision=amp.name)
     results = {"run": cfg.name, "split": split, "noise": cfg.noise.kind, "size": f"{cfg.data.width}x{cfg.data.height}",
-               **results}
+               "precision": amp.name, **results}
     if full_res or official:
         if official:
             results["official"] = predict.official_report(Path(run_dir), data_root, split, models, cfg, dataset, dev,
-                                                          Path(predictions) if predictions is not None else None)
+                                                          Path(predictions) if predictions is not None else None, amp)
         if full_res and official and predictions is None:  # the predictions just written are this model's, full size
             results["full_res"] = results["official"]["ours"]
         elif full_res:
             conf = predict.full_res_confusion(predict.iter_predictions(
-                models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers), cfg.model.num_classes)
+                models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers, amp=amp),
+                cfg.model.num_classes)
             results["full_res"] = iou_results(conf)
     runs.write_json(runs.artifact(run_dir, "eval", split), results)
     runs.record_evaluation(run_dir, split, checkpoint, runs.checkpoint_step(Path(run_dir) / checkpoint))

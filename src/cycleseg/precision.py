@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from cycleseg.errors import ConfigError
 
-__all__ = ["FP32", "PRECISIONS", "Precision", "make_adam", "resolve_precision", "to_memory_format"]
+__all__ = ["FP32", "PRECISIONS", "PRECISION_DTYPES", "Precision", "make_adam", "native_bf16_cpu", "precision_reason", "resolve_precision", "to_memory_format"]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype; None: off
 
 
 @dataclass
@@ -51,12 +52,23 @@ class Precision:
 FP32 = Precision()
 
 
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """"auto": bf16 on GPUs that support it (fp16 with a scaler on older ones), fp32 on the CPU.
+def native_bf16_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast about halves a
+    training step; elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
-    On the CPU bf16 is an explicit choice (train.precision=bf16): about twice as fast where the CPU has
-    AVX512-BF16 or AMX (benchmarks/bench_train.py), but it changes the numbers of short CPU runs, such as the
-    demo and the tests, which should stay those of the reference.
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """"auto": bf16 on GPUs that support it (fp16 with a scaler on older ones) and on CPUs with native bf16
+    (AVX512-BF16 or AMX: about 2x faster, benchmarks/bench_train.py), fp32 on other CPUs.
+
+    `train` checks the choice on its first batch (steps.bf16_agrees) and falls back to fp32 when bf16's loss
+    terms differ from fp32's by more than the precision tests allow. `fp32` gives the reference numerics.
     """
     if name not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
@@ -64,11 +76,21 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            name = "fp32"
+            name = "bf16" if native_bf16_cpu() else "fp32"
     if name == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-    return Precision(device.type, dtype)
+    return Precision(device.type, PRECISION_DTYPES[name])
+
+
+def precision_reason(requested: str, amp: Precision) -> str:
+    """Why `requested` (train.precision) became `amp` on this machine, in words for the log and run.json."""
+    if requested != "auto":
+        return f"train.precision={requested}"
+    if amp.device_type == "cuda":
+        return f"auto: {amp.name} on this GPU"
+    if amp.name == "bf16":
+        return "auto: this CPU computes bf16 natively (AVX512-BF16 or AMX), about 2x faster than fp32"
+    return "auto: this CPU has no native bf16, where fp32 is faster"
 
 
 def to_memory_format(x: Tensor, channels_last: bool) -> Tensor:

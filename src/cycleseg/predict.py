@@ -50,6 +50,7 @@ from cycleseg.errors import DataError, RunError
 from cycleseg.formats import finite_or_none, iou_results, to_rgb
 from cycleseg.metrics import confusion_matrix
 from cycleseg.models import Models, resolve_device
+from cycleseg.precision import Precision, resolve_precision
 from cycleseg.runs import LAST, artifact, load_run, seeded_inference, write_json
 
 __all__ = ["Prediction", "full_res_confusion", "iter_predictions", "official_evaluate", "official_report",
@@ -67,7 +68,7 @@ class Prediction:
 
 def iter_predictions(models: Models, dataset: Dataset, device: torch.device, batch_size: int = 4,
                      num_workers: int = 0, seed: int = 0, reconstruction: bool = False,
-                     progress: bool = False) -> Iterator[Prediction]:
+                     progress: bool = False, amp: Precision | None = None) -> Iterator[Prediction]:
     """G over `dataset` (a split as `open_split` gives it, its samples in order) in batches; per image, its logits
     upsampled bilinearly to the image's own size, then the argmax.
 
@@ -78,7 +79,7 @@ def iter_predictions(models: Models, dataset: Dataset, device: torch.device, bat
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     index = 0
-    with seeded_inference(models, seed, device):  # reproducible Gaussian noise in x_rec, training RNG untouched
+    with seeded_inference(models, seed, device, amp):  # reproducible Gaussian noise in x_rec, RNG untouched
         bar = tqdm(loader, desc="predict", unit="batch", disable=not progress, dynamic_ncols=True)
         for image, _ in bar:
             image = image.to(device, non_blocking=True)
@@ -92,7 +93,8 @@ def iter_predictions(models: Models, dataset: Dataset, device: torch.device, bat
                 index += 1
                 with Image.open(sample.image_path) as source:
                     width, height = source.size
-                full = F_.interpolate(logits[b:b + 1], size=(height, width), mode="bilinear", align_corners=False)
+                full = F_.interpolate(logits[b:b + 1].float(), size=(height, width), mode="bilinear",
+                                      align_corners=False)
                 yield Prediction(sample, full.argmax(dim=1)[0].to(torch.uint8).cpu().numpy(),
                                  rec[b].float().cpu() if rec is not None else None)
 
@@ -140,19 +142,23 @@ def _save(image: Image.Image, path: Path) -> None:
 
 def predict_run(run_dir: str | Path, data_root: str | Path, split: str, out: str | Path, checkpoint: str = LAST,
                 device: str = "auto", reconstruction: bool = False, batch_size: int | None = None,
-                progress: bool = False) -> dict[str, Any]:
-    """`cycleseg predict`: the run's predictions of every image of `split`, written under `out`."""
+                progress: bool = False, precision: str = "auto") -> dict[str, Any]:
+    """`cycleseg predict`: the run's predictions of every image of `split`, written under `out`.
+
+    `precision` as in `evaluate_run`: bf16 where native (the default, auto), else fp32."""
     out = Path(out)
     dev = resolve_device(device)
     models, cfg = load_run(run_dir, dev, checkpoint)
+    models.to(memory_format=torch.channels_last)  # NHWC convolutions: faster inference
+    amp = resolve_precision(precision, dev)
     if reconstruction and not models.is_cycle:
         raise RunError(f"{run_dir}: --reconstruction needs a cycle model; this run is a plain ERFNet (no F)")
     dataset = open_split(cfg, split, root=data_root)
     predictions = iter_predictions(models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers,
-                                   cfg.train.seed, reconstruction, progress)
+                                   cfg.train.seed, reconstruction, progress, amp)
     count = write_predictions(predictions, out)
     summary = {"run": str(run_dir), "checkpoint": checkpoint, "split": split, "data": str(data_root),
-               "num_images": count, "size": f"{cfg.data.width}x{cfg.data.height}",
+               "num_images": count, "size": f"{cfg.data.width}x{cfg.data.height}", "precision": amp.name,
                "outputs": ["labelIds", "color"] + (["reconstruction"] if reconstruction else [])}
     write_json(out / "predict.json", summary)
     return summary
@@ -246,7 +252,8 @@ def official_evaluate(predictions: str | Path, data_root: str | Path, split: str
 
 
 def official_report(run_dir: Path, data_root: str | Path, split: str, models: Models, cfg: Config,
-                    dataset: Dataset, device: torch.device, predictions: Path | None) -> dict[str, Any]:
+                    dataset: Dataset, device: torch.device, predictions: Path | None,
+                    amp: Precision | None = None) -> dict[str, Any]:
     """`evaluate --official`: labelId predictions (written to RUN_DIR/predictions_<split> unless given), scored by
     cityscapesscripts and by us on the same files.
 
@@ -257,7 +264,7 @@ def official_report(run_dir: Path, data_root: str | Path, split: str, models: Mo
     if predictions is None:
         predictions = artifact(run_dir, "predictions", split)
         count = write_predictions(iter_predictions(models, dataset, device, cfg.optim.batch_size, cfg.data.num_workers,
-                                                   cfg.train.seed), predictions)
+                                                   cfg.train.seed, amp=amp), predictions)
         write_json(predictions / "predict.json", {"run": str(run_dir), "split": split, "data": str(data_root),
                                                   "num_images": count, "outputs": ["labelIds", "color"]})
     elif not predictions.is_dir():

@@ -38,6 +38,7 @@ from cycleseg import __version__
 from cycleseg.config import RESUMABLE_KEYS, Config, apply_overrides, config_from_dict, flat_items
 from cycleseg.errors import ConfigError, RunError
 from cycleseg.models import Models, build_models
+from cycleseg.precision import FP32, Precision
 
 __all__ = [
     "BEST", "CONFIG", "LAST", "LOG", "METRICS", "STATUS", "VERSIONS", "artifact", "atomic_write", "check_compatible",
@@ -189,14 +190,16 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
 
 
 @contextlib.contextmanager
-def seeded_inference(module: torch.nn.Module, seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Eval mode, no autograd, and the global RNG seeded with `seed` (the noise injection's Gaussian draws
-    repeat) inside; the module's mode and the caller's RNG streams are restored after."""
+def seeded_inference(module: torch.nn.Module, seed: int, device: torch.device | str = "cpu",
+                     amp: Precision | None = None) -> Iterator[None]:
+    """Eval mode, no autograd, the global RNG seeded with `seed` (the noise injection's Gaussian draws repeat)
+    and, with `amp`, its autocast inside; the module's mode and the caller's RNG streams are restored after."""
     device = torch.device(device)
     was_training = module.training
     module.eval()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode(), \
+                (amp or FP32).autocast():
             torch.manual_seed(seed)
             yield
     finally:
@@ -301,12 +304,13 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     return read_json(path) if path.is_file() else {}
 
 
-def set_status(run_dir: str | Path, state: str, step: int | None = None, message: str | None = None) -> None:
-    """Record the run's state (running / finished / failed / interrupted) in run.json."""
+def set_status(run_dir: str | Path, state: str, step: int | None = None, message: str | None = None,
+               **fields: Any) -> None:
+    """Record the run's state (running / finished / failed / interrupted) in run.json, and any `fields`."""
     if state not in _STATES:
         raise ValueError(f"unknown run state {state!r}")
     status = read_status(run_dir)
-    status.update(state=state, updated=_now(), message=message)
+    status.update(state=state, updated=_now(), message=message, **fields)
     if step is not None:
         status["step"] = step
     write_json(Path(run_dir) / STATUS, status)

@@ -22,7 +22,7 @@ from cycleseg.config import Config
 from cycleseg.errors import RunError
 from cycleseg.models import build_models
 from cycleseg.pool import ImagePool
-from cycleseg.precision import make_adam, resolve_precision
+from cycleseg.precision import PRECISION_DTYPES, Precision, make_adam, precision_reason, resolve_precision
 from cycleseg.runs import check_compatible, load_checkpoint, save_checkpoint
 from cycleseg.steps import lr_factor
 
@@ -56,6 +56,7 @@ class TrainState:
         self.run_config = run_config if run_config is not None else cfg.to_dict()
         self.device = device
         self.amp = resolve_precision(cfg.train.precision, device)
+        self.precision_reason = precision_reason(cfg.train.precision, self.amp)
         self.models = build_models(cfg.model, cfg.noise).to(device)
         if cfg.train.channels_last:
             self.models.to(memory_format=torch.channels_last)
@@ -76,6 +77,12 @@ class TrainState:
     @property
     def lr(self) -> float:
         return self.opt_g.param_groups[0]["lr"]
+
+    def use_precision(self, name: str, reason: str) -> None:
+        """Run the networks in `name` (fp32 / bf16 / fp16) from now on; `reason` says why (run.json, log)."""
+        if name != self.amp.name:
+            self.amp = Precision(self.device.type, PRECISION_DTYPES[name])
+        self.precision_reason = reason
 
     def close_epoch(self) -> None:
         """The end of an epoch: one step of the LR schedule, and on to the next epoch."""
@@ -99,6 +106,7 @@ class TrainState:
             "pool": self.pool.state_dict(),
             "scalers": [self.amp.scaler(o).state_dict() for o in self.optimizers] if self.amp.uses_scaler else [],
             "progress": asdict(self.progress),
+            "precision": {"name": self.amp.name, "reason": self.precision_reason},
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -121,6 +129,8 @@ class TrainState:
                 for o, s in zip(self.optimizers, state["scalers"], strict=True):
                     self.amp.scaler(o).load_state_dict(s)
             self.progress = Progress(**state["progress"])
+            if "precision" in state:  # the choice of `auto` made when the run started holds for all of it
+                self.use_precision(state["precision"]["name"], state["precision"]["reason"])
             rng = state["rng"]
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise RunError(f"{source}: checkpoint does not match this run ({str(e).splitlines()[0]})") from None

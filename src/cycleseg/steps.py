@@ -13,6 +13,8 @@ A NaN or infinite loss or gradient skips the update and raises NonFiniteError.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -32,7 +34,8 @@ from cycleseg.models import Models
 from cycleseg.pool import ImagePool
 from cycleseg.precision import FP32, Precision
 
-__all__ = ["NonFiniteError", "discriminator_step", "generator_step", "lr_factor", "plain_step"]
+__all__ = ["BF16_RTOL", "NonFiniteError", "bf16_agrees", "discriminator_step", "generator_step", "generator_terms",
+           "lr_factor", "plain_step"]
 
 
 def lr_factor(epoch: int, epochs: int, decay_start_epoch: int) -> float:
@@ -43,6 +46,59 @@ def lr_factor(epoch: int, epochs: int, decay_start_epoch: int) -> float:
     if epoch < decay_start_epoch:
         return 1.0
     return max(0.0, (epochs - epoch) / (epochs - decay_start_epoch))
+
+
+def generator_terms(models: Models, image: Tensor, labels: Tensor, loss: LossConfig,
+                    class_weights: Tensor | None = None, amp: Precision = FP32) -> tuple[GeneratorTerms, Tensor]:
+    """Table 1 steps 2-3: both cycles and the four terms of J_gen (eqs. 1-4), and x = F(y_bar) (B, 3, H, W)."""
+    ignore = BACKGROUND if loss.ignore_background else -100
+    with amp.autocast():
+        logits, _noisy, reconstruction = models.forward_cycle(image)  # forward: x -> y_hat -> y_tilde -> x_rec
+        fake, logits_rec = models.backward_cycle(labels)  # backward cycle: y -> x -> y_rec
+        terms = GeneratorTerms(
+            seg=segmentation_loss(logits, labels, ignore, class_weights),
+            rec_x=image_reconstruction_loss(reconstruction, image),
+            adv=adversarial_loss(models.D(fake).float()),
+            rec_y=segmentation_reconstruction_loss(logits_rec, labels, ignore, class_weights),
+        )
+    return terms, fake
+
+
+# How far bf16's loss terms may lie from fp32's on one batch (tests/test_precision.py measures up to 7e-4 on
+# the first batch). J_adv alone is left out: D_X's outputs start near 0, where bf16's relative rounding reaches
+# 10 % while J_adv carries only (1 - gamma) beta = 3 % of J_gen; it counts through J_gen's total.
+BF16_RTOL = {"seg": 0.01, "rec_x": 0.01, "rec_y": 0.01, "total": 0.01}
+
+
+def bf16_agrees(models: Models, image: Tensor, labels: Tensor, loss: LossConfig,
+                class_weights: Tensor | None = None) -> tuple[bool, str]:
+    """Whether bf16 autocast gives the loss terms of fp32 on this batch, within BF16_RTOL; and the numbers.
+
+    Runs on a copy of the models (their BatchNorm statistics stay untouched) with the RNG forked, so the run
+    that follows is the same whether this check ran or not.
+    """
+    probe = copy.deepcopy(models)
+    values = {}
+    for amp in (FP32, Precision(image.device.type, torch.bfloat16)):
+        with torch.random.fork_rng(devices=[image.device] if image.device.type == "cuda" else []), \
+                torch.no_grad():
+            torch.manual_seed(0)
+            if models.is_cycle:
+                terms, _ = generator_terms(probe, image, labels, loss, class_weights, amp)
+                total = generator_loss(terms, loss.alpha, loss.beta, loss.gamma)
+                values[amp.name] = {"seg": float(terms.seg), "rec_x": float(terms.rec_x),
+                                    "rec_y": float(terms.rec_y), "total": float(total)}
+            else:
+                with amp.autocast():
+                    logits = probe.G(image).float()
+                ignore = BACKGROUND if loss.ignore_background else -100
+                values[amp.name] = {"seg": float(segmentation_loss(logits, labels, ignore, class_weights))}
+    diffs = {k: abs(values["bf16"][k] - v) / max(abs(v), 1e-12) for k, v in values["fp32"].items()}
+    worst = max(diffs, key=lambda k: diffs[k] / BF16_RTOL[k])
+    ok = all(d <= BF16_RTOL[k] for k, d in diffs.items())
+    why = (f"bf16 vs fp32 on the first batch: largest relative difference of a loss term {diffs[worst]:.1e} "
+           f"({worst}, allowed {BF16_RTOL[worst]:g})")
+    return ok, why
 
 
 def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,
@@ -58,19 +114,10 @@ def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, 
         the loss terms (detached scalars) and the synthetic image x = F(y_bar) (B, 3, H, W), detached,
         for the discriminator step.
     """
-    ignore = BACKGROUND if loss.ignore_background else -100
     models.D.requires_grad_(False)  # D_X is fixed during the generator update (Table 1, step 4)
     try:
-        with amp.autocast():
-            logits, _noisy, reconstruction = models.forward_cycle(image)  # forward: x -> y_hat -> y_tilde -> x_rec
-            fake, logits_rec = models.backward_cycle(labels)  # backward cycle: y -> x -> y_rec
-            terms = GeneratorTerms(
-                seg=segmentation_loss(logits, labels, ignore, class_weights),
-                rec_x=image_reconstruction_loss(reconstruction, image),
-                adv=adversarial_loss(models.D(fake).float()),
-                rec_y=segmentation_reconstruction_loss(logits_rec, labels, ignore, class_weights),
-            )
-            total = generator_loss(terms, loss.alpha, loss.beta, loss.gamma)
+        terms, fake = generator_terms(models, image, labels, loss, class_weights, amp)
+        total = generator_loss(terms, loss.alpha, loss.beta, loss.gamma)
         _check_loss(total, "J_gen")
         _backward(total, opt_g, amp)
     finally:  # a skipped (non-finite) step must not leave D frozen for the discriminator step

@@ -34,7 +34,7 @@ from cycleseg.monitor import RunLogger, StopSignals
 from cycleseg.precision import to_memory_format
 from cycleseg.runs import BEST, LAST
 from cycleseg.state import Progress, TrainState
-from cycleseg.steps import NonFiniteError, discriminator_step, generator_step, lr_factor, plain_step
+from cycleseg.steps import NonFiniteError, bf16_agrees, discriminator_step, generator_step, lr_factor, plain_step
 
 __all__ = ["discriminator_step", "generator_step", "lr_factor", "plain_step", "train"]
 
@@ -63,6 +63,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     if resume and (run_dir / LAST).is_file():  # a run stopped before its first checkpoint starts from step 0
         state.load(run_dir / LAST)
     class_weights = _class_weights(cfg, train_set, run_dir, device)
+    if not resume and cfg.train.precision == "auto" and state.amp.name == "bf16":
+        _check_bf16(state, cfg, train_set, class_weights)
     if cfg.train.compile:  # in place: state_dict keys stay those of the plain modules
         for net in filter(None, (state.models.G, state.models.F, state.models.D)):
             net.compile()
@@ -70,9 +72,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     per_epoch = math.ceil(_shard_size(len(train_set)) / cfg.optim.batch_size)
     total = min(cfg.optim.epochs * per_epoch, cfg.train.max_iters or math.inf)
     if main:
-        runs.set_status(run_dir, "running", p.step)
+        runs.set_status(run_dir, "running", p.step, precision={"name": state.amp.name, "reason": state.precision_reason})
     log = RunLogger(run_dir, cfg.name, total, p.step, resumed=resume, validated=p.validated_step == p.step,
                     progress=cfg.train.progress, enabled=main)
+    log.write(f"{cfg.name}: {state.amp.name} ({state.precision_reason})")
     if distributed.world_size() > 1:
         log.write(f"{cfg.name}: {distributed.world_size()} processes, batch {cfg.optim.batch_size} per process, "
                   f"global batch {distributed.world_size() * cfg.optim.batch_size}, {per_epoch} iterations per epoch")
@@ -143,6 +146,17 @@ def _iteration(state: TrainState, image: Tensor, labels: Tensor, cfg: Config, cl
     return losses
 
 
+def _check_bf16(state: TrainState, cfg: Config, train_set: Dataset, class_weights: Tensor | None) -> None:
+    """train.precision=auto chose bf16: keep it only if its loss terms match fp32's on the first batch."""
+    image, labels = next(iter(_batches(train_set, cfg, state.progress, 1)))
+    image = to_memory_format(image.to(state.device), cfg.train.channels_last)
+    agrees, why = bf16_agrees(state.models, image, labels.to(state.device), cfg.loss, class_weights)
+    if not distributed.any_rank(not agrees, state.device):  # every rank keeps bf16, or none
+        state.use_precision("bf16", f"{state.precision_reason}; {why}")
+    else:
+        state.use_precision("fp32", f"auto: bf16 would be faster here, but {why}; fp32 instead")
+
+
 def _validate(state: TrainState, loader: DataLoader, cfg: Config, log: RunLogger, run_dir: Path) -> None:
     """Validation mIoU / PSNR / SNR, logged and kept in the progress; a new best mIoU is saved as best.pt."""
     p = state.progress
@@ -159,7 +173,7 @@ def _validate(state: TrainState, loader: DataLoader, cfg: Config, log: RunLogger
 def _finish(state: TrainState, cfg: Config, run_dir: Path) -> dict[str, Any]:
     """metrics.json from the final validation (kept in the checkpoint, so a resume after it writes the same)."""
     p = state.progress
-    metrics = {**(p.last_metrics or {}), "epochs": p.epoch, "iterations": p.step,
+    metrics = {**(p.last_metrics or {}), "epochs": p.epoch, "iterations": p.step, "precision": state.amp.name,
                "nonfinite_skipped": p.nonfinite_total, "train_seconds": round(p.train_seconds, 1)}
     world = distributed.world_size()
     if world > 1:
