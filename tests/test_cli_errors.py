@@ -296,3 +296,53 @@ def test_report_missing_data_folder(tmp_path, capsys):
     line = main_error(capsys, "report", tmp_path, "--data", tmp_path / "MISSING")
     assert str(tmp_path / "MISSING") + ":" in line and "not found" in line and "--data" in line
     assert not (tmp_path / "report.md").exists()
+
+
+# Messages that point at the real cause.
+
+from cycleseg.cli import main
+
+CYCLEGAN = "configs/cyclegan.yaml"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["optim.lr=nan"], "command line: optim.lr must be a finite number, got 'nan'"),
+    (["optim.lr=-inf"], "command line: optim.lr must be a finite number"),
+    (["noise.bits=3"], "command line: noise.bits is only used with noise.kind=quantize"),
+    (["optim.lrr=1"], "command line: unknown key 'optim.lrr'"),
+    (["optim.epochs=4"], "set optim.decay_start_epoch too (the paper decays over the second half: "
+                         + "optim.decay_start_epoch=2)"),
+])
+def test_messages_point_at_the_real_cause(capsys, args, needle):
+    assert main(["train", CYCLEGAN, "--dry-run", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    if args[0].startswith("optim.lr"):
+        assert "cyclegan.yaml" not in err  # the value came from the command line, not from the file
+
+
+def test_an_unknown_flag_points_at_the_subcommands_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", CYCLEGAN, "--dry-run", "--foo"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "cycleseg train: error: unrecognized arguments: --foo (see cycleseg train --help)"
+
+
+def test_yaml_syntax_error_gives_line_and_column(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 1e-3\n  epochs: [4\n")
+    assert main(["train", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{bad}:4:1: not valid YAML" in err and len(err.splitlines()) == 1, err
+
+
+def test_dry_run_needs_no_out(capsys):
+    assert main(["train", CYCLEGAN, "--dry-run", "noise.kind=quantize", "noise.bits=2"]) == 0
+    assert "kind: quantize" in capsys.readouterr().out
+
+
+def test_calibrate_takes_the_noise_after_its_options(trained_cycle_run, tiny_data, capsys):
+    """`calibrate RUN --data D kind=quantize bits=1`, as the README writes it."""
+    assert main(["calibrate", str(trained_cycle_run), "--data", str(tiny_data), "kind=quantize", "bits=1"]) == 0
+    assert "kind=quantize, bits=1" in capsys.readouterr().out

@@ -235,10 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # parse_known_args lets KEY=VALUE overrides of `train` come before or after its options.
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command in ("train", "sweep") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra and args.command in ("train", "sweep", "calibrate") and all("=" in e and not e.startswith("-")
+                                                                        for e in extra):
+        if args.command == "calibrate":  # `calibrate RUN --data D kind=quantize bits=1`: the noise after options
+            args.noise += extra
+        else:
+            args.overrides += extra
+    elif extra:  # point at the subcommand's own help, where its options are listed
+        words = " ".join(" ".join(extra).splitlines())
+        parser.exit(2, f"cycleseg {args.command}: error: unrecognized arguments: {words} "
+                       f"(see cycleseg {args.command} --help)\n")
     try:
         if getattr(args, "device", None) is not None:  # an unknown --device fails before any run is read
             from cycleseg.models import resolve_device

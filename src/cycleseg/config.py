@@ -141,12 +141,23 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"{path}: config file not found; see configs/ for examples")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(e, "problem", None) or _first_line(e)
+            raise ConfigError(f"{where}: not valid YAML ({problem}); fix the file at that line and column") from None
+        except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not valid YAML ({_first_line(e)}); fix or recreate the file") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
     apply_overrides(raw, overrides)
-    return config_from_dict(raw, source=str(path) if path else "config")
+    override_keys = {o.partition("=")[0].strip() for o in overrides}
+    try:
+        return config_from_dict(raw, source=str(path) if path else "config")
+    except ConfigError as e:  # an error in a command-line override: name the command line, not the YAML file
+        if e.key in override_keys:
+            raise ConfigError(f"command line: {e.reason}", key=e.key) from None
+        raise
 
 
 def flat_items(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -190,7 +201,8 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key {f'{prefix}{key}'!r}; valid keys: {', '.join(sorted(fields))}")
+            why = f"unknown key {f'{prefix}{key}'!r}; valid keys: {', '.join(sorted(fields))}"
+            raise ConfigError(f"{source}: {why}", key=f"{prefix}{key}", reason=why)
     kwargs = {}
     for name, value in raw.items():
         hint, key = hints[name], prefix + name
@@ -217,15 +229,19 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
             return _parse_float(value)
         if t is str and isinstance(value, str):
             return value
-    names = " or ".join("null" if t is type(None) else t.__name__ for t in args)
-    raise ConfigError(f"{source}: {key} must be {names}, got {value!r} ({type(value).__name__})")
+    if float in args and isinstance(value, (str, float)) and _is_number(value):  # nan, inf, 1/0
+        why = f"{key} must be a finite number, got {value!r}"
+    else:
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in args)
+        why = f"{key} must be {names}, got {value!r} ({type(value).__name__})"
+    raise ConfigError(f"{source}: {why}", key=key, reason=why)
 
 
 def _validate(cfg: Config, source: str) -> None:
     """Cross-field and range rules, checked before anything is built."""
 
     def fail(key: str, why: str) -> None:
-        raise ConfigError(f"{source}: {key} {why}")
+        raise ConfigError(f"{source}: {key} {why}", key=key, reason=f"{key} {why}")
 
     d, m, n, lo, o, t = cfg.data, cfg.model, cfg.noise, cfg.loss, cfg.optim, cfg.train
     for key, v in (("data.height", d.height), ("data.width", d.width)):
@@ -277,7 +293,9 @@ def _validate(cfg: Config, source: str) -> None:
     if o.epochs < 1:
         fail("optim.epochs", f"must be >= 1, got {o.epochs}")
     if not 0 <= o.decay_start_epoch <= o.epochs:
-        fail("optim.decay_start_epoch", f"must be in 0..optim.epochs ({o.epochs}), got {o.decay_start_epoch}")
+        fail("optim.decay_start_epoch", f"must be in 0..optim.epochs ({o.epochs}), got {o.decay_start_epoch}; "
+                                        f"when you change optim.epochs, set optim.decay_start_epoch too (the paper "
+                                        f"decays over the second half: optim.decay_start_epoch={o.epochs // 2})")
     if o.pool_size < 0:
         fail("optim.pool_size", f"must be >= 0, got {o.pool_size}")
     if t.log_every < 1:
@@ -297,6 +315,17 @@ def _validate(cfg: Config, source: str) -> None:
         fail("optim.kernel", f"must be auto, fused, foreach or loop, got {o.kernel!r}")
     if not (t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit())):
         fail("train.device", f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+
+
+def _is_number(value: str | float) -> bool:
+    """Whether `value` is a number at all (finite or not), e.g. "nan", "inf", "-inf", 1e999."""
+    if isinstance(value, float):
+        return True
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_float(text: str) -> float | None:

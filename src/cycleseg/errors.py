@@ -10,7 +10,13 @@ class CycleSegError(Exception):
 
 
 class ConfigError(CycleSegError):
-    """An invalid configuration key or value."""
+    """An invalid configuration key or value; `key` names it ("optim.lr") when there is one, `reason` is the
+    message without the name of the file it came from."""
+
+    def __init__(self, message: str, key: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.reason = reason or message
 
 
 class DataError(CycleSegError):
