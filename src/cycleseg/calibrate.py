@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from cycleseg.config import Config, NoiseConfig, apply_overrides, config_from_dict
 from cycleseg.data import open_split
@@ -48,7 +49,7 @@ def measure_snr(G: torch.nn.Module, noise: NoiseInjection, batches: Iterable[tup
 
 
 def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
-                  noise_overrides: list[str] = (), checkpoint: str = LAST) -> dict[str, Any]:
+                  noise_overrides: list[str] = (), checkpoint: str = LAST, progress: bool = False) -> dict[str, Any]:
     """Measure the mean per-image SNR of a run's noise (or of `noise_overrides`) on `split`, opened as every
     command opens it (`data.open_split`: the run's cache settings and data.max_*_images).
 
@@ -65,7 +66,9 @@ def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val"
         noise_cfg.kind, bits=noise_cfg.bits, snr_db=noise_cfg.snr_db, sigma_rule=noise_cfg.sigma_rule)
     dataset = open_split(cfg, split, root=data_root)
     loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-    snrs = measure_snr(models.G, noise, loader, dev, seed=cfg.train.seed)
+    batches = tqdm(loader, desc=f"calibrate {split}", unit="batch", disable=not progress, dynamic_ncols=True,
+                   leave=False)
+    snrs = measure_snr(models.G, noise, batches, dev, seed=cfg.train.seed)
     finite = snrs[torch.isfinite(snrs)]
     if len(finite) < len(snrs):
         raise RunError(f"{run_dir}: noise {noise_cfg.kind} leaves the logits of {len(snrs) - len(finite)} images "

@@ -42,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cycleseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every subcommand takes --quiet: no progress bars (they are shown only on a terminal anyway).
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", help="no progress bars (shown only on a terminal anyway)")
 
-    p = sub.add_parser("make-synthetic", help="generate the synthetic 'toy city' dataset in the Cityscapes layout",
+    p = sub.add_parser("make-synthetic", parents=[quiet], help="generate the synthetic 'toy city' dataset in the Cityscapes layout",
                        description="Write procedural street scenes with real Cityscapes labelIds into OUT, in "
                                    "the Cityscapes folder layout (leftImg8bit/, gtFine/), train and val splits.")
     p.add_argument("out", type=Path, help="output folder (created)")
@@ -53,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
 
     p = sub.add_parser(
-        "train", help="train a model from a YAML config",
+        parents=[quiet], name="train", help="train a model from a YAML config",
         description="Train the cycle model of the paper (Table 1) or the plain ERFNet. Settings come from the "
                     "YAML CONFIG (see configs/), then from KEY=VALUE overrides such as noise.kind=quantize "
                     "noise.bits=2 optim.epochs=10. Writes config.yaml, log.jsonl, TensorBoard events, "
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
     p = sub.add_parser(
-        "evaluate", help="evaluate a trained run on a split",
+        parents=[quiet], name="evaluate", help="evaluate a trained run on a split",
         description="Compute class IoU and mIoU and, for cycle models, the PSNR of the forward-cycle "
                     "reconstruction and the measured SNR of the noise injection. Prints a table and writes "
                     "RUN_DIR/eval_<split>.json.",
@@ -97,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "<city>_<seq>_<frame>*.png) to evaluate instead")
 
     p = sub.add_parser(
-        "check-data", help="check a Cityscapes folder before a long run",
+        parents=[quiet], name="check-data", help="check a Cityscapes folder before a long run",
         description="Check the layout (splits, cities), that every image has its label and vice versa, that "
                     "every PNG is readable with the expected size and mode and (unless --fast) that every label "
                     "value is a Cityscapes labelId; and that caches written by `cycleseg prepare` are up to date. "
@@ -113,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="cache folder of `cycleseg prepare` (default DATA/cycleseg_cache)")
 
     p = sub.add_parser(
-        "prepare", help="decode and resize a Cityscapes folder once into a fast cache",
+        parents=[quiet], name="prepare", help="decode and resize a Cityscapes folder once into a fast cache",
         description="Decode every image and label of the splits, resize them to --size (bilinear / nearest, as "
                     "training does) and store them as memory-mapped uint8 .npy arrays with a manifest of the "
                     "source files (sizes, hashes). Training and evaluation at that size then read the cache "
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
 
     p = sub.add_parser(
-        "predict", help="write a run's predictions at the original resolution (official format)",
+        parents=[quiet], name="predict", help="write a run's predictions at the original resolution (official format)",
         description="Segment every image of a split and write, per image, OUT/labelIds/<city>/<name>_labelIds.png "
                     "(labelIds at the image's own size: what the official evaluation and the benchmark server "
                     "take), OUT/color/<city>/<name>_color.png (official palette) and, with --reconstruction, "
@@ -143,14 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR: last.pt (default) or best.pt")
 
-    p = sub.add_parser("table", help="print runs side by side like the paper's Table 2",
+    p = sub.add_parser("table", parents=[quiet], help="print runs side by side like the paper's Table 2",
                        description="Read RUN_DIR/eval_<split>.json (or metrics.json) of each run and print "
                                    "noise, SNR, mIoU and PSNR in one table.")
     p.add_argument("run_dirs", type=Path, nargs="+", help="run directories")
     p.add_argument("--split", default="val", help="which eval_<split>.json to read (default val)")
 
     p = sub.add_parser(
-        "calibrate", help="measure the SNR that a run's noise produces on its logits",
+        parents=[quiet], name="calibrate", help="measure the SNR that a run's noise produces on its logits",
         description="Run G of RUN_DIR over a split, apply the run's noise injection (or the one given with "
                     "KEY=VALUE, e.g. kind=quantize bits=1) and report the mean per-image SNR (eq. 11): the "
                     "paper's 'SNR of a quantizer'. With the run's own noise, writes RUN_DIR/calibrate_<split>.json, "
@@ -162,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
     p = sub.add_parser(
-        "sweep", help="train and evaluate a folder of configs (the paper's Table 2) into one sweep folder",
+        parents=[quiet], name="sweep", help="train and evaluate a folder of configs (the paper's Table 2) into one sweep folder",
         description="Train every config (e.g. configs/paper/, one YAML per row of Table 2) into SWEEP_DIR/NAME/ "
                     "and evaluate it on val. Started again, a sweep skips the finished runs, continues an "
                     "interrupted one exactly and starts the rest. KEY=VALUE overrides apply to every config.",
@@ -179,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train anew the runs in SWEEP_DIR that were made with other settings (default: refuse)")
 
     p = sub.add_parser(
-        "report", help="write report.md and report.html for a sweep: Table 2, Figures 3 and 4, curves",
+        parents=[quiet], name="report", help="write report.md and report.html for a sweep: Table 2, Figures 3 and 4, curves",
         description="Read every run of SWEEP_DIR and write SWEEP_DIR/report.md and a self-contained "
                     "SWEEP_DIR/report.html: Table 2 beside the paper's values, the class-wise IoU chart (Fig. 4), "
                     "validation examples (Fig. 3), training curves, diagnostics where present, and the config "
@@ -192,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
     p = sub.add_parser(
-        "diagnose", help="measure and show the watermarks a cycle model hides in its class scores",
+        parents=[quiet], name="diagnose", help="measure and show the watermarks a cycle model hides in its class scores",
         description="Steganography diagnostics of a cycle run on a split, seeded so that results repeat:\n"
                     "  1. watermark gap: PSNR of F(noise(G(x))) minus PSNR of F fed only the decision argmax G(x)\n"
                     "     (its one-hot, scaled to the per-pixel norm of F's usual input), beside F fed each\n"
@@ -220,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default), logits = G's logits before the noise, unit = plain one-hots")
 
     p = sub.add_parser(
-        "export", help="export G of a run to ONNX, checked with ONNX Runtime",
+        parents=[quiet], name="export", help="export G of a run to ONNX, checked with ONNX Runtime",
         description="Write the segmentation network G of RUN_DIR as an ONNX file (image (B,3,H,W) in [-1,1] -> "
                     "logits (B,S,H,W); batch, height and width dynamic) and compare ONNX Runtime's logits with "
                     "PyTorch's on random images.")
@@ -273,7 +276,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
         raise ConfigError(f"--train {args.train}: must be at least 1 (the number of training images)")
     if args.val < 0:
         raise ConfigError(f"--val {args.val}: must be at least 0 (the number of validation images)")
-    summary = make_synthetic(args.out, num_train=args.train, num_val=args.val, size=(height, width), seed=args.seed)
+    summary = make_synthetic(args.out, num_train=args.train, num_val=args.val, size=(height, width), seed=args.seed,
+                             progress=_progress(args))
     print(f"wrote {summary.get('train', args.train)} train and {summary.get('val', args.val)} val images "
           f"of {width}x{height} to {args.out}")
     return 0
@@ -292,7 +296,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume {args.resume} continues that run in its own folder; drop --out")
         if args.config is not None and "=" not in str(args.config):
             raise ConfigError(f"--resume {args.resume} takes the run's own config; drop {args.config}")
-        overrides = ([str(args.config)] if args.config is not None else []) + list(args.overrides)
+        overrides = ([str(args.config)] if args.config is not None else []) + list(args.overrides) + _quiet(args)
         if args.data:
             overrides.append(f"data.root={args.data}")
         out = args.resume
@@ -301,7 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if args.config is None:
             raise ConfigError("train needs CONFIG and --out RUN_DIR (or --resume RUN_DIR)")
-        overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else [])
+        overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else []) + _quiet(args)
         cfg, out = load_config(args.config, overrides), args.out
         if out is None and not args.dry_run:
             raise ConfigError("train needs --out RUN_DIR, the folder to create the run in")
@@ -331,7 +335,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     results = evaluate_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint,
                            full_res=args.full_res, official=args.official, predictions=args.predictions,
-                           precision=args.precision)
+                           precision=args.precision, progress=_progress(args))
     print(json.dumps(results, indent=2) if args.json else format_results(results))
     return 0
 
@@ -379,7 +383,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
             raise RunError(f"--expect-size {args.expect_size!r}: expected WIDTHxHEIGHT, e.g. 2048x1024")
     splits = tuple(dict.fromkeys(args.split)) if args.split else ("train", "val", "test")
     report = check_data(args.data, splits, full=not args.fast, expect_size=expect, cache_dir=args.cache_dir,
-                        progress=sys.stderr.isatty())
+                        progress=_progress(args))
     print(format_report(report))
     for problem in report.problems:
         print(_one_line(problem), file=sys.stderr)
@@ -391,7 +395,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     width, height = _parse_size(args.size)
     splits = tuple(dict.fromkeys(args.split)) if args.split else None
-    done = prepare(args.data, (height, width), splits, args.cache_dir, force=args.force, progress=sys.stderr.isatty())
+    done = prepare(args.data, (height, width), splits, args.cache_dir, force=args.force, progress=_progress(args))
     for split, status in done.items():
         print(f"{split}: {status}")
     print(f"cache: {cache_folder(args.data, (height, width), args.cache_dir)}")
@@ -402,7 +406,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cycleseg.predict import predict_run
 
     summary = predict_run(args.run_dir, args.data, args.split, args.out, checkpoint=args.checkpoint,
-                          device=args.device, reconstruction=args.reconstruction, progress=sys.stderr.isatty(),
+                          device=args.device, reconstruction=args.reconstruction, progress=_progress(args),
                           precision=args.precision)
     print(f"wrote {', '.join(summary['outputs'])} of {summary['num_images']} {args.split} images to {args.out}")
     return 0
@@ -411,7 +415,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from cycleseg.calibrate import calibrate_run, calibration_path
 
-    r = calibrate_run(args.run_dir, args.data, args.split, device=args.device, noise_overrides=args.noise)
+    r = calibrate_run(args.run_dir, args.data, args.split, device=args.device, noise_overrides=args.noise,
+                      progress=_progress(args))
     noise = ", ".join(f"{k}={v}" for k, v in r["noise"].items() if v is not None)
     print(f"{r['run']}: {noise}: SNR {r['snr_db']:.2f} dB (mean of {r['num_images']} {args.split} images; "
           f"std {r['snr_db_std']:.2f}, range {r['snr_db_min']:.2f} .. {r['snr_db_max']:.2f})")
@@ -425,7 +430,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     # argparse hands KEY=VALUE words that come before the options to the CONFIGS list
-    args.overrides = [str(c) for c in args.configs if "=" in str(c)] + list(args.overrides)
+    args.overrides = [str(c) for c in args.configs if "=" in str(c)] + list(args.overrides) + _quiet(args)
     args.configs = [c for c in args.configs if "=" not in str(c)]
     if not args.configs:
         raise ConfigError("sweep needs at least one config folder or YAML file, e.g. configs/paper")
@@ -438,7 +443,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"sweep done: {len(summary)} runs in {args.out}")
     print(_table([Path(s["run_dir"]) for s in summary], "val"))
     if args.report:
-        return cmd_report(argparse.Namespace(sweep_dir=args.out, data=args.data, runs=None, examples=3,
+        return cmd_report(argparse.Namespace(sweep_dir=args.out, data=args.data, runs=None, examples=3, quiet=args.quiet,
                                              device="auto"))
     return 0
 
@@ -453,7 +458,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise DataError(f"{args.data}: {what}; pass the Cityscapes-layout data folder for Figure 3 with --data, "
                         "or leave --data out to use the runs' data.root")
     runs = [n.strip() for n in args.runs.split(",") if n.strip()] if args.runs else None
-    md, page = build_report(args.sweep_dir, args.data, runs, args.examples, args.device)
+    md, page = build_report(args.sweep_dir, args.data, runs, args.examples, args.device, progress=_progress(args))
     print(f"report written: {md} and {page}")
     return 0
 
@@ -468,7 +473,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.examples < 1:
         raise ConfigError(f"--examples {args.examples}: must be >= 1")
     results = diagnose_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint,
-                           max_images=args.max_images, snrs=snrs, scale_to=args.scale_to, num_examples=args.examples)
+                           max_images=args.max_images, snrs=snrs, scale_to=args.scale_to, num_examples=args.examples,
+                           progress=_progress(args))
     print(format_summary(results, args.run_dir))
     return 0
 
@@ -498,6 +504,16 @@ def _parse_size(text: str) -> tuple[int, int]:
     if width < 32 or height < 32 or width % 8 or height % 8:
         raise RunError(f"--size {text!r}: width and height must be multiples of 8, at least 32")
     return width, height
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal, unless --quiet."""
+    return sys.stderr.isatty() and not getattr(args, "quiet", False)
+
+
+def _quiet(args: argparse.Namespace) -> list[str]:
+    """The override that turns the training progress bar off with --quiet or when stderr is not a terminal."""
+    return [] if _progress(args) else ["train.progress=false"]
 
 
 def _one_line(error: BaseException | str) -> str:

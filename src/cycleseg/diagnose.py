@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from cycleseg import runs
 from cycleseg.data import CLASS_NAMES, colorize, open_split
@@ -212,7 +213,7 @@ class _Accumulator:
 
 def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                  checkpoint: str = LAST, max_images: int | None = None, snrs: Sequence[float] = DEFAULT_SNRS,
-                 scale_to: str = "f_input", num_examples: int = 4) -> dict[str, Any]:
+                 scale_to: str = "f_input", num_examples: int = 4, progress: bool = False) -> dict[str, Any]:
     """Diagnose a cycle run on `split` of `data_root`; writes diagnose_<split>.json, .md and figures in RUN_DIR."""
     if split == "test":
         raise RunError("the Cityscapes test split has no labels; diagnose on train or val")
@@ -232,7 +233,9 @@ def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
     if max_images is not None and max_images < len(dataset):
         dataset = Subset(dataset, range(max_images))
     loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-    results, examples = diagnose_models(models, loader, dev, seed=cfg.train.seed, snrs=snrs, scale_to=scale_to,
+    batches = tqdm(loader, desc=f"diagnose {split}", unit="batch", disable=not progress, dynamic_ncols=True,
+                   leave=False)
+    results, examples = diagnose_models(models, batches, dev, seed=cfg.train.seed, snrs=snrs, scale_to=scale_to,
                                         num_examples=num_examples)
     figure_dir = runs.artifact(run_dir, "diagnose_figures", split)
     markdown = runs.artifact(run_dir, "diagnose_md", split)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from cycleseg import predict, runs
 from cycleseg.data import open_split
@@ -77,7 +78,7 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                  batch_size: int | None = None, checkpoint: str = LAST, full_res: bool = False,
                  official: bool = False, predictions: str | Path | None = None,
-                 precision: str = "auto") -> dict[str, Any]:
+                 precision: str = "auto", progress: bool = False) -> dict[str, Any]:
     """Evaluate a run on `split` of the Cityscapes-layout folder `data_root`; writes RUN_DIR/eval_<split>.json.
 
     `precision` auto (the default) runs the networks in bf16 where that is native (GPUs, CPUs with AVX512-BF16
@@ -99,7 +100,9 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
     dataset = open_split(cfg, split, root=data_root)
     loader = DataLoader(dataset, batch_size=batch_size or cfg.optim.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
-    results = evaluate_models(models, loader, dev, seed=cfg.train.seed, precision=amp.name)
+    batches = tqdm(loader, desc=f"evaluate {split}", unit="batch", disable=not progress, dynamic_ncols=True,
+                   leave=False)
+    results = evaluate_models(models, batches, dev, seed=cfg.train.seed, precision=amp.name)
     results = {"run": cfg.name, "split": split, "noise": cfg.noise.kind, "size": f"{cfg.data.width}x{cfg.data.height}",
                "precision": amp.name, **results}
     if full_res or official:
@@ -110,7 +113,8 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
             results["full_res"] = results["official"]["ours"]
         elif full_res:
             conf = predict.full_res_confusion(predict.iter_predictions(
-                models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers, amp=amp),
+                models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers, amp=amp,
+                progress=progress),
                 cfg.model.num_classes)
             results["full_res"] = iou_results(conf)
     runs.write_json(runs.artifact(run_dir, "eval", split), results)

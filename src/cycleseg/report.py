@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
 from cycleseg.config import config_from_dict
 from cycleseg.data import CLASS_NAMES, NUM_EVAL_CLASSES, colorize, open_split
@@ -151,7 +152,7 @@ def choose_runs(runs: list[RunRecord], names: list[str] | None = None) -> list[R
 
 
 def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, runs: list[str] | None = None,
-                 num_examples: int = 3, device: str = "auto") -> tuple[Path, Path]:
+                 num_examples: int = 3, device: str = "auto", progress: bool = False) -> tuple[Path, Path]:
     """Write report.md, report.html and report_files/ into `sweep_dir`; returns the two report paths.
 
     Figure 3 runs the chosen models on `num_examples` validation images of `data_root` (default: the data
@@ -175,7 +176,7 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
                                           files / "examples.png")
     else:
         examples_note = f"Figure 3 left out: no validation images at {root}; pass --data DIR."
-    for r in records:
+    for r in tqdm(records, desc="report: curves", unit="run", disable=not progress, dynamic_ncols=True, leave=False):
         if r.log:
             figures[f"curves_{r.name}"] = save_figure(plot_curves(r), files / f"curves_{_slug(r.name)}.png")
 

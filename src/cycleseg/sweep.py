@@ -112,7 +112,7 @@ def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] =
                 log(f"{prefix} training ({cfg.optim.epochs} epochs at {cfg.data.width}x{cfg.data.height})")
                 train(cfg, run_dir, overwrite=status == "retrain")
             log(f"{prefix} evaluating on val")
-            evaluate_run(run_dir, cfg.data.root, "val", device=cfg.train.device)
+            evaluate_run(run_dir, cfg.data.root, "val", device=cfg.train.device, progress=cfg.train.progress)
         summary.append({"name": entry.name, "config": str(entry.config), "run_dir": str(run_dir),
                         "status_before": status, "seconds": round(time.time() - start, 1)})
         _write_summary(sweep_dir, entries, summary)

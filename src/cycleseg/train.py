@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
 from cycleseg import distributed, runs
 from cycleseg.config import Config
@@ -160,7 +161,9 @@ def _check_bf16(state: TrainState, cfg: Config, train_set: Dataset, class_weight
 def _validate(state: TrainState, loader: DataLoader, cfg: Config, log: RunLogger, run_dir: Path) -> None:
     """Validation mIoU / PSNR / SNR, logged and kept in the progress; a new best mIoU is saved as best.pt."""
     p = state.progress
-    metrics = evaluate_models(state.models, loader, state.device, seed=cfg.train.seed,
+    batches = tqdm(loader, desc="validation", unit="batch", leave=False, dynamic_ncols=True,
+                   disable=not (cfg.train.progress and distributed.is_main()))
+    metrics = evaluate_models(state.models, batches, state.device, seed=cfg.train.seed,
                               distributed=distributed.is_distributed())
     epoch = p.epoch - 1 if p.batch_in_epoch == 0 else p.epoch  # the epoch the validated weights finished
     log.log(p.step, epoch, {f"val/{k}": metrics[k] for k in ("miou", "psnr_db", "snr_db") if metrics[k] is not None})

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from cycleseg.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
 from cycleseg.errors import ConfigError, DataError
@@ -207,17 +208,19 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder; choose another output folder")
     try:
-        _write_splits(root, {"train": num_train, "val": num_val}, height, width, seed)
+        _write_splits(root, {"train": num_train, "val": num_val}, height, width, seed, progress)
     except OSError as e:
         raise DataError(f"{e.filename or root}: cannot write ({e.strerror or e}); choose another output folder "
                         "(not inside a file) or fix its permissions") from None
     return {"train": num_train, "val": num_val, "root": str(root)}
 
 
-def _write_splits(root: Path, counts: dict[str, int], height: int, width: int, seed: int) -> None:
+def _write_splits(root: Path, counts: dict[str, int], height: int, width: int, seed: int,
+                  progress: bool = False) -> None:
     for split_index, (split, count) in enumerate(counts.items()):
         cities = CITIES[split]
-        for i in range(count):
+        for i in tqdm(range(count), desc=f"make-synthetic {split}", unit="img", disable=not progress,
+                      dynamic_ncols=True, leave=False):
             city = cities[i % len(cities)]
             rng = np.random.default_rng([seed, split_index, i])
             image, label = render_scene(height, width, rng)
