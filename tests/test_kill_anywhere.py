@@ -74,7 +74,9 @@ MOMENTS = {
     "inside step 3": (train_module, "generator_step", 3, None, False),
     "inside the last step": (train_module, "generator_step", 6, None, False),
     "inside a checkpoint write": (runs_module.os, "replace", 4, lambda a, b: Path(b).name == LAST, False),
-    "inside the last checkpoint write": (runs_module.os, "replace", 6, lambda a, b: Path(b).name == LAST, False),
+    "inside the last step's checkpoint write": (runs_module.os, "replace", 9, lambda a, b: Path(b).name == LAST,
+                                                False),
+    "inside the last checkpoint write": (runs_module.os, "replace", 10, lambda a, b: Path(b).name == LAST, False),
     "at an epoch end, before the schedule step": (TrainState, "close_epoch", 2, None, False),
     "at the last epoch end, after the schedule step": (TrainState, "close_epoch", 3, None, True),
     "inside a validation": (train_module, "evaluate_models", 2, None, False),
@@ -95,7 +97,32 @@ def test_killed_then_resumed_ends_like_the_uninterrupted_run(tiny_data, tmp_path
         with pytest.raises(Killed):
             _train(tiny_data, out)
     assert main(["train", "--resume", str(out)]) == 0
+    _assert_same_end(out, uninterrupted)
 
+
+@pytest.mark.parametrize("call", [2, 3])  # a validation between epochs, and the final one
+def test_a_data_error_during_validation_then_resumed_ends_the_same(tiny_data, tmp_path, uninterrupted, monkeypatch,
+                                                                   call):
+    """The run saves itself on a data error; the validation it was in runs first when it is resumed."""
+    from cycleseg.errors import DataError
+
+    real, calls = train_module.evaluate_models, {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise DataError("val/some_image.png: truncated PNG")
+        return real(*args, **kwargs)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "evaluate_models", failing)
+        assert _train(tiny_data, out) == 2
+    assert main(["train", "--resume", str(out)]) == 0
+    _assert_same_end(out, uninterrupted)
+
+
+def _assert_same_end(out: Path, uninterrupted: Path) -> None:
     for checkpoint in (LAST, BEST):
         a, b = load_checkpoint(out / checkpoint), load_checkpoint(uninterrupted / checkpoint)
         assert a["progress"] | {"train_seconds": 0} == b["progress"] | {"train_seconds": 0}, checkpoint

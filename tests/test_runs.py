@@ -75,13 +75,37 @@ def test_a_failed_data_check_writes_nothing(tiny_data, cycle_run, tmp_path, caps
     assert not (tmp_path / "new").exists()
 
 
-def test_a_folder_that_holds_no_run_is_never_emptied(tiny_data, tmp_path, capsys):
+@pytest.mark.parametrize("files", [["notes.txt"], ["config.yaml", "thesis.tex"]])
+def test_a_folder_that_holds_no_run_is_never_emptied(tiny_data, tmp_path, capsys, files):
     folder = tmp_path / "mine"
     folder.mkdir()
-    (folder / "notes.txt").write_text("keep me")
+    for name in files:
+        (folder / name).write_text("keep me")
     assert _train(tiny_data, folder, PLAIN, "--overwrite") == 2
     assert "holds no run" in _one_error_line(capsys)
-    assert (folder / "notes.txt").read_text() == "keep me"
+    assert all((folder / name).read_text() == "keep me" for name in files)
+
+
+def test_overwrite_keeps_the_users_own_files_in_a_run_folder(tiny_data, cycle_run):
+    (cycle_run / "my_notes.txt").write_text("keep me")
+    assert _train(tiny_data, cycle_run, PLAIN, "--overwrite") == 0
+    assert (cycle_run / "my_notes.txt").read_text() == "keep me"
+
+
+def test_resume_with_fewer_batches_per_epoch_closes_the_epoch(tiny_data, tmp_path):
+    """data.root may change on resume; an epoch now shorter than the batches already trained closes at once."""
+    out = tmp_path / "run"
+    assert _train(tiny_data, out, PLAIN, "optim.batch_size=2", "optim.epochs=2", "train.max_iters=3") == 0
+    smaller = tmp_path / "smaller"
+    shutil.copytree(tiny_data, smaller)
+    for sample in list_samples(smaller, "train")[2:]:  # 2 images left: 1 batch per epoch
+        sample.image_path.unlink()
+        sample.label_path.unlink()
+    assert main(["train", "--resume", str(out), "--data", str(smaller), "train.max_iters=null"]) == 0
+    progress = load_checkpoint(out / LAST)["progress"]
+    # epoch 0 had 3 of its now 1 batches: it closes; the run (now 2 x 1 iterations) is past its end: it finishes
+    assert (progress["epoch"], progress["batch_in_epoch"], progress["step"], progress["validated_step"]) == (1, 0, 3, 3)
+    assert runs.read_status(out)["state"] == "finished"
 
 
 @pytest.mark.parametrize("key, value", [("noise.kind", "none"), ("data.height", 64), ("optim.lr", 0.5)])

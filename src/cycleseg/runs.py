@@ -57,8 +57,13 @@ LOG = "log.jsonl"
 VERSIONS = "versions.json"
 _CHECKPOINT_FORMAT = "cycleseg-checkpoint-v1"
 _STATES = ("running", "finished", "failed", "interrupted")
-# What makes a folder a run directory (and so something --overwrite may empty).
-_RUN_MARKERS = (CONFIG, STATUS, LAST)
+# What makes a folder a run directory (and so something --overwrite may clear): files only cycleseg writes.
+_RUN_MARKERS = (STATUS, LAST)
+# Everything a run and the commands on it write, which --overwrite removes: checkpoints and run.json first,
+# config.yaml last, so that a kill in the middle never leaves old weights under a new config.
+_ARTIFACTS = (LAST, STATUS, BEST, "epoch_*.pt", "*.tmp", METRICS, LOG, VERSIONS, "class_weights.json",
+              "events.out.tfevents.*", "eval_*.json", "calibrate_*.json", "official_*.json", "diagnose_*.json",
+              "diagnose_*.md", "diagnose_*", "predictions_*", CONFIG)
 
 
 def artifact(run_dir: str | Path, kind: str, split: str | None = None) -> Path:
@@ -218,9 +223,9 @@ def require_new_run(run_dir: str | Path, overwrite: bool) -> None:
         raise RunError(f"{run_dir}: exists and is not a folder; choose another --out")
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return
-    if not any((run_dir / m).exists() for m in _RUN_MARKERS):
-        raise RunError(f"{run_dir}: folder is not empty and holds no run; choose another --out (cycleseg does not "
-                       "delete files it did not write)")
+    if not any((run_dir / m).is_file() for m in _RUN_MARKERS):
+        raise RunError(f"{run_dir}: folder is not empty and holds no run (no {STATUS} or {LAST}); choose another "
+                       "--out (cycleseg does not delete files it did not write)")
     if not overwrite:
         raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, choose another --out, "
                        "or pass --overwrite to replace it")
@@ -232,8 +237,9 @@ def create_run(run_dir: str | Path, cfg: Config, overwrite: bool = False) -> Pat
     run_dir = Path(run_dir)
     require_new_run(run_dir, overwrite)
     if run_dir.is_dir():
-        for entry in run_dir.iterdir():  # every artifact: checkpoints, evaluations, logs, predictions, events
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for pattern in _ARTIFACTS:  # every artifact of the old run; files of the user's own stay
+            for entry in sorted(run_dir.glob(pattern)):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

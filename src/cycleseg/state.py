@@ -55,6 +55,7 @@ class TrainState:
     def __init__(self, cfg: Config, device: torch.device, run_config: dict[str, Any] | None = None) -> None:
         self.run_config = run_config if run_config is not None else cfg.to_dict()
         self.device = device
+        self.requested_precision = cfg.train.precision
         self.amp = resolve_precision(cfg.train.precision, device)
         self.precision_reason = precision_reason(cfg.train.precision, self.amp)
         self.models = build_models(cfg.model, cfg.noise).to(device)
@@ -125,12 +126,14 @@ class TrainState:
             for sch, s in zip(self.schedulers, state["schedulers"], strict=True):
                 sch.load_state_dict(s)
             self.pool.load_state_dict(state["pool"])
+            if "precision" in state:  # the choice of `auto` made when the run started holds for all of it
+                self.use_precision(state["precision"]["name"], state["precision"]["reason"])
+            elif self.requested_precision == "auto" and self.device.type == "cpu":
+                self.use_precision("fp32", "auto: fp32 on the CPU, the rule when this run's checkpoint was written")
             if self.amp.uses_scaler and state.get("scalers"):
                 for o, s in zip(self.optimizers, state["scalers"], strict=True):
                     self.amp.scaler(o).load_state_dict(s)
             self.progress = Progress(**state["progress"])
-            if "precision" in state:  # the choice of `auto` made when the run started holds for all of it
-                self.use_precision(state["precision"]["name"], state["precision"]["reason"])
             rng = state["rng"]
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise RunError(f"{source}: checkpoint does not match this run ({str(e).splitlines()[0]})") from None

@@ -67,9 +67,12 @@ def find_configs(sources: list[Path], only: list[str] | None = None) -> list[Swe
 
 def run_status(run_dir: Path) -> str:
     """"done" (trained and evaluated), "trained" (not evaluated), "interrupted" (created, not finished) or "new"."""
-    if runs.finished(run_dir) or (run_dir / runs.METRICS).is_file():
-        return "done" if runs.artifact(run_dir, "eval", "val").is_file() else "trained"
-    return "interrupted" if (run_dir / LAST).is_file() or (run_dir / runs.STATUS).is_file() else "new"
+    status = runs.read_status(run_dir)
+    if runs.finished(run_dir) or (not status and (run_dir / runs.METRICS).is_file()):  # (a run from before run.json)
+        evaluated = status.get("evaluations", {}).get("val", {}).get("step") if status else None
+        fresh = runs.artifact(run_dir, "eval", "val").is_file() and (not status or evaluated == status.get("step"))
+        return "done" if fresh else "trained"
+    return "interrupted" if (run_dir / LAST).is_file() or status else "new"
 
 
 def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] = (), data_root: str | None = None,

@@ -56,33 +56,27 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     train_set, val_loader = _open_data(cfg)
     if main and not resume:
         runs.create_run(run_dir, cfg, overwrite)
-    torch.manual_seed(cfg.train.seed)
-    state = TrainState(cfg, device, run_config)
-    distributed.broadcast_parameters(state.models)  # identical start on every rank
-    if distributed.rank() > 0:  # its own noise draws; rank 0 keeps the single-process streams
-        torch.manual_seed(cfg.train.seed + distributed.rank())
-    if resume and (run_dir / LAST).is_file():  # a run stopped before its first checkpoint starts from step 0
-        state.load(run_dir / LAST)
-    class_weights = _class_weights(cfg, train_set, run_dir, device)
-    if not resume and cfg.train.precision == "auto" and state.amp.name == "bf16":
-        _check_bf16(state, cfg, train_set, class_weights)
-    if cfg.train.compile:  # in place: state_dict keys stay those of the plain modules
-        for net in filter(None, (state.models.G, state.models.F, state.models.D)):
-            net.compile()
-    p = state.progress
-    per_epoch = math.ceil(_shard_size(len(train_set)) / cfg.optim.batch_size)
-    total = min(cfg.optim.epochs * per_epoch, cfg.train.max_iters or math.inf)
-    if main:
-        runs.set_status(run_dir, "running", p.step, precision={"name": state.amp.name, "reason": state.precision_reason})
-    log = RunLogger(run_dir, cfg.name, total, p.step, resumed=resume, validated=p.validated_step == p.step,
-                    progress=cfg.train.progress, enabled=main)
-    log.write(f"{cfg.name}: {state.amp.name} ({state.precision_reason})")
-    if distributed.world_size() > 1:
-        log.write(f"{cfg.name}: {distributed.world_size()} processes, batch {cfg.optim.batch_size} per process, "
-                  f"global batch {distributed.world_size() * cfg.optim.batch_size}, {per_epoch} iterations per epoch")
+    state = None
     try:
-        with log, StopSignals() as stop:
-            while not (p.step >= total and p.batch_in_epoch < per_epoch and p.validated_step == p.step):
+        state, class_weights = _start(cfg, run_dir, device, run_config, train_set, resume)
+        p = state.progress
+        per_epoch = math.ceil(_shard_size(len(train_set)) / cfg.optim.batch_size)
+        total = min(cfg.optim.epochs * per_epoch, cfg.train.max_iters or math.inf)
+        with RunLogger(run_dir, cfg.name, total, p.step, resumed=resume, validated=p.validated_step == p.step,
+                       progress=cfg.train.progress, enabled=main) as log, StopSignals() as stop:
+            log.write(f"{cfg.name}: {state.amp.name} ({state.precision_reason}); {per_epoch} iterations per epoch"
+                      + (f", {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
+            while True:
+                if p.batch_in_epoch >= per_epoch:  # an epoch's batches are done (>=: a shorter epoch on resume)
+                    state.close_epoch()  # one step of the LR schedule
+                every = cfg.train.eval_every
+                if p.validated_step != p.step and (p.step >= total or (every and p.step and p.batch_in_epoch == 0
+                                                                       and p.epoch % every == 0)):
+                    _validate(state, val_loader, cfg, log, run_dir)  # and best.pt
+                state.save(run_dir / LAST)
+                _retain(run_dir, cfg.train.keep_checkpoints, p)
+                if p.step >= total:
+                    break
                 for image, labels in _batches(train_set, cfg, p, total):  # the rest of this epoch
                     losses = _iteration(state, image.to(device), labels.to(device), cfg, class_weights, run_dir)
                     p.step += 1
@@ -98,28 +92,44 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                         raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {p.step}; checkpoint "
                                           f"{run_dir / LAST}; continue with: cycleseg train --resume {run_dir}",
                                           signum)
-                if p.batch_in_epoch == per_epoch:
-                    state.close_epoch()
-                every = cfg.train.eval_every
-                if p.validated_step != p.step and (p.step >= total or (every and p.batch_in_epoch == 0
-                                                                       and p.epoch % every == 0)):
-                    _validate(state, val_loader, cfg, log, run_dir)
-                state.save(run_dir / LAST)
-                if main:
-                    _retain(run_dir, cfg.train.keep_checkpoints, p)
+        return _finish(state, cfg, run_dir)
     except Interrupted as e:
-        _mark(run_dir, "interrupted", p, str(e))
+        _mark(run_dir, "interrupted", state, str(e))
         raise
     except DataError as e:  # a file the fast check missed: keep what was trained, like Ctrl-C
-        state.save(run_dir / LAST)
-        message = (f"{user_message(e)}; the run is saved at step {p.step}: fix the file, then continue with "
-                   f"cycleseg train --resume {run_dir}")
-        _mark(run_dir, "failed", p, message)
+        if state is None:
+            raise
+        state.save(run_dir / LAST)  # a close or validation left pending runs first when the run is resumed
+        message = (f"{user_message(e)}; the run is saved at step {state.progress.step}: fix the file, then "
+                   f"continue with cycleseg train --resume {run_dir}")
+        _mark(run_dir, "failed", state, message)
         raise DataError(message) from None
-    except Exception as e:
-        _mark(run_dir, "failed", p, user_message(e))
+    except BaseException as e:
+        _mark(run_dir, "failed", state, user_message(e) or type(e).__name__)
         raise
-    return _finish(state, cfg, run_dir)
+
+
+def _start(cfg: Config, run_dir: Path, device: torch.device, run_config: dict[str, Any] | None,
+           train_set: Dataset, resume: bool) -> tuple[TrainState, Tensor | None]:
+    """The training state, from last.pt when the run has one (else fresh, seeded), and the class weights."""
+    torch.manual_seed(cfg.train.seed)
+    state = TrainState(cfg, device, run_config)
+    distributed.broadcast_parameters(state.models)  # identical start on every rank
+    if distributed.rank() > 0:  # its own noise draws; rank 0 keeps the single-process streams
+        torch.manual_seed(cfg.train.seed + distributed.rank())
+    loaded = resume and (run_dir / LAST).is_file()  # a run killed before its first checkpoint starts anew
+    if loaded:
+        state.load(run_dir / LAST)
+    class_weights = _class_weights(cfg, train_set, run_dir, device)
+    if not loaded and cfg.train.precision == "auto" and state.amp.name == "bf16":
+        _check_bf16(state, cfg, train_set, class_weights)
+    if cfg.train.compile:  # in place: state_dict keys stay those of the plain modules
+        for net in filter(None, (state.models.G, state.models.F, state.models.D)):
+            net.compile()
+    if distributed.is_main():
+        runs.set_status(run_dir, "running", state.progress.step,
+                        precision={"name": state.amp.name, "reason": state.precision_reason})
+    return state, class_weights
 
 
 def _iteration(state: TrainState, image: Tensor, labels: Tensor, cfg: Config, class_weights: Tensor | None,
@@ -190,9 +200,10 @@ def _finish(state: TrainState, cfg: Config, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-def _mark(run_dir: Path, state: str, progress: Progress, message: str) -> None:
+def _mark(run_dir: Path, status: str, state: TrainState | None, message: str) -> None:
     if distributed.is_main() and (run_dir / runs.STATUS).is_file():
-        runs.set_status(run_dir, state, progress.step, " ".join(message.splitlines()))
+        step = state.progress.step if state is not None else None
+        runs.set_status(run_dir, status, step, " ".join(message.splitlines()))
 
 
 def _device(cfg: Config) -> torch.device:
@@ -216,7 +227,7 @@ def _open_data(cfg: Config) -> tuple[Dataset, DataLoader]:
 
 def _retain(run_dir: Path, keep: int, progress: Progress) -> None:
     """Keep a copy of last.pt per epoch, `train.keep_checkpoints` of them (0 keeps none)."""
-    if keep == 0 or progress.batch_in_epoch != 0:
+    if keep == 0 or progress.batch_in_epoch != 0 or progress.step == 0 or not distributed.is_main():
         return
     shutil.copyfile(run_dir / LAST, run_dir / f"epoch_{progress.epoch:04d}.pt")
     for old in sorted(run_dir.glob("epoch_*.pt"))[:-keep]:
