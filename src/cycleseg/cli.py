@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["train", "val"], help="split to evaluate (default val)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bf16 autocast where it is native (GPUs, CPUs with AVX512-BF16 or AMX: "
-                        "about 2x faster, PSNR within 0.1 dB), else fp32; fp32: the reference numbers")
+                   help="auto (default): bf16 autocast where it is native (CPUs with AVX512-BF16 or AMX: about 2x "
+                        "faster, PSNR within 0.1 dB; GPUs: bf16, or fp16 on older ones), else fp32; fp32: the "
+                        "reference numbers")
     p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR: last.pt (default) or best.pt")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--full-res", action="store_true",
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--reconstruction", action="store_true", help="also write F's reconstruction x_rec (cycle models)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bf16 where it is native (GPUs, CPUs with AVX512-BF16 or AMX), else fp32")
+                   help="auto (default): bf16 where it is native (CPUs with AVX512-BF16 or AMX; GPUs: bf16, or fp16 "
+                        "on older ones), else fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR: last.pt (default) or best.pt")
 
