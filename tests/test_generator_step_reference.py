@@ -32,7 +32,7 @@ import torch
 
 from cycleseg.config import Config, load_config
 from cycleseg.models import build_models
-from cycleseg.train import generator_step
+from cycleseg.steps import generator_step
 
 S, B, H, W = 20, 2, 32, 32
 BACKGROUND = 19  # SPEC: background is class index 19

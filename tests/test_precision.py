@@ -8,7 +8,7 @@ from cycleseg.errors import ConfigError
 from cycleseg.models import build_models
 from cycleseg.pool import ImagePool
 from cycleseg.precision import make_adam, resolve_precision, to_memory_format
-from cycleseg.train import discriminator_step, generator_step
+from cycleseg.steps import discriminator_step, generator_step
 
 # Comparisons between kernels, memory formats or precisions are made after ONE step, where they are well
 # defined on any CPU. Over several iterations they are not: at the paper's initialisation the training

@@ -7,7 +7,7 @@ import torch
 from cycleseg.config import Config, load_config
 from cycleseg.models import build_models
 from cycleseg.pool import ImagePool
-from cycleseg.train import discriminator_step, generator_step, plain_step
+from cycleseg.steps import discriminator_step, generator_step, plain_step
 
 
 def _setup(overrides=()):

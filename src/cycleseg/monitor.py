@@ -53,11 +53,14 @@ class RunLogger:
             if math.isfinite(v):
                 self.tb.add_scalar(k, v, step)
 
-    def advance(self, losses: dict[str, float] | None = None) -> None:
-        """One iteration done; show the latest losses beside the bar."""
+    def advance(self) -> None:
+        """One iteration done."""
         self.bar.update(1)
-        if losses:
-            self.bar.set_postfix({_short(k): f"{v:.3g}" for k, v in losses.items() if k != "loss/G/total"})
+
+    def show(self, losses: dict[str, float]) -> None:
+        """The latest logged losses beside the bar (J_seg, J_rec_X, J_adv, J_rec_Y, D)."""
+        self.bar.set_postfix({_short(k): f"{float(v):.3g}" for k, v in losses.items() if k != "loss/G/total"},
+                             refresh=False)
 
     def write(self, text: str) -> None:
         if self.enabled:

@@ -35,9 +35,9 @@ from cycleseg.monitor import RunLogger, StopSignals
 from cycleseg.precision import to_memory_format
 from cycleseg.runs import BEST, LAST
 from cycleseg.state import Progress, TrainState
-from cycleseg.steps import NonFiniteError, bf16_agrees, discriminator_step, generator_step, lr_factor, plain_step
+from cycleseg.steps import NonFiniteError, bf16_agrees, discriminator_step, generator_step, plain_step
 
-__all__ = ["discriminator_step", "generator_step", "lr_factor", "plain_step", "train"]
+__all__ = ["train"]
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
@@ -78,12 +78,14 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                 if p.step >= total:
                     break
                 for image, labels in _batches(train_set, cfg, p, total):  # the rest of this epoch
-                    losses = _iteration(state, image.to(device), labels.to(device), cfg, class_weights, run_dir)
+                    losses = _iteration(state, image.to(device, non_blocking=True), labels.to(device, non_blocking=True),
+                                        cfg, class_weights, run_dir)
                     p.step += 1
                     p.batch_in_epoch += 1
                     log.advance()
                     if "nonfinite_skipped" in losses or p.step % cfg.train.log_every == 0 or p.step == total:
                         log.log(p.step, p.epoch, {k: float(v) for k, v in losses.items()} | {"lr": state.lr})
+                        log.show(losses)
                     if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
                         state.save(run_dir / LAST)
                     if distributed.any_rank(stop.signum is not None, device):  # all ranks stop at one step
