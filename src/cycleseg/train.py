@@ -64,8 +64,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
         total = min(cfg.optim.epochs * per_epoch, cfg.train.max_iters or math.inf)
         with RunLogger(run_dir, cfg.name, total, p.step, resumed=resume, validated=p.validated_step == p.step,
                        progress=cfg.train.progress, enabled=main) as log, StopSignals() as stop:
+            world = distributed.world_size()
             log.write(f"{cfg.name}: {state.amp.name} ({state.precision_reason}); {per_epoch} iterations per epoch"
-                      + (f", {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
+                      + (f"; {world} processes, batch {cfg.optim.batch_size} per process, global batch "
+                         f"{world * cfg.optim.batch_size}" if world > 1 else ""))
             while True:
                 if p.batch_in_epoch >= per_epoch:  # an epoch's batches are done (>=: a shorter epoch on resume)
                     state.close_epoch()  # one step of the LR schedule
