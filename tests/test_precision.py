@@ -195,6 +195,7 @@ def _auto_run(data, out, *extra):
                  "train.precision=auto", *extra])
 
 
+@pytest.mark.slow
 def test_auto_keeps_bf16_when_its_losses_match_and_says_why(tiny_data, tmp_path, monkeypatch):
     import json
 
@@ -213,6 +214,7 @@ def test_auto_keeps_bf16_when_its_losses_match_and_says_why(tiny_data, tmp_path,
     assert load_checkpoint(tmp_path / "run" / "last.pt")["precision"]["name"] == "bf16"
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_fp32_when_bf16_losses_differ(tiny_data, tmp_path, monkeypatch):
     import json
 

@@ -86,12 +86,14 @@ def test_a_folder_that_holds_no_run_is_never_emptied(tiny_data, tmp_path, capsys
     assert all((folder / name).read_text() == "keep me" for name in files)
 
 
+@pytest.mark.slow
 def test_overwrite_keeps_the_users_own_files_in_a_run_folder(tiny_data, cycle_run):
     (cycle_run / "my_notes.txt").write_text("keep me")
     assert _train(tiny_data, cycle_run, PLAIN, "--overwrite") == 0
     assert (cycle_run / "my_notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_resume_with_fewer_batches_per_epoch_closes_the_epoch(tiny_data, tmp_path):
     """data.root may change on resume; an epoch now shorter than the batches already trained closes at once."""
     out = tmp_path / "run"
@@ -145,6 +147,7 @@ def test_evaluate_records_which_checkpoint_it_used(tiny_data, cycle_run):
     assert record["step"] == load_checkpoint(cycle_run / "best.pt")["progress"]["step"]
 
 
+@pytest.mark.slow
 def test_a_data_error_mid_training_saves_the_run_first(tiny_data, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
@@ -162,6 +165,7 @@ def test_a_data_error_mid_training_saves_the_run_first(tiny_data, tmp_path, caps
     assert status["state"] == "failed" and status["step"] == 3
 
 
+@pytest.mark.slow
 def test_a_run_stopped_mid_epoch_logs_its_validation_at_that_epoch(tiny_data, tmp_path):
     out = tmp_path / "run"
     assert _train(tiny_data, out, PLAIN, "optim.batch_size=2", "train.max_iters=3") == 0
@@ -169,6 +173,7 @@ def test_a_run_stopped_mid_epoch_logs_its_validation_at_that_epoch(tiny_data, tm
     assert [(v["step"], v["epoch"]) for v in validation] == [(3, 0)]
 
 
+@pytest.mark.slow
 def test_sweep_refuses_a_finished_run_made_with_other_settings(tiny_data, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     args = ["sweep", PLAIN, "--data", str(tiny_data), "--out", str(sweep), *TINY]
