@@ -5,8 +5,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from cycleseg.cli import main
-from cycleseg.evaluate import load_run
 from cycleseg.export import check_onnx, export_onnx
+from cycleseg.runs import load_run
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +35,20 @@ def test_cli_export(run, tmp_path, capsys):
     assert main(["export", str(run), "--onnx", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 1_000_000  # G's 2.06 M parameters as float32
     assert "max abs difference" in capsys.readouterr().out
+
+
+def test_a_failed_write_leaves_the_previous_file(run, tmp_path, monkeypatch):
+    """The ONNX file is written whole and then renamed: a full disk keeps the previous export intact."""
+    from cycleseg.errors import RunError
+
+    out = tmp_path / "g.onnx"
+    out.write_bytes(b"previous export")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("cycleseg.runs.os.fsync", disk_full)
+    with pytest.raises(RunError, match="g.onnx: could not write .No space left on device"):
+        export_onnx(run, out, check=False)
+    assert out.read_bytes() == b"previous export"
+    assert not (tmp_path / "g.onnx.tmp").exists()

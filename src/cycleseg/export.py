@@ -6,6 +6,7 @@ height and width are dynamic axes (H and W multiples of 8, as ERFNet needs).
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from cycleseg.errors import RunError
-from cycleseg.runs import LAST, load_run, seeded_inference
+from cycleseg.runs import LAST, atomic_write, load_run, seeded_inference
 
 __all__ = ["check_onnx", "export_onnx"]
 
@@ -36,13 +37,12 @@ def export_onnx(run_dir: str | Path, out: str | Path, checkpoint: str = LAST, ch
     example = torch.zeros(1, 3, cfg.data.height, cfg.data.width)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about G's input-shape checks: they hold for any input
-        try:
-            torch.onnx.export(G, (example,), str(out), input_names=["image"], output_names=["logits"],
-                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                            "logits": {0: "batch", 2: "height", 3: "width"}},
-                              opset_version=OPSET, dynamo=False)
-        except OSError as e:
-            raise RunError(f"{out}: could not write the ONNX file ({e.strerror or e})") from None
+        buffer = io.BytesIO()  # written whole, then atomically: a crash never leaves half a model file
+        torch.onnx.export(G, (example,), buffer, input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        "logits": {0: "batch", 2: "height", 3: "width"}},
+                          opset_version=OPSET, dynamo=False)
+    atomic_write(out, buffer.getvalue())
     result = {"onnx": str(out), "opset": OPSET, "input": ["batch", 3, "height", "width"],
               "num_classes": cfg.model.num_classes, "size": [cfg.data.height, cfg.data.width]}
     if check:
