@@ -291,7 +291,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cycleseg import runs
     from cycleseg.config import load_config
 
-    run_config, finished_at = None, None  # finished_at: the step a finished run ended at
+    run_config = None
     if args.resume is not None:
         # A resumed run keeps the config of its checkpoint; only config.RESUMABLE_KEYS may be overridden.
         if args.out is not None:
@@ -302,8 +302,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.data:
             overrides.append(f"data.root={args.data}")
         out = args.resume
-        finished_at = runs.read_status(out).get("step") if runs.finished(out) else None
         cfg, run_config = runs.resume_config(args.resume, overrides)
+        if runs.finished(out) and not any(o.startswith("train.max_iters=") for o in overrides):
+            metrics = runs.read_json(out / runs.METRICS)  # nothing to train: touch nothing
+            print(f"{out}: the run is already finished ({metrics['iterations']} iterations); nothing to do")
+            return _print_result(cfg.name, metrics, out)
     else:
         if args.config is None:
             raise ConfigError("train needs CONFIG and --out RUN_DIR (or --resume RUN_DIR)")
@@ -324,9 +327,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = train(cfg, out, resume=args.resume is not None, overwrite=args.overwrite, run_config=run_config)
     if not is_main():  # under torchrun, rank 0 speaks for all
         return 0
-    if finished_at == metrics["iterations"]:
-        print(f"{out}: the run is already finished ({metrics['iterations']} iterations); nothing to do")
-    print(f"{cfg.name}: mIoU {fmt(metrics.get('miou'), 1)} %, PSNR {fmt(metrics.get('psnr_db'), 2)} dB, "
+    return _print_result(cfg.name, metrics, out)
+
+
+def _print_result(name: str, metrics: dict, out: Path) -> int:
+    print(f"{name}: mIoU {fmt(metrics.get('miou'), 1)} %, PSNR {fmt(metrics.get('psnr_db'), 2)} dB, "
           f"SNR {fmt(metrics.get('snr_db'), 2)} dB after {metrics['iterations']} iterations "
           f"({metrics['train_seconds']} s of training); run in {out}")
     return 0
