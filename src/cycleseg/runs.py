@@ -145,13 +145,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; RunError naming the file if it is missing or not ours."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`; RunError naming the file if it is missing or not ours.
+
+    `mmap`: map the tensors instead of reading them, for a look at the config or the progress only.
+    """
     path = Path(path)
     if not path.is_file():
         raise RunError(f"{path}: checkpoint not found; train a model first (cycleseg train ...)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:  # noqa: BLE001 -- truncated zip, random bytes, pickle errors: all mean "not usable"
         raise RunError(f"{path}: not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt") \
             from None
@@ -163,8 +166,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def checkpoint_step(path: str | Path) -> int | None:
     """The training step a checkpoint was saved at (memory-mapped: its tensors are not read)."""
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)["progress"]["step"]
-    except Exception:  # noqa: BLE001 -- an unreadable file has no step; load_checkpoint reports why
+        return load_checkpoint(path, mmap=True)["progress"]["step"]
+    except (RunError, KeyError):  # an unreadable file has no step; load_checkpoint reports why where it matters
         return None
 
 
@@ -262,7 +265,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> tuple[Confi
     run_dir = Path(run_dir)
     path = run_dir / LAST
     if path.is_file():
-        saved = load_checkpoint(path)["config"]
+        saved = load_checkpoint(path, mmap=True)["config"]
     elif (run_dir / STATUS).is_file() and (run_dir / CONFIG).is_file():  # stopped before its first checkpoint
         path = run_dir / CONFIG
         saved = read_yaml(path)

@@ -130,7 +130,7 @@ def _differs(run_dir: Path, cfg: Config, retrain: bool) -> bool:
         path = run_dir / runs.CONFIG  # a run that never reached its first checkpoint
         saved = runs.read_yaml(path) if path.is_file() else None
     else:
-        saved = runs.load_checkpoint(path)["config"]
+        saved = runs.load_checkpoint(path, mmap=True)["config"]  # the config only: tensors stay on disk
     if saved is None:
         return False
     diff = runs.config_difference(config_from_dict(saved, source=str(path)), cfg)
