@@ -8,7 +8,7 @@ DATA   := data/synthetic
 RUNS   := runs/demo
 DEMO_RUNS := erfnet cyclegan quant2
 
-.PHONY: setup demo sweep-demo test test-fast lint clean
+.PHONY: setup demo sweep-demo test test-fast lint clean slurm-deps
 
 setup: $(STAMP)
 
@@ -30,14 +30,21 @@ demo: $(STAMP) $(DATA)/leftImg8bit
 	@echo
 	@$(BIN)/cycleseg table $(addprefix $(RUNS)/,$(DEMO_RUNS))
 
-# A reduced Table 2 on the synthetic data: 4 of the paper's configs at 128x64 for 4 epochs, then the report.
+# A reduced Table 2 on the synthetic data: 4 of the paper's configs at 128x64 for 4 epochs, 2 seeds each, two runs
+# at a time (local launcher), then the report (mean and 95 % interval over the seeds, differences paired by seed).
 SWEEP_DEMO_RUNS := plain,nonoise,quant2,gauss_7.38
 sweep-demo: $(STAMP) $(DATA)/leftImg8bit
-	$(BIN)/cycleseg sweep configs/paper --data $(DATA) --out runs/sweep-demo --only $(SWEEP_DEMO_RUNS) \
+	$(BIN)/cycleseg sweep configs/paper --data $(DATA) --out runs/sweep-demo --only $(SWEEP_DEMO_RUNS) --seeds 2 \
+	  --launcher local --jobs 2 \
 	  data.height=64 data.width=128 optim.epochs=4 optim.decay_start_epoch=2 optim.lr=1e-3 train.eval_every=1 --report
 
-test: $(STAMP)
+test: $(STAMP) slurm-deps
 	$(BIN)/python -m pytest -q
+
+# The Debian packages of the Slurm tests (tests/test_slurm.py start a one-node cluster), when missing; needs root.
+# CYCLESEG_NO_SLURM=1 skips the install and the Slurm tests (machines without apt).
+slurm-deps:
+	@tests/slurm/install-deps.sh
 
 # The fast tier (under a minute on 2 cores): everything but the tests marked slow.
 test-fast: $(STAMP)

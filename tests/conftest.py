@@ -41,3 +41,6 @@ def _listing(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under `folder`: relative path -> (size, mtime_ns)."""
     return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+from slurm_fixture import slurm_cluster  # noqa: F401 -- the one-node Slurm cluster of the `slurm` tests

@@ -22,7 +22,7 @@ PACKAGE = "cycleseg"
 FREE = {"config", "errors"}
 # Plain building blocks: they must not reach up into the commands, the run machinery or the data layer.
 CORE = {"networks", "noise", "losses", "pool", "metrics", "models", "diagnostics", "precision", "distributed",
-        "errors", "config"}
+        "errors", "config", "augment"}
 UPPER = {"train", "evaluate", "predict", "calibrate", "sweep", "diagnose", "report", "export", "cli", "runs", "data",
          "state", "steps", "monitor", "formats"}
 

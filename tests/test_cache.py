@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 from cycleseg.cli import main
 from cycleseg.config import load_config
-from cycleseg.data import CityscapesDataset
+from cycleseg.data import CityscapesDataset, SplitDataset, open_source
 from cycleseg.data.cache import (
     CachedDataset,
     cache_folder,
@@ -50,13 +50,13 @@ def data(tiny_data, tmp_path):
 def test_cached_batches_are_bit_identical_to_the_png_path(data):
     assert prepare(data, SIZE, progress=False) == {"train": "built", "val": "built", "test": "built"}
     for split in ("train", "val", "test"):
-        cached, png = CachedDataset(data, split, SIZE), CityscapesDataset(data, split, SIZE)
+        cached, png = CachedDataset(open_source(data), split, SIZE), CityscapesDataset(data, split, SIZE)
         assert len(cached) == len(png)
         for (xc, yc), (xp, yp) in zip(DataLoader(cached, batch_size=3), DataLoader(png, batch_size=3), strict=True):
             assert xc.dtype == xp.dtype == torch.float32 and yc.dtype == yp.dtype == torch.int64
             assert torch.equal(xc, xp) and torch.equal(yc, yp)
     # through worker processes too (each maps the arrays itself)
-    workers = DataLoader(CachedDataset(data, "train", SIZE), batch_size=4, num_workers=2)
+    workers = DataLoader(CachedDataset(open_source(data), "train", SIZE), batch_size=4, num_workers=2)
     png = DataLoader(CityscapesDataset(data, "train", SIZE), batch_size=4)
     for (xc, yc), (xp, yp) in zip(workers, png, strict=True):
         assert torch.equal(xc, xp) and torch.equal(yc, yp)
@@ -121,13 +121,13 @@ def test_stale_when_built_by_another_pillow_or_format(data):
 
 
 def test_open_dataset_modes(data, capsys):
-    assert isinstance(open_dataset(data, "val", SIZE, cache="auto"), CityscapesDataset)  # no cache: PNGs
+    assert isinstance(open_dataset(data, "val", SIZE, cache="auto"), SplitDataset)  # no cache: PNGs
     with pytest.raises(DataError, match=r"val_manifest.json: missing cache for val at 64x32 .*data.cache=require; "
                                         rf"run `cycleseg prepare {data} --size 64x32`"):
         open_dataset(data, "val", SIZE, cache="require")
     prepare(data, SIZE, splits=("val",), progress=False)
     assert isinstance(open_dataset(data, "val", SIZE, cache="auto"), CachedDataset)
-    assert isinstance(open_dataset(data, "val", SIZE, cache="off"), CityscapesDataset)
+    assert isinstance(open_dataset(data, "val", SIZE, cache="off"), SplitDataset)
 
     image = sorted((data / "leftImg8bit" / "val").rglob("*.png"))[1]
     Image.fromarray(np.full((64, 128, 3), 200, np.uint8)).save(image)
@@ -163,7 +163,7 @@ def test_prepare_names_a_corrupt_file_and_leaves_no_partial_cache(data, capsys):
 
 def test_class_pixel_counts_cached_and_png_agree(data):
     prepare(data, SIZE, splits=("train",), progress=False)
-    cached, png = CachedDataset(data, "train", SIZE), CityscapesDataset(data, "train", SIZE)
+    cached, png = CachedDataset(open_source(data), "train", SIZE), CityscapesDataset(data, "train", SIZE)
     expected = np.bincount(torch.stack([png[i][1] for i in range(len(png))]).ravel().numpy(), minlength=20)
     assert class_pixel_counts(cached).tolist() == class_pixel_counts(png).tolist() == expected.tolist()
     subset = [0, 3, 5]

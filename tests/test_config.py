@@ -21,7 +21,22 @@ def test_defaults_are_the_papers():
     assert (cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.decay_start_epoch) == (4, 200, 100)
     assert cfg.optim.pool_size == 50
     assert (cfg.data.height, cfg.data.width) == (256, 512)
-    assert cfg.model.num_classes == 20 and cfg.noise.kind == "none"
+    assert cfg.model.num_classes is None and cfg.noise.kind == "none"  # S comes from the data
+
+
+def test_num_classes_comes_from_the_data_or_is_checked_against_it(tiny_data, tmp_path):
+    from cycleseg.data import resolve_classes
+    from cycleseg.data.synthetic import make_synthetic
+
+    cfg = Config()
+    assert resolve_classes(cfg, tiny_data).num_classes == 20 and cfg.model.num_classes == 20  # Cityscapes: 19 + bg
+    folder = make_synthetic(tmp_path / "camvid", num_train=1, num_val=1, size=(32, 64), fmt="folder")["root"]
+    cfg = Config()
+    assert resolve_classes(cfg, folder).num_evaluated == 11 and cfg.model.num_classes == 12  # 11 + void
+    cfg = load_config(None, ["model.num_classes=20"])
+    with pytest.raises(ConfigError, match=r"model.num_classes=20 but .*classes.yaml has 12 classes \(11 evaluated "
+                                          r"\+ 1 void\); remove model.num_classes"):
+        resolve_classes(cfg, folder)
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)

@@ -69,7 +69,7 @@ def test_a_list_or_mapping_for_a_setting_is_an_error_naming_the_key(key, value):
 RATES_AND_WEIGHTS = ["optim.lr", "optim.beta1", "optim.beta2", "loss.alpha", "loss.beta", "loss.gamma"]
 COUNTS = ["optim.batch_size", "optim.epochs", "optim.pool_size", "optim.decay_start_epoch", "data.num_workers",
           "data.height", "data.width", "train.log_every", "train.eval_every", "train.checkpoint_every",
-          "train.keep_checkpoints", "train.max_nonfinite", "model.num_classes"]
+          "train.keep_checkpoints", "train.max_nonfinite", "model.num_classes", "train.image_every"]
 
 
 @settings(max_examples=100, deadline=None)
@@ -157,8 +157,8 @@ def test_cli_random_argument_lists_never_traceback(argv):
 # Every setting, written out by hand: a key added to config.py fails the test below until it is added here, and
 # so gets considered for RATES_AND_WEIGHTS, COUNTS or OTHER_NUMBERS.
 ALL_KEYS = [
-    "data.root", "data.height", "data.width", "data.num_workers", "data.max_train_images", "data.max_val_images",
-    "data.cache", "data.cache_dir", "data.check",
+    "data.root", "data.format", "data.height", "data.width", "data.num_workers", "data.max_train_images", "data.max_val_images",
+    "data.cache", "data.cache_dir", "data.check", "data.augment", "data.augment_scale",
     "model.kind", "model.num_classes",
     "noise.kind", "noise.bits", "noise.snr_db", "noise.sigma_rule",
     "loss.alpha", "loss.beta", "loss.gamma", "loss.ignore_background", "loss.class_weights",
@@ -166,7 +166,7 @@ ALL_KEYS = [
     "optim.pool_size", "optim.kernel",
     "train.seed", "train.device", "train.log_every", "train.eval_every", "train.max_iters", "train.progress",
     "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite", "train.precision",
-    "train.channels_last", "train.compile",
+    "train.channels_last", "train.compile", "train.image_every",
 ]
 # Numeric settings that are neither a rate nor a count, and why.
 OTHER_NUMBERS = {
@@ -176,6 +176,7 @@ OTHER_NUMBERS = {
     "train.max_iters": ">= 1 or null",
     "data.max_train_images": ">= 1 or null",
     "data.max_val_images": ">= 1 or null",
+    "data.augment_scale": ">= 1, a zoom factor (test_comforts.py)",
 }
 
 
@@ -203,7 +204,7 @@ def test_keys_cover_every_setting():
 @pytest.mark.parametrize("key", sorted(OTHER_NUMBERS))
 def test_other_numbers_reject_wrong_values(key):
     wrong = {"train.seed": 0.5, "noise.snr_db": [1], "noise.bits": 0, "train.max_iters": 0,
-             "data.max_train_images": -1, "data.max_val_images": 0}[key]
+             "data.max_train_images": -1, "data.max_val_images": 0, "data.augment_scale": 0.9}[key]
     raw = _set({}, key, wrong)
     if key == "noise.bits":
         raw["noise"]["kind"] = "quantize"

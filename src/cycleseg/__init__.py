@@ -4,4 +4,25 @@ Implements Löhdefink & Fingscheidt, "Improving Performance of Semantic Segmenta
 Injection into the Latent Segmentation Space" (as fixed by the project's SPEC).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cycleseg.version import __version__
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from cycleseg.segment import Segmenter
+
+__all__ = ["__version__", "load"]
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", precision: str = "auto") -> Segmenter:
+    """A trained run as a segmenter: `cycleseg.load(run_dir).segment(image)` -> (H, W) class indices.
+
+    See `cycleseg.segment` (imported here on first use, so that `import cycleseg` stays light).
+    """
+    from cycleseg.segment import load as _load
+
+    return _load(run_dir, checkpoint, device, precision)

@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from cycleseg import __version__
 from cycleseg.errors import ConfigError, CycleSegError, DataError, Interrupted, RunError, user_message
 from cycleseg.formats import fmt, noise_label
+from cycleseg.version import __version__
 
 EXAMPLES = """\
 examples:
@@ -54,20 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=60, help="number of validation images (default 60)")
     p.add_argument("--size", default="256x128", help="image size WIDTHxHEIGHT (default 256x128)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
+    p.add_argument("--format", default="cityscapes", choices=["cityscapes", "folder"],
+                   help="cityscapes (default: leftImg8bit/, gtFine/) or folder (images/*.jpg, labels/*.png, "
+                        "classes.yaml with 11 CamVid-like classes)")
 
     p = sub.add_parser(
         parents=[quiet], name="train", help="train a model from a YAML config",
         description="Train the cycle model of the paper (Table 1) or the plain ERFNet. Settings come from the "
                     "YAML CONFIG (see configs/), then from KEY=VALUE overrides such as noise.kind=quantize "
                     "noise.bits=2 optim.epochs=10. Writes config.yaml, log.jsonl, TensorBoard events, "
-                    "last.pt (checkpoint), best.pt (best validation mIoU) and metrics.json (final validation) "
-                    "into --out. Ctrl-C or SIGTERM saves a checkpoint; --resume continues exactly.",
+                    "last.pt (checkpoint), best.pt (weights at the best validation mIoU) and metrics.json (final "
+                    "validation) into --out. Ctrl-C or SIGTERM saves a checkpoint; --resume continues exactly.",
         epilog=f"noise kinds: {', '.join(NOISE_KINDS)}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path, nargs="?", help="YAML config file, e.g. configs/cyclegan.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. noise.bits=2")
     p.add_argument("--out", type=Path, help="run directory to create")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the interrupted run in RUN_DIR from its last.pt, with its own config")
+    p.add_argument("--init-from", type=Path, metavar="CKPT",
+                   help="start the new run from the weights of another run (a checkpoint file, or a run folder: its "
+                        "best.pt, else last.pt): G, F and D_X as both models have them; not its optimizer, "
+                        "schedule or progress. A plain run's G can start a cycle model's G")
     p.add_argument("--data", type=Path, help="Cityscapes-layout data folder (overrides data.root)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -87,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): bf16 autocast where it is native (CPUs with AVX512-BF16 or AMX: about 2x "
                         "faster, PSNR within 0.1 dB; GPUs: bf16, or fp16 on older ones), else fp32; fp32: the "
                         "reference numbers")
-    p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR: last.pt (default) or best.pt")
+    p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR: last.pt (default) or best.pt "
+                                                           "(the weights at the best validation mIoU)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--full-res", action="store_true",
                    help="also evaluate at each image's own size (2048x1024 on Cityscapes): logits upsampled "
@@ -115,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expect-size", metavar="WxH", help="size every image must have, e.g. 2048x1024 (default: the "
                                                         "most common size)")
     p.add_argument("--cache-dir", type=Path, help="cache folder of `cycleseg prepare` (default DATA/cycleseg_cache)")
+    p.add_argument("--format", default="auto", choices=["auto", "cityscapes", "folder"],
+                   help="data layout (default auto: folder if DATA holds classes.yaml, else cityscapes)")
 
     p = sub.add_parser(
         parents=[quiet], name="prepare", help="decode and resize a Cityscapes folder once into a fast cache",
@@ -130,6 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="where to write it (default DATA/cycleseg_cache; then set "
                                                   "data.cache_dir to the same folder)")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    p.add_argument("--format", default="auto", choices=["auto", "cityscapes", "folder"],
+                   help="data layout (default auto: folder if DATA holds classes.yaml, else cityscapes)")
+
+    p = sub.add_parser(
+        parents=[quiet], name="segment", help="segment your own photos (files or folders, any size) with a trained run",
+        description="Segment every image given (files, or folders searched recursively) at its own size and write "
+                    "OUT/labels/<name>.png (the dataset's label values), OUT/color/<name>.png (its class colours) and "
+                    "OUT/overlay/<name>.jpg (the colours over the photo); a folder's images keep their paths. The "
+                    "same from Python: cycleseg.load(RUN_DIR).segment(image).")
+    p.add_argument("run_dir", type=Path, help="the --out folder of `cycleseg train`")
+    p.add_argument("images", type=Path, nargs="+", help="image files or folders of images")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    p.add_argument("--checkpoint", default="best", help="best (default: best.pt), last (last.pt) or a file in RUN_DIR")
+    p.add_argument("--reconstruction", action="store_true", help="also write F's reconstruction x_rec (cycle models)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bf16 where it is native, else fp32")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
     p = sub.add_parser(
         parents=[quiet], name="predict", help="write a run's predictions at the original resolution (official format)",
@@ -169,11 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[quiet], name="sweep", help="train and evaluate a folder of configs (the paper's Table 2) into one sweep folder",
         description="Train every config (e.g. configs/paper/, one YAML per row of Table 2) into SWEEP_DIR/NAME/ "
-                    "and evaluate it on val. Started again, a sweep skips the finished runs, continues an "
-                    "interrupted one exactly and starts the rest. KEY=VALUE overrides apply to every config.",
-        epilog="example, a quick look at a reduced protocol:\n  cycleseg sweep configs/paper --data data/synthetic "
+                    "(with --seeds N: into SWEEP_DIR/NAME/seed<k>/ with train.seed=k, k = 0..N-1) and evaluate it "
+                    "on val. Started again, a sweep skips the finished runs, continues an interrupted one exactly "
+                    "and starts the rest. KEY=VALUE overrides apply to every config. Runs go one after another in "
+                    "this process, or with --launcher local --jobs N, N at once in subprocesses (console output "
+                    "in SWEEP_DIR/logs/). `cycleseg sweep status SWEEP_DIR` (the same as `cycleseg sweep-status "
+                    "SWEEP_DIR`) shows where every run stands; a config folder named status: write ./status.",
+        epilog="examples:\n  a quick look at a reduced protocol:\n    cycleseg sweep configs/paper --data data/synthetic "
                "--out runs/sweep --only plain,nonoise,quant2 \\\n      data.height=64 data.width=128 "
-               "optim.epochs=4 optim.decay_start_epoch=2", formatter_class=argparse.RawDescriptionHelpFormatter)
+               "optim.epochs=4 optim.decay_start_epoch=2\n"
+               "  3 seeds per config, 2 runs at once, then where they stand:\n"
+               "    cycleseg sweep configs/paper --data data/synthetic --out runs/sweep --seeds 3 --launcher local "
+               "--jobs 2\n    cycleseg sweep status runs/sweep",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", type=Path, nargs="+", help="config folders or YAML files")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every config, e.g. optim.epochs=4")
     p.add_argument("--out", type=Path, required=True, help="sweep folder (one run directory per config)")
@@ -182,6 +217,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="build the report when the sweep is done")
     p.add_argument("--retrain", action="store_true",
                    help="train anew the runs in SWEEP_DIR that were made with other settings (default: refuse)")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="train each config N times, train.seed=0..N-1, into SWEEP_DIR/NAME/seed<k>/ (a Gaussian "
+                        "config's `snr_db: from NAME` then takes seed k's run of NAME); table and report give the "
+                        "mean and 95%% interval over the seeds")
+    p.add_argument("--launcher", choices=["inprocess", "local"], default=None,
+                   help="inprocess (default): one run after another in this process; local: each run in its own "
+                        "subprocess, --jobs at once (implied by --jobs > 1 or --gpus)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="with --launcher local: runs at once (default 1, or the number of --gpus), each with CPU "
+                        "cores // N torch threads; the rest wait in the queue")
+    p.add_argument("--gpus", metavar="0,1,...",
+                   help="with --launcher local: GPU ids, each run gets one as CUDA_VISIBLE_DEVICES (round robin)")
+    p.add_argument("--threads", type=int, metavar="T",
+                   help="with --launcher local: torch threads per run (default: CPU cores // --jobs)")
+
+    p = sub.add_parser(
+        parents=[quiet], name="sweep-status", help="where each run of a sweep stands (also: cycleseg sweep status DIR)",
+        description="One line per run of SWEEP_DIR (sweep.json's runs and the run folders on disk): pending, "
+                    "running (last step and loss of log.jsonl, pid), interrupted (a rerun of the sweep continues "
+                    "it), finished (mIoU) or failed (the error from run.json or the run's log, and the log's "
+                    "path); and whether a sweep process is still running into the folder. Reads only.")
+    p.add_argument("sweep_dir", type=Path, help="the --out folder of `cycleseg sweep`")
+    p.add_argument("--json", action="store_true", help="print the states as JSON")
 
     p = sub.add_parser(
         parents=[quiet], name="report", help="write report.md and report.html for a sweep: Table 2, Figures 3 and 4, curves",
@@ -238,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["sweep", "status"]:  # `cycleseg sweep status DIR` is `cycleseg sweep-status DIR`
+        argv = ["sweep-status", *argv[2:]]
     # parse_known_args lets KEY=VALUE overrides of `train` come before or after its options.
     args, extra = parser.parse_known_args(argv)
     if extra and args.command in ("train", "sweep", "calibrate") and all("=" in e and not e.startswith("-")
@@ -279,7 +340,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     if args.val < 0:
         raise ConfigError(f"--val {args.val}: must be at least 0 (the number of validation images)")
     summary = make_synthetic(args.out, num_train=args.train, num_val=args.val, size=(height, width), seed=args.seed,
-                             progress=_progress(args))
+                             progress=_progress(args), fmt=args.format)
     print(f"wrote {summary.get('train', args.train)} train and {summary.get('val', args.val)} val images "
           f"of {width}x{height} to {args.out}")
     return 0
@@ -298,6 +359,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume {args.resume} continues that run in its own folder; drop --out")
         if args.config is not None and "=" not in str(args.config):
             raise ConfigError(f"--resume {args.resume} takes the run's own config; drop {args.config}")
+        if args.init_from is not None:
+            raise ConfigError(f"--init-from {args.init_from} starts a new run; --resume {args.resume} continues "
+                              "one from its own last.pt: drop one of them")
         overrides = ([str(args.config)] if args.config is not None else []) + list(args.overrides) + _quiet(args)
         if args.data:
             overrides.append(f"data.root={args.data}")
@@ -324,7 +388,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cycleseg.distributed import is_main
     from cycleseg.train import train
 
-    metrics = train(cfg, out, resume=args.resume is not None, overwrite=args.overwrite, run_config=run_config)
+    metrics = train(cfg, out, resume=args.resume is not None, overwrite=args.overwrite, run_config=run_config,
+                    init_from=args.init_from)
     if not is_main():  # under torchrun, rank 0 speaks for all
         return 0
     return _print_result(cfg.name, metrics, out)
@@ -348,8 +413,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    print(_table(args.run_dirs, args.split))
+    print(_results_table(args.run_dirs, args.split))
     return 0
+
+
+def _results_table(paths: list[Path], split: str) -> str:
+    """Run directories: the table below; seeds, a config's folder of seeds or a sweep folder: report.format_table
+    (mean and 95 % interval over seeds, paired differences to no noise)."""
+    from cycleseg.sweep import expand_runs
+
+    found = expand_runs(paths)
+    if [d for _, _, d in found] == list(paths) and all(seed is None for _, seed, _ in found):
+        return _table(paths, split)
+    from cycleseg.report import format_table
+
+    return format_table(paths, split)
 
 
 def _table(run_dirs: list[Path], split: str) -> str:
@@ -390,7 +468,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
             raise RunError(f"--expect-size {args.expect_size!r}: expected WIDTHxHEIGHT, e.g. 2048x1024")
     splits = tuple(dict.fromkeys(args.split)) if args.split else ("train", "val", "test")
     report = check_data(args.data, splits, full=not args.fast, expect_size=expect, cache_dir=args.cache_dir,
-                        progress=_progress(args))
+                        progress=_progress(args), fmt=args.format)
     print(format_report(report))
     for problem in report.problems:
         print(_one_line(problem), file=sys.stderr)
@@ -402,10 +480,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     width, height = _parse_size(args.size)
     splits = tuple(dict.fromkeys(args.split)) if args.split else None
-    done = prepare(args.data, (height, width), splits, args.cache_dir, force=args.force, progress=_progress(args))
+    done = prepare(args.data, (height, width), splits, args.cache_dir, force=args.force, progress=_progress(args),
+                   fmt=args.format)
     for split, status in done.items():
         print(f"{split}: {status}")
     print(f"cache: {cache_folder(args.data, (height, width), args.cache_dir)}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from cycleseg.segment import load, segment_files
+
+    segmenter = load(args.run_dir, args.checkpoint, args.device, args.precision)
+    summary = segment_files(segmenter, args.images, args.out, progress=_progress(args),
+                            reconstruction=args.reconstruction)
+    print(f"wrote {', '.join(summary['outputs'])} of {summary['num_images']} images to {args.out}")
     return 0
 
 
@@ -441,17 +530,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     args.configs = [c for c in args.configs if "=" not in str(c)]
     if not args.configs:
         raise ConfigError("sweep needs at least one config folder or YAML file, e.g. configs/paper")
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    jobs = args.jobs if args.jobs is not None else len(gpus) if gpus else 1
+    launcher = args.launcher or ("local" if jobs > 1 or gpus or args.threads else "inprocess")
     try:
         summary = run_sweep(args.configs, args.out, args.overrides, data_root=str(args.data) if args.data else None,
-                            only=only, retrain=args.retrain)
+                            only=only, retrain=args.retrain, seeds=args.seeds, launcher=launcher, jobs=jobs,
+                            gpus=gpus, threads=args.threads)
     except Interrupted as e:
         raise Interrupted(f"{str(e).split('; continue with')[0]}; continue the sweep with the same command",
                           e.signum) from None
     print(f"sweep done: {len(summary)} runs in {args.out}")
-    print(_table([Path(s["run_dir"]) for s in summary], "val"))
+    print(_results_table([Path(s["run_dir"]) for s in summary], "val"))
     if args.report:
         return cmd_report(argparse.Namespace(sweep_dir=args.out, data=args.data, runs=None, examples=3, quiet=args.quiet,
                                              device="auto"))
+    return 0
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> int:
+    from cycleseg.sweep import format_status, sweep_status
+
+    states = sweep_status(args.sweep_dir)
+    if args.json:
+        print(json.dumps([{**{k: v for k, v in vars(s).items() if k != "run_dir"}, "run_dir": str(s.run_dir),
+                           "detail": s.detail} for s in states], indent=2))
+    else:
+        print(format_status(args.sweep_dir, states))
     return 0
 
 
@@ -460,14 +565,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.examples < 1:
         raise ConfigError(f"--examples {args.examples}: must be >= 1")
-    if args.data is not None and not (args.data / "leftImg8bit" / "val").is_dir():
-        what = "folder not found" if not args.data.is_dir() else "no validation images in leftImg8bit/val/"
-        raise DataError(f"{args.data}: {what}; pass the Cityscapes-layout data folder for Figure 3 with --data, "
+    if args.data is not None and not _val_folder(args.data).is_dir():
+        what = "folder not found" if not args.data.is_dir() else f"no validation images in {_val_folder(args.data)}"
+        raise DataError(f"{args.data}: {what}; pass the data folder for Figure 3 with --data, "
                         "or leave --data out to use the runs' data.root")
     runs = [n.strip() for n in args.runs.split(",") if n.strip()] if args.runs else None
     md, page = build_report(args.sweep_dir, args.data, runs, args.examples, args.device, progress=_progress(args))
     print(f"report written: {md} and {page}")
     return 0
+
+
+def _val_folder(root: Path) -> Path:
+    """Where the validation images of the dataset at `root` are (Cityscapes or folder layout)."""
+    from cycleseg.data.source import data_format
+
+    return root / ("images" if data_format(root) == "folder" else "leftImg8bit") / "val"
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -498,8 +610,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"make-synthetic": cmd_make_synthetic, "train": cmd_train, "evaluate": cmd_evaluate,
-            "table": cmd_table, "calibrate": cmd_calibrate, "sweep": cmd_sweep, "report": cmd_report,
+            "table": cmd_table, "calibrate": cmd_calibrate, "sweep": cmd_sweep, "sweep-status": cmd_sweep_status,
+            "report": cmd_report,
             "diagnose": cmd_diagnose, "check-data": cmd_check_data, "prepare": cmd_prepare, "predict": cmd_predict,
+            "segment": cmd_segment,
             "export": cmd_export}
 
 

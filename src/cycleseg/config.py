@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from cycleseg.augment import AUGMENT_MODES
 from cycleseg.errors import ConfigError
 from cycleseg.noise import NOISE_KINDS, SIGMA_RULES
 
@@ -37,6 +38,7 @@ __all__ = [
 
 MODEL_KINDS = ("cyclegan", "plain")
 CACHE_MODES = ("auto", "off", "require")
+DATA_FORMATS = ("auto", "cityscapes", "folder")  # data.source.FORMATS (config imports nothing from data)
 CHECK_MODES = ("fast", "full", "off")
 CLASS_WEIGHTS = ("none", "enet")
 # Keys that do not change what a run computes: where the data lives and how it is read, the device, how often
@@ -45,13 +47,16 @@ CLASS_WEIGHTS = ("none", "enet")
 RESUMABLE_KEYS = (
     "data.root", "data.num_workers", "data.cache", "data.cache_dir", "data.check",
     "train.device", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.max_nonfinite", "train.max_iters",
+    "train.max_nonfinite", "train.max_iters", "train.image_every",
 )
 
 
 @dataclass
 class DataConfig:
-    root: str = "data/synthetic"  # Cityscapes-layout folder; `--data` on the command line overrides it
+    root: str = "data/synthetic"  # the dataset folder; `--data` on the command line overrides it
+    # cityscapes (leftImg8bit/, gtFine/) | folder (images/, labels/, classes.yaml) | auto: folder if ROOT has a
+    # classes.yaml (README "Your own dataset")
+    format: str = "auto"
     height: int = 256  # images are resized to height x width (the paper: 256 x 512)
     width: int = 512
     num_workers: int = 0  # DataLoader worker processes
@@ -62,12 +67,18 @@ class DataConfig:
     cache: str | bool = "auto"
     cache_dir: str | None = None  # where `prepare` writes the cache; None = <root>/cycleseg_cache
     check: str | bool = "fast"  # data checks when training starts: fast (names, sizes, modes) | full | off
+    # training batches only (README "Training comforts"); none = the paper. none | flip (random left-right flip)
+    # | flip+scale (flip, then zoom in: a random window of 1/s of the size, s in [1, augment_scale], resized back)
+    augment: str | bool = "none"
+    augment_scale: float = 1.5  # flip+scale: largest zoom factor s (>= 1)
 
 
 @dataclass
 class ModelConfig:
     kind: str = "cyclegan"  # "cyclegan": G, F and D_X (Fig. 2); "plain": ERFNet G with J_seg alone
-    num_classes: int = 20  # S: 19 Cityscapes classes + background
+    # S, the number of class scores: null = from the data (Cityscapes: 19 classes + background = 20; a folder
+    # dataset: its classes.yaml, + 1 for void); a number is checked against the data
+    num_classes: int | None = None
 
 
 @dataclass
@@ -112,6 +123,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # iterations between checkpoints (last.pt); 0 = at epoch ends only
     keep_checkpoints: int = 0  # also keep a copy of the last N epochs' checkpoints (epoch_NNNN.pt)
     max_nonfinite: int = 10  # stop after this many iterations in a row with a NaN/inf loss or gradient
+    image_every: int = 0  # iterations between sample images in TensorBoard (x, prediction, x_rec, F(y), ...); 0 = off
     # speed (README "Performance"); fp32 keeps the paper's numerics bit for bit
     precision: str = "auto"  # fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto
     channels_last: bool = True  # NHWC memory format for the convolutions
@@ -254,15 +266,21 @@ def _validate(cfg: Config, source: str) -> None:
             fail(key, f"must be >= 1 or null, got {v}")
     d.cache = "off" if d.cache is False else d.cache  # `data.cache: off` in YAML arrives as false
     d.check = "off" if d.check is False else d.check
+    d.augment = "none" if d.augment is False else d.augment  # `data.augment: off` in YAML arrives as false
     for key, v, allowed in (("data.cache", d.cache, CACHE_MODES), ("data.check", d.check, CHECK_MODES),
-                            ("loss.class_weights", lo.class_weights, CLASS_WEIGHTS)):
+                            ("loss.class_weights", lo.class_weights, CLASS_WEIGHTS),
+                            ("data.augment", d.augment, AUGMENT_MODES)):
         if v not in allowed:
             fail(key, f"must be one of {', '.join(allowed)}, got {v!r}")
+    if not (math.isfinite(d.augment_scale) and d.augment_scale >= 1.0):
+        fail("data.augment_scale", f"must be a finite number >= 1 (the largest zoom-in factor), got {d.augment_scale}")
     if d.cache_dir is not None and not d.cache_dir.strip():
         fail("data.cache_dir", "must be a folder or null (null: <data.root>/cycleseg_cache)")
     if m.kind not in MODEL_KINDS:
         fail("model.kind", f"must be one of {', '.join(MODEL_KINDS)}, got {m.kind!r}")
-    if m.num_classes < 2:
+    if d.format not in DATA_FORMATS:
+        fail("data.format", f"must be one of {', '.join(DATA_FORMATS)}, got {d.format!r}")
+    if m.num_classes is not None and m.num_classes < 2:
         fail("model.num_classes", f"must be >= 2, got {m.num_classes}")
     if n.kind not in NOISE_KINDS:
         fail("noise.kind", f"must be one of {', '.join(NOISE_KINDS)}, got {n.kind!r}")
@@ -305,6 +323,8 @@ def _validate(cfg: Config, source: str) -> None:
     for key, v in (("train.checkpoint_every", t.checkpoint_every), ("train.keep_checkpoints", t.keep_checkpoints)):
         if v < 0:
             fail(key, f"must be >= 0, got {v}")
+    if t.image_every < 0:
+        fail("train.image_every", f"must be >= 0 (0 = no sample images), got {t.image_every}")
     if t.max_nonfinite < 1:
         fail("train.max_nonfinite", f"must be >= 1, got {t.max_nonfinite}")
     if t.max_iters is not None and t.max_iters < 1:

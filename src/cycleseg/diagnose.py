@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from cycleseg import runs
-from cycleseg.data import CLASS_NAMES, colorize, open_split
+from cycleseg.data import CITYSCAPES, CLASS_NAMES, ClassTable, open_source, open_split
 from cycleseg.diagnostics import (
     INPUTS,
     SCALE_REFERENCES,
@@ -71,7 +71,8 @@ INPUT_TITLES = {"noisy": "F(noise(G(x)))", "decision": "F(decision)", "class_mea
 
 def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device, seed: int = 0,
                     snrs: Sequence[float] = DEFAULT_SNRS, scale_to: str = "f_input",
-                    num_examples: int = 4) -> tuple[dict[str, Any], dict[str, Tensor]]:
+                    num_examples: int = 4, classes: ClassTable | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Run the four diagnostics over `batches` of (image (B, 3, H, W), labels (B, H, W)).
 
     Args:
@@ -81,6 +82,7 @@ def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
         snrs: target SNRs in dB of the sensitivity sweep.
         scale_to: what the one-hot inputs are scaled against, see `diagnostics.watermark_inputs`.
         num_examples: how many of the first images to keep for the pictures.
+        classes: the data's class table (names, evaluated classes); default Cityscapes for S = 20.
     Returns:
         (results, examples): results as written to diagnose_<split>.json (less run information);
         examples: CPU tensors of the first `num_examples` images, for `write_figures`.
@@ -88,7 +90,7 @@ def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
     if not models.is_cycle:
         raise RunError("diagnose needs a cycle model (model.kind=cyclegan): a plain ERFNet has no F to reconstruct "
                        "the image from its class scores")
-    acc = _Accumulator(models.num_classes, len(snrs), device, num_examples)
+    acc = _Accumulator(models.num_classes, len(snrs), device, num_examples, classes)
     generator = torch.Generator(device=device).manual_seed(seed)
     with seeded_inference(models, seed, device):  # the run's own Gaussian noise injection, as in `evaluate`
         _accumulate(models, batches, device, snrs, scale_to, generator, acc)
@@ -146,7 +148,9 @@ def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device
 class _Accumulator:
     """Sums and per-image lists over a split; `results` turns them into the JSON document."""
 
-    def __init__(self, num_classes: int, num_snrs: int, device: torch.device, num_examples: int) -> None:
+    def __init__(self, num_classes: int, num_snrs: int, device: torch.device, num_examples: int,
+                 classes: ClassTable | None = None) -> None:
+        self.classes = classes
         def zeros() -> Tensor:
             return torch.zeros(num_classes, dtype=torch.float64, device=device)
 
@@ -173,12 +177,12 @@ class _Accumulator:
 
     def results(self, snrs: Sequence[float], scale_to: str, seed: int) -> dict[str, Any]:
         psnr = {name: _mean(values) for name, values in self.psnr.items() if values}
-        names = _class_names(self.num_classes)
+        names = self.classes.names if self.classes is not None else _class_names(self.num_classes)
         return {
             "num_images": self.count,
             "seed": seed,
             "scale_to": scale_to,
-            "miou": iou_results(self.conf)["miou"],
+            "miou": iou_results(self.conf, self.classes)["miou"],
             "snr_db": _mean(self.snr),
             "watermark_gap": {
                 "psnr_db": psnr,
@@ -187,7 +191,7 @@ class _Accumulator:
             "sensitivity": {
                 "sigma_rule": "equal_snr",
                 "points": [{"snr_target_db": float(target), "snr_db": _mean(self.sweep_snr[k]),
-                            "psnr_db": _mean(self.sweep_psnr[k]), "miou": iou_results(self.sweep_conf[k])["miou"]}
+                            "psnr_db": _mean(self.sweep_psnr[k]), "miou": iou_results(self.sweep_conf[k], self.classes)["miou"]}
                            for k, target in enumerate(snrs)],
             },
             "energy": {
@@ -235,8 +239,9 @@ def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
     loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     batches = tqdm(loader, desc=f"diagnose {split}", unit="batch", disable=not progress, dynamic_ncols=True,
                    leave=False)
+    classes = runs.require_same_classes(run_dir, open_source(data_root, cfg.data.format).classes, data_root)
     results, examples = diagnose_models(models, batches, dev, seed=cfg.train.seed, snrs=snrs, scale_to=scale_to,
-                                        num_examples=num_examples)
+                                        num_examples=num_examples, classes=classes)
     figure_dir = runs.artifact(run_dir, "diagnose_figures", split)
     markdown = runs.artifact(run_dir, "diagnose_md", split)
     results = {"run": cfg.name, "split": split, "checkpoint": checkpoint, "noise": cfg.noise.kind,
@@ -248,7 +253,7 @@ def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
     except OSError as e:
         raise RunError(f"{figure_dir}: could not create the figure folder ({e.strerror}); free disk space or fix "
                        "permissions") from None
-    write_figures(figure_dir, results, examples)  # every file written atomically; RunError naming it if not
+    write_figures(figure_dir, results, examples, classes)  # every file written atomically; RunError naming it if not
     runs.write_json(runs.artifact(run_dir, "diagnose", split), results)
     runs.atomic_write(markdown, format_markdown(results))
     return results
@@ -257,10 +262,11 @@ def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
 # ---------------------------------------------------------------------------------------------- figures
 
 
-def write_figures(figure_dir: Path, results: dict[str, Any], examples: dict[str, Tensor]) -> dict[str, Path]:
+def write_figures(figure_dir: Path, results: dict[str, Any], examples: dict[str, Tensor],
+                  classes: ClassTable = CITYSCAPES) -> dict[str, Path]:
     """sensitivity.png, energy.png, spectrum.png and examples.png in `figure_dir`; returns name -> path."""
     figures = {"sensitivity": _sensitivity_figure(results), "energy": _energy_figure(results),
-               "spectrum": _spectrum_figure(results), "examples": _examples_figure(examples)}
+               "spectrum": _spectrum_figure(results), "examples": _examples_figure(examples, classes)}
     return {name: save_figure(fig, figure_dir / f"{name}.png") for name, fig in figures.items()}
 
 
@@ -334,7 +340,7 @@ def _spectrum_figure(results: dict[str, Any]):
     return fig
 
 
-def _examples_figure(examples: dict[str, Tensor]):
+def _examples_figure(examples: dict[str, Tensor], classes: ClassTable):
     columns = [("image", "image x"), ("labels", "ground truth"), ("decision", "decision argmax G(x)"),
                ("residual", "residual of G(x),\n3 PCs amplified"),
                ("unexplained", "G(x) - class means,\n3 PCs amplified")]
@@ -350,7 +356,7 @@ def _examples_figure(examples: dict[str, Tensor]):
             ax = axes[r, c]
             value = examples[key][r]
             if key in ("labels", "decision"):
-                shown = colorize(value.numpy().clip(0, len(CLASS_NAMES) - 1))
+                shown = classes.colorize(value.numpy().clip(0, classes.num_classes - 1))
             elif key in ("residual", "unexplained"):
                 shown = _amplify(value)
             else:

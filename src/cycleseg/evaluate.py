@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cycleseg import predict, runs
-from cycleseg.data import open_split
+from cycleseg.data import ClassTable, open_source, open_split
 from cycleseg.errors import RunError
 from cycleseg.formats import finite_or_none, fmt, iou_results
 from cycleseg.metrics import confusion_matrix, psnr_db, snr_db
@@ -28,8 +28,11 @@ __all__ = ["evaluate_models", "evaluate_run", "format_results"]
 
 
 def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
-                    seed: int = 0, distributed: bool = False, precision: str = "fp32") -> dict[str, Any]:
+                    seed: int = 0, distributed: bool = False, precision: str = "fp32",
+                    classes: ClassTable | None = None) -> dict[str, Any]:
     """Run G (and the forward cycle) over `batches` of (image (B,3,H,W), labels (B,H,W)) and score them.
+
+    `classes` names the classes and says which count in the mIoU (default: Cityscapes for S = 20).
 
     `precision` "bf16" (or "auto") runs the networks under autocast, as train.precision does; fp32 by default.
     With `distributed`, each process scores its own share of the images and the confusion matrices and the
@@ -68,7 +71,7 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
     snr = (sums[2] / sums[3]).item() if models.is_cycle else None
     count = int(sums[4].item())
     return {
-        **iou_results(conf),
+        **iou_results(conf, classes),
         "psnr_db": finite_or_none(psnr) if psnr is not None else None,
         "snr_db": finite_or_none(snr) if snr is not None else None,
         "num_images": count,
@@ -79,7 +82,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
                  batch_size: int | None = None, checkpoint: str = LAST, full_res: bool = False,
                  official: bool = False, predictions: str | Path | None = None,
                  precision: str = "auto", progress: bool = False) -> dict[str, Any]:
-    """Evaluate a run on `split` of the Cityscapes-layout folder `data_root`; writes RUN_DIR/eval_<split>.json.
+    """Evaluate a run on `split` of the data folder `data_root`; writes RUN_DIR/eval_<split>.json.
 
     `precision` auto (the default) runs the networks in bf16 where that is native (GPUs, CPUs with AVX512-BF16
     or AMX: about twice as fast; PSNR within 0.1 dB of fp32), else fp32; "fp32" gives the reference numbers.
@@ -97,12 +100,13 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
     models, cfg = load_run(run_dir, dev, checkpoint)
     models.to(memory_format=torch.channels_last)  # NHWC convolutions: faster inference on CPUs and GPUs
     amp = resolve_precision(precision, dev)
+    classes = runs.require_same_classes(run_dir, open_source(data_root, cfg.data.format).classes, data_root)
     dataset = open_split(cfg, split, root=data_root)
     loader = DataLoader(dataset, batch_size=batch_size or cfg.optim.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
     batches = tqdm(loader, desc=f"evaluate {split}", unit="batch", disable=not progress, dynamic_ncols=True,
                    leave=False)
-    results = evaluate_models(models, batches, dev, seed=cfg.train.seed, precision=amp.name)
+    results = evaluate_models(models, batches, dev, seed=cfg.train.seed, precision=amp.name, classes=classes)
     results = {"run": cfg.name, "split": split, "noise": cfg.noise.kind, "size": f"{cfg.data.width}x{cfg.data.height}",
                "precision": amp.name, **results}
     if full_res or official:
@@ -115,8 +119,8 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
             conf = predict.full_res_confusion(predict.iter_predictions(
                 models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers, amp=amp,
                 progress=progress),
-                cfg.model.num_classes)
-            results["full_res"] = iou_results(conf)
+                cfg.model.num_classes, classes)
+            results["full_res"] = iou_results(conf, classes)
     runs.write_json(runs.artifact(run_dir, "eval", split), results)
     runs.record_evaluation(run_dir, split, checkpoint, runs.checkpoint_step(Path(run_dir) / checkpoint))
     return results

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from cycleseg.config import Config
+    from cycleseg.data.classes import ClassTable
 
 __all__ = ["DPI", "figure", "finite_or_none", "fmt", "iou_results", "noise_label", "save_figure", "to_rgb"]
 
@@ -65,21 +66,25 @@ def noise_label(config: Mapping[str, Any] | Config) -> str:
 
 # ---------------------------------------------------------------------------------------------------- IoU
 
-def iou_results(conf: Tensor, num_eval_classes: int | None = None) -> dict[str, Any]:
+def iou_results(conf: Tensor, classes: ClassTable | None = None) -> dict[str, Any]:
     """{"miou": %, "iou": {class name: %}} of an (S, S) confusion matrix (rows = ground truth).
 
     The one conversion of a confusion matrix into the reported IoUs: `metrics.class_iou` and `metrics.mean_iou`
-    over the first `num_eval_classes` classes (default: the 19 Cityscapes classes, or all S when S is smaller),
-    in percent; None stands for NaN (a class absent from prediction and ground truth, or every class absent).
+    over the evaluated classes of `classes` (the dataset's table; default: Cityscapes' 19 classes when S = 20,
+    else all S classes, named "class i"), in percent; None stands for NaN (a class absent from prediction and
+    ground truth, or every class absent).
     """
-    from cycleseg.data.cityscapes import CLASS_NAMES, NUM_EVAL_CLASSES
+    from cycleseg.data.cityscapes import CITYSCAPES
     from cycleseg.metrics import class_iou, mean_iou
 
     conf = conf.cpu()
-    n = min(NUM_EVAL_CLASSES, conf.shape[0]) if num_eval_classes is None else num_eval_classes
+    if classes is None and conf.shape[0] == CITYSCAPES.num_classes:
+        classes = CITYSCAPES
+    names = classes.names if classes is not None else [f"class {i}" for i in range(conf.shape[0])]
+    n = classes.num_evaluated if classes is not None else conf.shape[0]
     return {
         "miou": finite_or_none(100 * mean_iou(conf, n)),
-        "iou": {name: finite_or_none(100 * v) for name, v in zip(CLASS_NAMES, class_iou(conf, n).tolist())},
+        "iou": {name: finite_or_none(100 * v) for name, v in zip(names, class_iou(conf, n).tolist())},
     }
 
 

@@ -53,6 +53,14 @@ class RunLogger:
             if math.isfinite(v):
                 self.tb.add_scalar(k, v, step)
 
+    def images(self, step: int, pictures: dict[str, Any]) -> None:
+        """Sample pictures ((H, W, 3) uint8 arrays, train.image_every) to TensorBoard as images/<name>."""
+        if not self.enabled:
+            return
+        for name, picture in pictures.items():
+            self.tb.add_image(f"images/{name}", picture, step, dataformats="HWC")
+        self.tb.flush()
+
     def advance(self) -> None:
         """One iteration done."""
         self.bar.update(1)

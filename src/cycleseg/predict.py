@@ -9,6 +9,9 @@
     OUT/reconstruction/<city>/<name>_rec.png        x_rec = F(noise(G(x))) at the training size (--reconstruction)
     OUT/predict.json                                 run, checkpoint, split, data folder, number of images
 
+A run on a folder dataset (data/source.py) writes OUT/labels/[<subfolder>/]<stem>.png with its classes.yaml's
+label values (void: its first value) and OUT/color/[<subfolder>/]<stem>.png with its colours instead.
+
 G runs at the training size; its logits are upsampled bilinearly to the image's size before the argmax, as
 the benchmark evaluates at 2048x1024. `cycleseg evaluate --official` runs `cityscapesscripts`' own
 evaluation on such a folder (official_evaluate), in process, and scores the same files with our metrics
@@ -35,13 +38,13 @@ from tqdm import tqdm
 
 from cycleseg.config import Config
 from cycleseg.data import (
+    CITYSCAPES,
     CLASS_NAMES,
     LABEL_ID_TO_TRAIN_ID,
     LABEL_SUFFIX,
     NUM_EVAL_CLASSES,
-    TRAIN_ID_TO_LABEL_ID,
+    ClassTable,
     Sample,
-    colorize,
     list_samples,
     open_split,
     read_label,
@@ -51,10 +54,19 @@ from cycleseg.formats import finite_or_none, iou_results, to_rgb
 from cycleseg.metrics import confusion_matrix
 from cycleseg.models import Models, resolve_device
 from cycleseg.precision import Precision, resolve_precision
-from cycleseg.runs import LAST, artifact, load_run, seeded_inference, write_json
+from cycleseg.runs import LAST, artifact, load_run, run_classes, seeded_inference, write_json
 
-__all__ = ["Prediction", "full_res_confusion", "iter_predictions", "official_evaluate", "official_report",
-           "predict_run", "score_predictions", "write_predictions"]
+__all__ = [
+    "Prediction",
+    "full_res_confusion",
+    "iter_predictions",
+    "official_evaluate",
+    "official_report",
+    "predict_run",
+    "prediction_outputs",
+    "score_predictions",
+    "write_predictions",
+]
 
 
 @dataclass
@@ -107,25 +119,37 @@ def _samples(dataset: Dataset) -> list[Sample]:
     return dataset.samples
 
 
-def full_res_confusion(predictions: Iterator[Prediction], num_classes: int) -> Tensor:
+def full_res_confusion(predictions: Iterator[Prediction], num_classes: int, classes: ClassTable | None = None
+                       ) -> Tensor:
     """(S, S) confusion matrix of predictions against their labels at the labels' own (original) size."""
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for p in predictions:
         if p.sample.label_path is None:
             raise RunError(f"the {p.sample.image_path.parent.parent.name} split has no labels to evaluate against")
-        labels = read_label(p.sample.label_path, p.train_ids.shape)  # already that size: no resizing
+        labels = read_label(p.sample.label_path, p.train_ids.shape, classes)  # already that size: no resizing
         conf += confusion_matrix(torch.from_numpy(p.train_ids), torch.from_numpy(labels), num_classes)
     return conf
 
 
-def write_predictions(predictions: Iterator[Prediction], out: Path) -> int:
-    """Write labelIds, colour and (when present) reconstruction PNGs under `out`; returns the image count."""
+def prediction_outputs(classes: ClassTable) -> tuple[str, str]:
+    """The folders write_predictions fills: ("labelIds", "color") for Cityscapes, ("labels", "color") else."""
+    return ("labelIds" if classes is CITYSCAPES else "labels"), "color"
+
+
+def write_predictions(predictions: Iterator[Prediction], out: Path, classes: ClassTable = CITYSCAPES) -> int:
+    """Write label-value, colour and (when present) reconstruction PNGs under `out`; returns the image count.
+
+    Cityscapes: labelIds/<city>/<name>_labelIds.png and color/<city>/<name>_color.png; another class table:
+    labels/<folder>/<name>.png and color/<folder>/<name>.png, with its label values and colours."""
+    cityscapes = classes is CITYSCAPES
+    labels_dir = prediction_outputs(classes)[0]
     count = 0
     for p in predictions:
         city, name = p.sample.city, p.sample.name
-        _save(Image.fromarray(TRAIN_ID_TO_LABEL_ID[p.train_ids].astype(np.uint8), "L"),
-              out / "labelIds" / city / f"{name}_labelIds.png")
-        _save(Image.fromarray(colorize(p.train_ids), "RGB"), out / "color" / city / f"{name}_color.png")
+        _save(Image.fromarray(classes.class_values[p.train_ids], "L"),
+              out / labels_dir / city / (f"{name}_labelIds.png" if cityscapes else f"{name}.png"))
+        _save(Image.fromarray(classes.colorize(p.train_ids), "RGB"),
+              out / "color" / city / (f"{name}_color.png" if cityscapes else f"{name}.png"))
         if p.reconstruction is not None:
             _save(Image.fromarray(to_rgb(p.reconstruction), "RGB"), out / "reconstruction" / city / f"{name}_rec.png")
         count += 1
@@ -153,13 +177,14 @@ def predict_run(run_dir: str | Path, data_root: str | Path, split: str, out: str
     amp = resolve_precision(precision, dev)
     if reconstruction and not models.is_cycle:
         raise RunError(f"{run_dir}: --reconstruction needs a cycle model; this run is a plain ERFNet (no F)")
+    classes = run_classes(run_dir)
     dataset = open_split(cfg, split, root=data_root)
     predictions = iter_predictions(models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers,
                                    cfg.train.seed, reconstruction, progress, amp)
-    count = write_predictions(predictions, out)
+    count = write_predictions(predictions, out, classes)
     summary = {"run": str(run_dir), "checkpoint": checkpoint, "split": split, "data": str(data_root),
                "num_images": count, "size": f"{cfg.data.width}x{cfg.data.height}", "precision": amp.name,
-               "outputs": ["labelIds", "color"] + (["reconstruction"] if reconstruction else [])}
+               "outputs": list(prediction_outputs(classes)) + (["reconstruction"] if reconstruction else [])}
     write_json(out / "predict.json", summary)
     return summary
 
@@ -261,6 +286,9 @@ def official_report(run_dir: Path, data_root: str | Path, split: str, models: Mo
         {"predictions": folder, "cityscapesscripts": {"miou", "iou", "num_images", "export"},
          "ours": {"miou", "iou", "num_images"}}; the script's full JSON goes to RUN_DIR/official_<split>.json.
     """
+    if run_classes(run_dir) is not CITYSCAPES:
+        raise RunError(f"{run_dir}: --official is the Cityscapes benchmark's evaluation, and this run was trained on "
+                       "a folder dataset with its own classes; use --full-res for full-resolution IoUs")
     if predictions is None:
         predictions = artifact(run_dir, "predictions", split)
         count = write_predictions(iter_predictions(models, dataset, device, cfg.optim.batch_size, cfg.data.num_workers,

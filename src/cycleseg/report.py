@@ -8,12 +8,19 @@ versions.json, and diagnose_val.* when `cycleseg diagnose` has been run) and wri
     SWEEP_DIR/report_files/*.png the figures
 
 The paper's values come from the data file paper_table2.csv next to this module.
+
+A sweep with seeds (SWEEP_DIR/CONFIG/seed<k>/) gives one row per config: the mean over its finished seeds with
+the 95 % Student-t interval and the per-seed values (`stats`), and, for each noise row, the difference to the
+no-noise row paired by seed; Figure 4 has error bars and the curves a band over the seeds. With one run per
+config the report is the one without seeds. Runs not finished yet (a sweep still running) are listed as
+missing and left out of every number.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import functools
 import html
 import json
@@ -29,7 +36,7 @@ import yaml
 from tqdm import tqdm
 
 from cycleseg.config import config_from_dict
-from cycleseg.data import CLASS_NAMES, NUM_EVAL_CLASSES, colorize, open_split
+from cycleseg.data import CLASS_NAMES, NUM_EVAL_CLASSES, open_source, open_split
 from cycleseg.errors import RunError
 from cycleseg.formats import figure, fmt, noise_label, save_figure, to_rgb
 from cycleseg.models import resolve_device
@@ -42,16 +49,19 @@ from cycleseg.runs import (
     atomic_write,
     load_run,
     read_json,
+    read_status,
     read_yaml,
+    run_classes,
     seeded_inference,
 )
-from cycleseg.sweep import SWEEP_FILE
+from cycleseg.stats import Interval, format_interval, mean_interval, paired_difference
+from cycleseg.sweep import expand_runs, find_runs, run_status, seed_dir, sweep_status
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["RunRecord", "build_report", "choose_runs", "collect_runs", "load_paper_table", "table2_key",
-           "table2_rows"]
+__all__ = ["RunRecord", "build_report", "choose_runs", "collect_runs", "format_table", "group_runs",
+           "load_paper_table", "paired_rows", "table2_key", "table2_rows"]
 
 FILES = "report_files"
 EVAL_CLASSES = CLASS_NAMES[:NUM_EVAL_CLASSES]  # mIoU is over the 19 Cityscapes classes
@@ -65,9 +75,27 @@ class RunRecord:
     name: str
     run_dir: Path
     config: dict[str, Any]
-    results: dict[str, Any] | None  # eval_val.json (else metrics.json); None if never evaluated
+    results: dict[str, Any] | None  # eval_val.json (else metrics.json); None if not finished or never evaluated
     log: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    group: str = ""  # the config's name: the row of the table (default: `name`)
+    seed: int | None = None  # the k of SWEEP_DIR/CONFIG/seed<k>/; None in a sweep without seeds
+    members: list[RunRecord] = field(default_factory=list)  # a config's row (group_runs): its finished runs
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.name
+
+    @property
+    def seeds(self) -> int:
+        """How many runs a row stands for (1 for a single run)."""
+        return len(self.members) or 1
+
+    def interval(self, name: str) -> Interval:
+        """Mean and 95 % interval of a metric over the row's runs (one value for a single run)."""
+        return mean_interval(m.value(name) for m in self.members or [self])
+
+    def per_seed(self, name: str) -> dict[int | None, float | None]:
+        return {m.seed: m.value(name) for m in self.members or [self]}
 
     @property
     def key(self) -> str:
@@ -103,40 +131,81 @@ def table2_key(config: dict[str, Any]) -> str:
 
 
 def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
-    """Every run directory of a sweep (in sweep.json's order when there is one)."""
+    """Every run directory of a sweep (in sweep.json's order when there is one; seeds ascending): SWEEP_DIR/NAME/
+    or SWEEP_DIR/NAME/seed<k>/. A run's results are read only when it is finished (else None)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise RunError(f"{sweep_dir}: sweep folder not found; run `cycleseg sweep ... --out {sweep_dir}` first")
-    order: list[str] = []
-    if (sweep_dir / SWEEP_FILE).is_file():
-        order = read_json(sweep_dir / SWEEP_FILE).get("runs", [])
-    dirs = sorted((d for d in sweep_dir.iterdir() if (d / CONFIG).is_file()),
-                  key=lambda d: (order.index(d.name) if d.name in order else len(order), d.name))
-    if not dirs:
+    found = find_runs(sweep_dir)
+    if not found:
         raise RunError(f"{sweep_dir}: no run directories (folders with config.yaml) in it")
-    return [_read_run(d) for d in dirs]
+    return [_read_run(d, group, seed) for group, seed, d in found]
+
+
+def group_runs(runs: list[RunRecord]) -> list[RunRecord]:
+    """One record per config (the rows of Table 2), in the order of `runs`, for the configs with at least one
+    finished run: a single finished run is itself (named after its config); several are one record whose
+    results are their means (class IoUs included) and whose `members` are the runs."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault(r.group, [])
+        if r.results is not None:
+            groups[r.group].append(r)
+    out = []
+    for name, members in groups.items():
+        if len(members) == 1:
+            out.append(dataclasses.replace(members[0], name=name, members=[members[0]]))
+        elif members:
+            first = members[0]
+            results = {k: mean_interval(m.value(k) for m in members).mean for k in ("miou", "psnr_db", "snr_db")}
+            classes = list(dict.fromkeys(c for m in members for c in (m.results.get("iou") or {})))
+            results["iou"] = {c: mean_interval((m.results.get("iou") or {}).get(c) for m in members).mean
+                              for c in classes}
+            out.append(RunRecord(name, first.run_dir, first.config, results, first.log, first.versions, name,
+                                 first.seed, members))
+    return out
 
 
 def table2_rows(runs: list[RunRecord], paper: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run in the paper's order: ours and the paper's SNR, mIoU, PSNR, and the differences."""
+    """One row per config with a finished run, in the paper's order: ours (the mean over seeds) and the paper's
+    SNR, mIoU, PSNR, and the differences; `<metric>_ci` the interval over seeds (stats.Interval) and
+    `<metric>_seeds` the per-seed values."""
     by_key = {p["key"]: (i, p) for i, p in enumerate(paper)}
     rows = []
-    for run in runs:
+    for run in group_runs(runs):
         index, ref = by_key.get(run.key, (len(paper), None))
         row = {"run": run.name, "label": ref["label"] if ref else noise_label(run.config), "order": index,
-               "evaluated": run.results is not None}
+               "evaluated": run.results is not None, "seeds": run.seeds}
         for metric in ("snr_db", "miou", "psnr_db"):
-            ours, theirs = run.value(metric), ref[metric] if ref else None
+            interval = run.interval(metric)
+            ours, theirs = interval.mean, ref[metric] if ref else None
             row[metric] = ours
+            row[f"{metric}_ci"] = interval
+            row[f"{metric}_seeds"] = run.per_seed(metric)
             row[f"paper_{metric}"] = theirs
             row[f"diff_{metric}"] = None if ours is None or theirs is None else ours - theirs
         rows.append(row)
     return sorted(rows, key=lambda r: r["order"])
 
 
+def paired_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
+    """For each noise row (a cycle model with noise), its difference to the no-noise row (`nonoise`, else the
+    first cycle model without noise) paired by seed: {"run", "label", "reference", "miou", "psnr_db"} with
+    stats.PairedDifference values. Empty without a no-noise row."""
+    groups = group_runs(runs)
+    plain_cycle = [g for g in groups if g.key == "none"]
+    reference = next((g for g in plain_cycle if g.name == "nonoise"), plain_cycle[0] if plain_cycle else None)
+    if reference is None:
+        return []
+    return [{"run": g.name, "label": noise_label(g.config), "reference": reference.name,
+             **{m: paired_difference(g.per_seed(m), reference.per_seed(m)) for m in ("miou", "psnr_db")}}
+            for g in groups if g.is_cycle and g.key not in ("none", "plain") and g is not reference]
+
+
 def choose_runs(runs: list[RunRecord], names: list[str] | None = None) -> list[RunRecord]:
-    """The runs of Figures 3 and 4: `names`, or plain, no noise, 2-bit quantization and the best Gaussian."""
-    evaluated = [r for r in runs if r.results is not None]
+    """The rows of Figures 3 and 4 (group_runs: one per config, seeds pooled): `names`, or plain, no noise,
+    2-bit quantization and the best Gaussian."""
+    evaluated = group_runs(runs)
     if names:
         by_name = {r.name: r for r in evaluated}
         missing = [n for n in names if n not in by_name]
@@ -151,6 +220,52 @@ def choose_runs(runs: list[RunRecord], names: list[str] | None = None) -> list[R
     return chosen or evaluated[:4]
 
 
+def format_table(paths: list[Path], split: str = "val") -> str:
+    """`cycleseg table` over runs with seeds: each path a run directory, a config's folder of seed<k>/ runs, or a
+    sweep folder. One row per config with the mean ± 95 % interval over its finished seeds and each seed's
+    value, then each noise row's difference to the no-noise row paired by seed; runs not finished are named
+    as missing. With one run per config: the columns of the table without seeds."""
+    records, missing = [], []
+    for group, seed, run_dir in expand_runs(paths):
+        if not (run_dir / CONFIG).is_file():
+            missing.append(f"{run_dir} (no run)")
+            continue
+        record = _read_run(run_dir, group, seed, split)
+        records.append(record)
+        if record.results is None:
+            state = read_status(run_dir).get("state") or "not started"  # run.json: running, failed, interrupted
+            missing.append(f"{record.name} ({f'not evaluated on {split}' if state == 'finished' else state})")
+    groups = group_runs(records)
+    if not any(g.seeds > 1 for g in groups):
+        lines = [f"{'run':<24} {'noise':<22} {'SNR dB':>7} {'mIoU %':>7} {'PSNR dB':>8}"]
+        lines += [f"{g.config.get('name', g.name):<24} {noise_label(g.config):<22} {fmt(g.value('snr_db'), 2):>7} "
+                  f"{fmt(g.value('miou'), 1):>7} {fmt(g.value('psnr_db'), 2):>8}" for g in groups]
+    else:
+        width = max([24] + [len(g.name) for g in groups])
+        lines = [(f"{'run':<{width}} {'noise':<22} {'seeds':>5} {'SNR dB':>14} {'mIoU %':>12} {'PSNR dB':>14}  "
+                 "mIoU per seed / PSNR per seed")]
+        for g in groups:
+            per_seed = " ".join(fmt(m.value("miou"), 1) for m in g.members)
+            if g.is_cycle:
+                per_seed += " / " + " ".join(fmt(m.value("psnr_db"), 2) for m in g.members)
+            lines.append(f"{g.name:<{width}} {noise_label(g.config):<22} {g.seeds:>5} "
+                         f"{format_interval(g.interval('snr_db'), 2):>14} {format_interval(g.interval('miou'), 1):>12} "
+                         f"{format_interval(g.interval('psnr_db'), 2):>14}  {per_seed}")
+        paired = paired_rows(records)
+        if paired:
+            lines += ["", (f"minus {paired[0]['reference']}, paired by seed (mean ± 95 % interval; * the interval "
+                          "excludes 0):"),
+                      f"{'run':<{width}} {'noise':<22} {'seeds':>5} {'Δ mIoU %':>14} {'Δ PSNR dB':>16}"]
+            for p in paired:
+                cells = [format_interval(p[m].interval, d, sign=True) + (" *" if p[m].excludes_zero else "  ")
+                         for m, d in (("miou", 1), ("psnr_db", 2))]
+                lines.append(f"{p['run']:<{width}} {p['label']:<22} {len(p['miou'].seeds):>5} {cells[0]:>14} "
+                             f"{cells[1]:>16}")
+    if missing:
+        lines += ["", "missing (not finished, left out): " + ", ".join(missing)]
+    return "\n".join(lines)
+
+
 def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, runs: list[str] | None = None,
                  num_examples: int = 3, device: str = "auto", progress: bool = False) -> tuple[Path, Path]:
     """Write report.md, report.html and report_files/ into `sweep_dir`; returns the two report paths.
@@ -163,6 +278,7 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
     paper = load_paper_table()
     rows = table2_rows(records, paper)
     chosen = choose_runs(records, runs)
+    missing = _missing(sweep_dir, records)
     files = sweep_dir / FILES
     files.mkdir(exist_ok=True)
 
@@ -171,16 +287,19 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
         figures["class_iou"] = save_figure(plot_class_iou(chosen), files / "class_iou.png")
     root = Path(data_root) if data_root else Path(chosen[0].config["data"]["root"]) if chosen else None
     examples_note = ""
-    if chosen and root is not None and (root / "leftImg8bit" / "val").is_dir():
+    if chosen and root is not None and root.is_dir() and open_source(root).image_dir("val").is_dir():
         figures["examples"] = save_figure(plot_examples(chosen, root, num_examples, resolve_device(device)),
                                           files / "examples.png")
     else:
         examples_note = f"Figure 3 left out: no validation images at {root}; pass --data DIR."
-    for r in tqdm(records, desc="report: curves", unit="run", disable=not progress, dynamic_ncols=True, leave=False):
-        if r.log:
-            figures[f"curves_{r.name}"] = save_figure(plot_curves(r), files / f"curves_{_slug(r.name)}.png")
+    groups = group_runs(records)
+    for g in tqdm(groups, desc="report: curves", unit="config", disable=not progress, dynamic_ncols=True, leave=False):
+        if g.seeds > 1 and any(m.log for m in g.members):
+            figures[f"curves_{g.name}"] = save_figure(plot_seed_curves(g), files / f"curves_{_slug(g.name)}.png")
+        elif g.log:
+            figures[f"curves_{g.name}"] = save_figure(plot_curves(g), files / f"curves_{_slug(g.name)}.png")
 
-    sections = _sections(records, rows, chosen, figures, examples_note, sweep_dir)
+    sections = _sections(records, rows, chosen, figures, examples_note, sweep_dir, missing)
     md_path, html_path = sweep_dir / "report.md", sweep_dir / "report.html"
     atomic_write(md_path, _markdown(sections, sweep_dir))
     atomic_write(html_path, _html(sections, sweep_dir))
@@ -190,16 +309,20 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
 # ---------------------------------------------------------------------------------------------------- figures
 
 def plot_class_iou(runs: list[RunRecord]) -> Figure:
-    """Figure 4: IoU of each of the 19 classes, one bar per run."""
+    """Figure 4: IoU of each evaluated class (Cityscapes: 19; a folder dataset: its classes.yaml's), one bar per
+    run."""
     fig = figure(13, 4.2)
     ax = fig.subplots()
     width = 0.8 / len(runs)
-    x = np.arange(len(EVAL_CLASSES))
+    names = _class_names(runs)
+    x = np.arange(len(names))
     for i, run in enumerate(runs):
         iou = run.results.get("iou", {})
-        values = [iou.get(c) if iou.get(c) is not None else 0.0 for c in EVAL_CLASSES]
-        ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, label=f"{run.name} ({_fmt(run.value('miou'), 1)} %)")
-    ax.set_xticks(x, EVAL_CLASSES, rotation=45, ha="right")
+        values = [iou.get(c) if iou.get(c) is not None else 0.0 for c in names]
+        errors = _class_errors(run, values, names)  # several seeds: the 95 % interval of each class's mean
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, yerr=errors, capsize=1.5 if errors else 0,
+               error_kw={"elinewidth": 0.8}, label=_bar_label(run))
+    ax.set_xticks(x, names, rotation=45, ha="right")
     ax.set_ylabel("IoU %")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
@@ -207,6 +330,76 @@ def plot_class_iou(runs: list[RunRecord]) -> Figure:
     ax.set_title("Class-wise IoU on the validation split (Figure 4)")
     fig.tight_layout()
     return fig
+
+
+def _class_names(runs: list[RunRecord]) -> list[str]:
+    """The evaluated classes, in order, as the runs' results name them (the 19 Cityscapes ones by default)."""
+    for run in runs:
+        if run.results.get("iou"):
+            return list(run.results["iou"])
+    return list(EVAL_CLASSES)
+
+
+def _class_errors(run: RunRecord, values: list[float], names: list[str]) -> list[list[float]] | None:
+    """Error bars (below, above) of each class's mean IoU over the row's seeds: the 95 % interval, drawn within
+    0..100 %; None for a single run."""
+    if run.seeds < 2:
+        return None
+    per_class = [mean_interval(((m.results.get("iou") or {}).get(c) or 0.0) for m in run.members) for c in names]
+    half = [iv.half_width or 0.0 for iv in per_class]
+    return [[min(h, v) for h, v in zip(half, values)], [min(h, 100.0 - v) for h, v in zip(half, values)]]
+
+
+def _bar_label(run: RunRecord) -> str:
+    if run.seeds < 2:
+        return f"{run.name} ({_fmt(run.value('miou'), 1)} %)"
+    return f"{run.name} ({format_interval(run.interval('miou'), 1, missing='–')} %, {run.seeds} seeds)"
+
+
+def plot_seed_curves(group: RunRecord) -> Figure:
+    """The training curves of a config over its seeds: the mean of each loss per iteration and of the
+    validation mIoU per epoch, with a band from the smallest to the largest seed's value."""
+    fig = figure(11, 3.2)
+    ax_loss, ax_val = fig.subplots(1, 2)
+    logs = [m.log for m in group.members if m.log]
+    loss_keys = sorted({k for log in logs for e in log for k in e if k.startswith("loss/")})
+    for k in loss_keys:
+        steps, mean, low, high = _band(logs, "step", k)
+        if steps:
+            (line,) = ax_loss.plot(steps, mean, label=k.removeprefix("loss/"), linewidth=1)
+            ax_loss.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("loss")
+    if loss_keys:
+        ax_loss.legend(fontsize=7)
+    ax_loss.set_title(f"{group.name}: training losses ({len(logs)} seeds)", fontsize=10)
+    epochs, mean, low, high = _band(logs, "epoch", "val/miou")
+    if epochs:
+        epochs = [e + 1 for e in epochs]
+        (line,) = ax_val.plot(epochs, mean, marker="o", label="mean")
+        ax_val.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0, label="min-max")
+        ax_val.legend(fontsize=7)
+    ax_val.set_xlabel("epoch")
+    ax_val.set_ylabel("validation mIoU %")
+    ax_val.set_title(f"{group.name}: validation mIoU ({len(logs)} seeds)", fontsize=10)
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _band(logs: list[list[dict[str, Any]]], x_key: str, key: str
+          ) -> tuple[list[float], list[float], list[float], list[float]]:
+    """For each x (step or epoch) where some seed logged `key`: the mean, smallest and largest value over the
+    seeds that have it (a seed's last entry at that x)."""
+    by_x: dict[float, list[float]] = {}
+    for log in logs:
+        values = {e[x_key]: e[key] for e in log if e.get(key) is not None and e.get(x_key) is not None}
+        for x, v in values.items():
+            by_x.setdefault(x, []).append(v)
+    xs = sorted(by_x)
+    return (xs, [sum(by_x[x]) / len(by_x[x]) for x in xs], [min(by_x[x]) for x in xs],
+            [max(by_x[x]) for x in xs])
 
 
 def plot_curves(run: RunRecord) -> Figure:
@@ -252,14 +445,15 @@ def plot_examples(runs: list[RunRecord], data_root: Path, num_images: int, devic
         if n == 0:
             size = tuple(images.shape[2:])
             columns[0][1].extend(to_rgb(images))
-            columns[1][1].extend(colorize(b[1].numpy()) for b in batch)
+            columns[1][1].extend(run_classes(run.run_dir).colorize(b[1].numpy().clip(0)) for b in batch)
         models, cfg = load_run(run.run_dir, device)
         with seeded_inference(models, cfg.train.seed, device):  # Gaussian noise as in evaluation
             if models.is_cycle:
                 logits, _, reconstruction = models.forward_cycle(images.to(device))
             else:
                 logits, reconstruction = models.G(images.to(device)), None
-        columns.append((f"{run.name}\nprediction", [colorize(p) for p in logits.argmax(1).cpu().numpy()]))
+        palette = run_classes(run.run_dir)
+        columns.append((f"{run.name}\nprediction", [palette.colorize(p) for p in logits.argmax(1).cpu().numpy()]))
         if reconstruction is not None:
             columns.append((f"{run.name}\nreconstruction", list(to_rgb(reconstruction))))
     rows, cols = len(indices), len(columns)
@@ -289,27 +483,67 @@ class _Section:
 
 
 def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list[RunRecord],
-              figures: dict[str, Path], examples_note: str, sweep_dir: Path) -> list[_Section]:
-    header = ["run", "row of Table 2", "SNR dB", "paper", "mIoU %", "paper", "Δ", "PSNR dB", "paper", "Δ"]
-    body = [[r["run"], r["label"] + ("" if r["evaluated"] else " (not evaluated)"),
-             _fmt(r["snr_db"], 2), _fmt(r["paper_snr_db"], 2),
-             _fmt(r["miou"], 1), _fmt(r["paper_miou"], 1), _fmt(r["diff_miou"], 1, sign=True),
-             _fmt(r["psnr_db"], 2), _fmt(r["paper_psnr_db"], 2), _fmt(r["diff_psnr_db"], 2, sign=True)]
-            for r in rows]
+              figures: dict[str, Path], examples_note: str, sweep_dir: Path, missing: list[str] = ()
+              ) -> list[_Section]:
+    seeded = any(r["seeds"] > 1 for r in rows)
     sizes = sorted({f"{r.config['data']['width']}x{r.config['data']['height']}, {r.config['optim']['epochs']} epochs"
                     for r in records})
-    sections = [
-        _Section("Table 2: SNR, mIoU and PSNR beside the paper",
-                 f"{len(records)} runs in {sweep_dir} ({'; '.join(sizes)}); the paper: Cityscapes val at 512x256, "
-                 "200 epochs. Δ = ours − paper. SNR is the measured mean per-image SNR of the noise (eq. 11); "
-                 "PSNR that of the forward-cycle reconstruction (eq. 14).", table=(header, body)),
-        _Section("Figure 4: class-wise IoU", "Runs: " + ", ".join(r.name for r in chosen) + ".",
+    about = ("the paper: Cityscapes val at 512x256, 200 epochs. SNR is the measured mean per-image SNR of the noise "
+             "(eq. 11); PSNR that of the forward-cycle reconstruction (eq. 14).")
+    if not seeded:
+        header = ["run", "row of Table 2", "SNR dB", "paper", "mIoU %", "paper", "Δ", "PSNR dB", "paper", "Δ"]
+        body = [[r["run"], r["label"] + ("" if r["evaluated"] else " (not evaluated)"),
+                 _fmt(r["snr_db"], 2), _fmt(r["paper_snr_db"], 2),
+                 _fmt(r["miou"], 1), _fmt(r["paper_miou"], 1), _fmt(r["diff_miou"], 1, sign=True),
+                 _fmt(r["psnr_db"], 2), _fmt(r["paper_psnr_db"], 2), _fmt(r["diff_psnr_db"], 2, sign=True)]
+                for r in rows]
+        count = len(records) - len(missing)
+        text = f"{count} runs in {sweep_dir} ({'; '.join(sizes)}); {about} Δ = ours − paper."
+    else:
+        header = ["run", "row of Table 2", "seeds", "SNR dB", "paper", "mIoU %", "paper", "Δ", "PSNR dB", "paper",
+                  "Δ"]
+        body = [[r["run"], r["label"], str(r["seeds"]),
+                 _with_seeds(r, "snr_db", 2), _fmt(r["paper_snr_db"], 2),
+                 _with_seeds(r, "miou", 1), _fmt(r["paper_miou"], 1), _fmt(r["diff_miou"], 1, sign=True),
+                 _with_seeds(r, "psnr_db", 2), _fmt(r["paper_psnr_db"], 2), _fmt(r["diff_psnr_db"], 2, sign=True)]
+                for r in rows]
+        count = sum(r["seeds"] for r in rows)
+        text = (f"{count} finished runs of {len(rows)} configs in {sweep_dir} ({'; '.join(sizes)}), one per seed; "
+                f"{about} Ours: mean ± half-width of the 95 % confidence interval over the seeds (Student t, n − 1 "
+                "degrees of freedom), the value of each seed in brackets (seed 0 first); Δ = our mean − paper.")
+    sections = [_Section("Table 2: SNR, mIoU and PSNR beside the paper", text, table=(header, body))]
+    paired = paired_rows(records) if seeded else []
+    if paired:
+        reference = paired[0]["reference"]
+        sections.append(_Section(
+            f"Noise rows against {reference}, paired by seed",
+            f"Each noise row minus the row {reference} (no noise), seed by seed (the same seed gives both the same "
+            "initial weights and data order), over the seeds both have: mean difference and its 95 % confidence "
+            "interval (Student t). * marks an interval that excludes 0: a difference unlikely (at 5 %) to be the "
+            "seeds' spread alone. One common seed gives the difference without an interval.",
+            table=(["run", "row of Table 2", "seeds", "Δ mIoU %", "95 % interval", "Δ PSNR dB", "95 % interval"],
+                   [[p["run"], p["label"], str(len(p["miou"].seeds)),
+                     format_interval(p["miou"].interval, 1, sign=True, missing="–"), _bounds(p["miou"], 1),
+                     format_interval(p["psnr_db"].interval, 2, sign=True, missing="–"), _bounds(p["psnr_db"], 2)]
+                    for p in paired])))
+    if missing:
+        sections.append(_Section("Missing runs", "Not finished (yet), so left out of every number and figure: "
+                                 + "; ".join(missing) + "."))
+    names = ", ".join(f"{r.name} ({r.seeds} seeds)" if r.seeds > 1 else r.name for r in chosen)
+    sections += [
+        _Section("Figure 4: class-wise IoU", ("Runs: " + names + "." if not seeded else "Configs: " + names
+                                              + "; bars: mean over the seeds, error bars: its 95 % interval (drawn within 0-100 %)."),
                  figures=[figures["class_iou"]] if "class_iou" in figures else []),
         _Section("Figure 3: validation examples",
                  examples_note or "Each row one validation image; columns: the image, the ground truth, then each "
-                 "chosen run's prediction and, for cycle models, its reconstruction F(noise(G(x))).",
+                 "chosen run's prediction and, for cycle models, its reconstruction F(noise(G(x)))."
+                 + (" With seeds: each config's first finished seed (" + ", ".join(
+                     f"{r.name}: {seed_dir(r.members[0].seed)}" for r in chosen if r.members and r.members[0].seed
+                     is not None) + ")." if seeded else ""),
                  figures=[figures["examples"]] if "examples" in figures else []),
-        _Section("Training curves", "Losses per iteration (log.jsonl) and validation mIoU per epoch of every run.",
+        _Section("Training curves", "Losses per iteration (log.jsonl) and validation mIoU per epoch of every run."
+                 + (" A config with several seeds: the mean over the seeds, the band from the smallest to the "
+                    "largest seed's value." if seeded else ""),
                  figures=[figures[k] for k in figures if k.startswith("curves_")]),
     ]
     diagnosed = [r for r in records if artifact(r.run_dir, "diagnose_md", "val").is_file()]
@@ -396,13 +630,18 @@ window.addEventListener("load", () => {{
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
-def _read_run(run_dir: Path) -> RunRecord:
+def _read_run(run_dir: Path, group: str | None = None, seed: int | None = None, split: str = "val") -> RunRecord:
+    """A run directory's record; its results (eval_<split>.json, for val else train's metrics.json) only when
+    the run is finished: an evaluation older than the run's last step is not read."""
     config = read_yaml(run_dir / CONFIG)
     results = None
-    for path in (artifact(run_dir, "eval", "val"), run_dir / METRICS):
-        if path.is_file():
-            results = read_json(path)
-            break
+    status = run_status(run_dir)
+    if status in ("done", "trained"):
+        candidates = [artifact(run_dir, "eval", split)] if split != "val" or status == "done" else []
+        for path in candidates + ([run_dir / METRICS] if split == "val" else []):
+            if path.is_file():
+                results = read_json(path)
+                break
     log = []
     if (run_dir / LOG).is_file():
         for line in (run_dir / LOG).read_text().splitlines():
@@ -411,7 +650,43 @@ def _read_run(run_dir: Path) -> RunRecord:
             except json.JSONDecodeError:
                 continue  # a line cut by a crash: the rest of the log is still worth plotting
     versions = read_json(run_dir / VERSIONS) if (run_dir / VERSIONS).is_file() else {}
-    return RunRecord(run_dir.name, run_dir, config, results, log, versions)
+    group = group or run_dir.name
+    name = group if seed is None else f"{group}/{seed_dir(seed)}"
+    return RunRecord(name, run_dir, config, results, log, versions, group, seed)
+
+
+def _with_seeds(row: dict[str, Any], metric: str, digits: int) -> str:
+    """"20.1 ± 2.3 (19.0, 21.2)": the mean, the interval's half-width and each seed's value."""
+    interval: Interval = row[f"{metric}_ci"]
+    if interval.mean is None:
+        return "–"
+    text = format_interval(interval, digits, missing="–")
+    values = [v for _, v in sorted(row[f"{metric}_seeds"].items(), key=lambda kv: kv[0] or 0)]
+    return text + " (" + ", ".join(_fmt(v, digits) for v in values) + ")" if len(values) > 1 else text
+
+
+def _bounds(diff: Any, digits: int) -> str:
+    """"[-4.2, -1.8] *" (the interval of a paired difference, * when it excludes 0)."""
+    iv = diff.interval
+    if iv.half_width is None:
+        return "–"
+    return f"[{iv.low:+.{digits}f}, {iv.high:+.{digits}f}]" + (" *" if diff.excludes_zero else "")
+
+
+def _missing(sweep_dir: Path, records: list[RunRecord]) -> list[str]:
+    """The runs of the sweep that are not finished, as "quant2/seed1 (running, step 120)"."""
+    have = {r.name for r in records if r.results is not None}
+    try:
+        states = sweep_status(sweep_dir)
+    except RunError:
+        return [f"{r.name} (not finished)" for r in records if r.results is None]
+    out = []
+    for s in states:
+        if s.name in have:
+            continue
+        detail = s.state + (f", step {s.step}" if s.step and s.state != "pending" else "")
+        out.append(f"{s.name} ({detail})")
+    return out
 
 
 def _slug(name: str) -> str:

@@ -3,9 +3,11 @@
 A run directory holds one configuration and everything computed under it:
 
     config.yaml       the resolved config the run was created with (never rewritten)
+    classes.yaml      the class table of its data (names, label values, colours; data/classes.py)
     run.json          status: state (running / finished / failed / interrupted), config hash, step,
                       and which checkpoint each evaluation used
-    last.pt, best.pt  checkpoints (the full training state; best.pt at the best validation mIoU)
+    last.pt, best.pt  checkpoints (last.pt: the full training state; best.pt: the weights, config, step and
+                      metrics at the best validation mIoU)
     epoch_NNNN.pt     per-epoch copies (train.keep_checkpoints)
     log.jsonl, events.out.tfevents.*   losses, LR, validation metrics
     metrics.json      final validation of `train`
@@ -34,27 +36,57 @@ from typing import Any
 import torch
 import yaml
 
-from cycleseg import __version__
-from cycleseg.config import RESUMABLE_KEYS, Config, apply_overrides, config_from_dict, flat_items
+from cycleseg.config import MODEL_KINDS, RESUMABLE_KEYS, Config, apply_overrides, config_from_dict, flat_items
+from cycleseg.data.cityscapes import CITYSCAPES
+from cycleseg.data.classes import ClassTable
 from cycleseg.errors import ConfigError, RunError
 from cycleseg.models import Models, build_models
 from cycleseg.precision import FP32, Precision
+from cycleseg.version import __version__
 
 __all__ = [
-    "BEST", "CONFIG", "LAST", "LOG", "METRICS", "STATUS", "VERSIONS", "artifact", "atomic_write", "check_compatible",
+    "BEST",
+    "CLASSES",
+    "CONFIG",
+    "LAST",
+    "LOG",
+    "METRICS",
+    "STATUS",
+    "VERSIONS",
+    "artifact",
+    "atomic_write",
+    "check_compatible",
     "checkpoint_step",
-    "config_difference", "config_hash", "create_run", "finished", "load_checkpoint", "load_run", "read_json",
-    "read_status", "read_yaml", "record_evaluation", "require_new_run", "resume_config", "save_checkpoint",
-    "seeded_inference", "set_status", "write_json", "write_yaml",
+    "config_difference",
+    "config_hash",
+    "create_run",
+    "finished",
+    "init_weights",
+    "load_checkpoint",
+    "load_run",
+    "read_json",
+    "read_status",
+    "read_yaml",
+    "record_evaluation",
+    "require_new_run",
+    "require_same_classes",
+    "resume_config",
+    "run_classes",
+    "save_checkpoint",
+    "seeded_inference",
+    "set_status",
+    "write_json",
+    "write_yaml",
 ]
 
 CONFIG = "config.yaml"
 STATUS = "run.json"
 LAST = "last.pt"  # the latest training state: what `evaluate` and `--resume` read
-BEST = "best.pt"  # the state with the best validation mIoU so far
+BEST = "best.pt"  # the weights (no optimizer state) with the best validation mIoU so far
 METRICS = "metrics.json"
 LOG = "log.jsonl"
 VERSIONS = "versions.json"
+CLASSES = "classes.yaml"
 _CHECKPOINT_FORMAT = "cycleseg-checkpoint-v1"
 _STATES = ("running", "finished", "failed", "interrupted")
 # What makes a folder a run directory (and so something --overwrite may clear): files only cycleseg writes.
@@ -63,7 +95,7 @@ _RUN_MARKERS = (STATUS, LAST)
 # config.yaml last, so that a kill in the middle never leaves old weights under a new config.
 _ARTIFACTS = (LAST, STATUS, BEST, "epoch_*.pt", "*.tmp", METRICS, LOG, VERSIONS, "class_weights.json",
               "events.out.tfevents.*", "eval_*.json", "calibrate_*.json", "official_*.json", "diagnose_*.json",
-              "diagnose_*.md", "diagnose_*", "predictions_*", CONFIG)
+              "diagnose_*.md", "diagnose_*", "predictions_*", CLASSES, CONFIG)
 
 
 def artifact(run_dir: str | Path, kind: str, split: str | None = None) -> Path:
@@ -179,6 +211,43 @@ def check_compatible(state: dict[str, Any], kind: str, num_classes: int, path: P
                        f"classes, expected {kind} with {num_classes}; point at the right run")
 
 
+def init_weights(source: str | Path, cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The weights a new run starts from (`train --init-from`): those of the networks that `source` (a checkpoint
+    file, or a run directory: its best.pt, else its last.pt) and the model of `cfg` have in common, G always.
+
+    A plain run's G may start a cycle model's G (and a cycle run's G a plain one). Returns (record, weights):
+    record = {"path", "step", "networks"} for run.json, weights = {"G": state_dict, ...}. RunError naming the
+    file when it is no checkpoint, holds another number of classes or weights that do not fit.
+    """
+    source = Path(source)
+    path = (source / BEST if (source / BEST).is_file() else source / LAST) if source.is_dir() else source
+    state = load_checkpoint(path)
+    saved, model = state.get("model") or state.get("config", {}).get("model", {}), cfg.model
+    if saved.get("num_classes") != model.num_classes or saved.get("kind") not in MODEL_KINDS:
+        raise RunError(f"{path}: checkpoint is of a {saved.get('kind')} model with {saved.get('num_classes')} "
+                       f"classes, this run is a {model.kind} model with {model.num_classes}; --init-from needs the "
+                       f"same model.num_classes")
+    target = build_models(model, cfg.noise)  # only to check that the weights fit before the run is created
+    weights = {}
+    for net in ("G", "F", "D"):
+        part = {k[len(net) + 1:]: v for k, v in state.get("models", {}).items() if k.startswith(f"{net}.")}
+        if part and getattr(target, net) is not None:
+            expected = getattr(target, net).state_dict()
+            problems = ([f"{k} is missing" for k in expected if k not in part]
+                        + [f"{k} is not in this model" for k in part if k not in expected]
+                        + [f"{k} has shape {tuple(part[k].shape)}, this model {tuple(v.shape)}"
+                           for k, v in expected.items() if k in part and part[k].shape != v.shape])
+            if problems:
+                raise RunError(f"{path}: the weights of {net} do not fit this run's model ({problems[0]}"
+                               f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''})")
+            weights[net] = part
+    if "G" not in weights:
+        raise RunError(f"{path}: checkpoint holds no weights of G to initialise from")
+    step = (state.get("progress") or {}).get("step", state.get("step"))
+    names = [{"D": "D_X"}.get(net, net) for net in weights]
+    return {"path": str(path.resolve()), "step": step, "networks": names}, weights
+
+
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint: str = LAST
              ) -> tuple[Models, Config]:
     """The trained models (in eval mode, on `device`) and config of a run: its last.pt, or another file in it."""
@@ -234,9 +303,11 @@ def require_new_run(run_dir: str | Path, overwrite: bool) -> None:
                        "or pass --overwrite to replace it")
 
 
-def create_run(run_dir: str | Path, cfg: Config, overwrite: bool = False) -> Path:
+def create_run(run_dir: str | Path, cfg: Config, overwrite: bool = False, fields: dict[str, Any] | None = None,
+               classes: ClassTable | None = None) -> Path:
     """Make `run_dir` the home of a new run of `cfg`: remove an old run's every artifact (with `overwrite`),
-    then write config.yaml, run.json (state running) and versions.json. Call after the data checks passed."""
+    then write config.yaml, classes.yaml (the data's class table), run.json (state running, plus `fields`) and
+    versions.json. Call after the data checks passed."""
     run_dir = Path(run_dir)
     require_new_run(run_dir, overwrite)
     if run_dir.is_dir():
@@ -248,9 +319,12 @@ def create_run(run_dir: str | Path, cfg: Config, overwrite: bool = False) -> Pat
     except OSError as e:
         raise RunError(f"{run_dir}: cannot create the run folder ({e.strerror}); choose another --out") from None
     write_yaml(run_dir / CONFIG, cfg.to_dict())
+    if classes is not None:
+        write_yaml(run_dir / CLASSES, classes.to_dict())
     write_json(run_dir / VERSIONS, software_versions())
     write_json(run_dir / STATUS, {"state": "running", "config_sha256": config_hash(cfg), "step": 0,
-                                  "created": _now(), "updated": _now(), "message": None, "evaluations": {}})
+                                  "created": _now(), "updated": _now(), "message": None, "evaluations": {},
+                                  **(fields or {})})
     return run_dir
 
 
@@ -291,9 +365,14 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> tuple[Confi
 
 
 def config_difference(a: Config, b: Config) -> tuple[str, Any, Any] | None:
-    """The first key outside RESUMABLE_KEYS where two configs differ, as (key, a's value, b's value); else None."""
+    """The first key outside RESUMABLE_KEYS where two configs differ, as (key, a's value, b's value); else None.
+
+    `model.num_classes: null` means "from the data" and matches the number a run resolved it to.
+    """
     values_b = dict(flat_items(b.to_dict()))
     for key, value in flat_items(a.to_dict()):
+        if key == "model.num_classes" and None in (value, values_b.get(key)):
+            continue
         if key not in RESUMABLE_KEYS and value != values_b.get(key):
             return key, value, values_b.get(key)
     return None
@@ -303,6 +382,31 @@ def config_hash(cfg: Config) -> str:
     """SHA-256 of the settings that define what a run computes (RESUMABLE_KEYS left out)."""
     relevant = {k: v for k, v in flat_items(cfg.to_dict()) if k not in RESUMABLE_KEYS}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def run_classes(run_dir: str | Path) -> ClassTable:
+    """The class table of a run's data (classes.yaml; Cityscapes for runs from before it was written), the
+    `CITYSCAPES` object itself when it holds the Cityscapes classes."""
+    path = Path(run_dir) / CLASSES
+    if not path.is_file():
+        return CITYSCAPES
+    try:
+        table = ClassTable.from_dict(read_yaml(path), source=str(path))
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{path}: corrupt class table ({_first_line(e)}); train the run again or restore the "
+                       "file from a copy") from None
+    return CITYSCAPES if table.same_classes(CITYSCAPES) else table  # one object: `is CITYSCAPES` tests work
+
+
+def require_same_classes(run_dir: str | Path, data_classes: ClassTable, data_root: str | Path) -> ClassTable:
+    """The run's class table, after checking that the data at `data_root` (whose table is `data_classes`) has the
+    same classes; RunError naming both otherwise (scoring labels of other classes would be meaningless)."""
+    classes = run_classes(run_dir)
+    if not data_classes.same_classes(classes):
+        raise RunError(f"{data_root}: its {data_classes.num_classes} classes ({data_classes.source}) are not the "
+                       f"{classes.num_classes} the run {run_dir} was trained on ({classes.source}); use data with "
+                       "the run's classes")
+    return classes
 
 
 # ---------------------------------------------------------------------------------------------------- status

@@ -116,9 +116,19 @@ class TrainState:
             },
         }
 
+    def weights_dict(self) -> dict[str, Any]:
+        """What best.pt keeps (issue 14): the weights, config, model kind and classes, step, progress and metrics;
+        no optimizer, schedule, pool or RNG state (a third of the size). `runs.load_run` reads it like last.pt."""
+        full = self.state_dict()
+        return {k: full[k] for k in ("config", "model", "models", "progress", "precision")} | {
+            "weights_only": True, "step": self.progress.step, "metrics": self.progress.last_metrics}
+
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
         """Restore everything `state_dict` saved, RNG states included; RunError naming `source` on a mismatch."""
         check_compatible(state, self.models.kind, self.models.num_classes, Path(source))
+        if state.get("weights_only"):
+            raise RunError(f"{source}: holds weights only (no optimizer or progress state), so a run cannot continue "
+                           f"from it; resume from last.pt, or start a new run with --init-from {source}")
         try:
             self.models.load_state_dict(state["models"])
             for o, s in zip(self.optimizers, state["optimizers"], strict=True):
@@ -143,10 +153,11 @@ class TrainState:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
 
-    def save(self, path: str | Path) -> None:
-        """Write the state atomically (rank 0 only under torchrun: the ranks hold the same weights)."""
+    def save(self, path: str | Path, weights_only: bool = False) -> None:
+        """Write the state atomically (rank 0 only under torchrun: the ranks hold the same weights); with
+        `weights_only`, just `weights_dict` (best.pt)."""
         if distributed.is_main():
-            save_checkpoint(path, self.state_dict())
+            save_checkpoint(path, self.weights_dict() if weights_only else self.state_dict())
 
     def load(self, path: str | Path) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.device), source=str(path))

@@ -20,7 +20,6 @@ from torch import Tensor
 
 from cycleseg import distributed
 from cycleseg.config import LossConfig
-from cycleseg.data.cityscapes import BACKGROUND
 from cycleseg.losses import (
     GeneratorTerms,
     adversarial_loss,
@@ -48,15 +47,16 @@ def lr_factor(epoch: int, epochs: int, decay_start_epoch: int) -> float:
     return max(0.0, (epochs - epoch) / (epochs - decay_start_epoch))
 
 
-def ignore_index(loss: LossConfig) -> int:
-    """The class the cross entropies leave out: background with loss.ignore_background, else none (-100)."""
-    return BACKGROUND if loss.ignore_background else -100
+def ignore_index(loss: LossConfig, num_classes: int) -> int:
+    """The class the cross entropies leave out: with loss.ignore_background the last one (the background / void
+    class that void label values map to: Cityscapes' 19), else none (-100)."""
+    return num_classes - 1 if loss.ignore_background else -100
 
 
 def generator_terms(models: Models, image: Tensor, labels: Tensor, loss: LossConfig,
                     class_weights: Tensor | None = None, amp: Precision = FP32) -> tuple[GeneratorTerms, Tensor]:
     """Table 1 steps 2-3: both cycles and the four terms of J_gen (eqs. 1-4), and x = F(y_bar) (B, 3, H, W)."""
-    ignore = ignore_index(loss)
+    ignore = ignore_index(loss, models.num_classes)
     with amp.autocast():
         logits, _noisy, reconstruction = models.forward_cycle(image)  # forward: x -> y_hat -> y_tilde -> x_rec
         fake, logits_rec = models.backward_cycle(labels)  # backward cycle: y -> x -> y_rec
@@ -96,7 +96,8 @@ def bf16_agrees(models: Models, image: Tensor, labels: Tensor, loss: LossConfig,
             else:
                 with amp.autocast():
                     logits = probe.G(image).float()
-                values[amp.name] = {"seg": float(segmentation_loss(logits, labels, ignore_index(loss), class_weights))}
+                values[amp.name] = {"seg": float(segmentation_loss(logits, labels, ignore_index(loss, probe.num_classes),
+                                                                  class_weights))}
     diffs = {k: abs(values["bf16"][k] - v) / max(abs(v), 1e-12) for k, v in values["fp32"].items()}
     worst = max(diffs, key=lambda k: diffs[k] / BF16_RTOL[k])
     ok = all(d <= BF16_RTOL[k] for k, d in diffs.items())
@@ -153,7 +154,7 @@ def plain_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labe
                loss: LossConfig, class_weights: Tensor | None = None, amp: Precision = FP32) -> dict[str, Tensor]:
     """The plain ERFNet baseline: one update of G on J_seg alone."""
     with amp.autocast():
-        seg = segmentation_loss(models.G(image).float(), labels, ignore_index(loss), class_weights)
+        seg = segmentation_loss(models.G(image).float(), labels, ignore_index(loss, models.num_classes), class_weights)
     _check_loss(seg, "J_seg")
     _backward(seg, opt_g, amp)
     _step(seg, opt_g, "J_seg", amp)

@@ -17,17 +17,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from cycleseg import distributed, runs
+from cycleseg.augment import augment_batch, augment_generator
 from cycleseg.config import Config
-from cycleseg.data import open_split
+from cycleseg.data import ClassTable, open_split, resolve_classes
 from cycleseg.data.cache import class_pixel_counts
 from cycleseg.data.check import require_valid
-from cycleseg.errors import DataError, Interrupted, RunError, user_message
+from cycleseg.errors import ConfigError, DataError, Interrupted, RunError, user_message
 from cycleseg.evaluate import evaluate_models
 from cycleseg.losses import enet_class_weights
 from cycleseg.models import resolve_device
@@ -41,24 +43,32 @@ __all__ = ["train"]
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
-          run_config: dict[str, Any] | None = None) -> dict[str, Any]:
+          run_config: dict[str, Any] | None = None, init_from: str | Path | None = None) -> dict[str, Any]:
     """Train the model of `cfg` into `run_dir`; returns the final validation metrics (also in metrics.json).
 
     A new run refuses an occupied `run_dir` unless `overwrite`, and writes nothing before its data passed the
     checks. With `resume`, continue from run_dir/last.pt exactly where it stopped; `run_config` is then the
     run's own config (runs.resume_config), kept in the checkpoints, while `cfg` may differ in RESUMABLE_KEYS.
+    `init_from` (a new run only): start from the weights of that checkpoint or run (runs.init_weights).
     """
     run_dir = Path(run_dir)
+    if resume and init_from is not None:
+        raise ConfigError("--init-from starts a new run; a resumed run continues from its own last.pt (drop one)")
     device = _device(cfg)
     main = distributed.is_main()  # rank 0 writes files, logs and shows progress
     if main and not resume:
         runs.require_new_run(run_dir, overwrite)
+    classes = resolve_classes(cfg)  # the data's class table; model.num_classes from it when null
+    if resume and not (run_dir / LAST).is_file():  # stopped before its first checkpoint: start as it started
+        init_from = (runs.read_status(run_dir).get("init_from") or {}).get("path")
     train_set, val_loader = _open_data(cfg)
+    init_record, init = runs.init_weights(init_from, cfg) if init_from is not None else (None, None)
     if main and not resume:
-        runs.create_run(run_dir, cfg, overwrite)
+        runs.create_run(run_dir, cfg, overwrite, fields={"init_from": init_record} if init_record else None,
+                        classes=classes)
     state = None
     try:
-        state, class_weights = _start(cfg, run_dir, device, run_config, train_set, resume)
+        state, class_weights = _start(cfg, run_dir, device, run_config, train_set, resume, init)
         p = state.progress
         per_epoch = math.ceil(_shard_size(len(train_set)) / cfg.optim.batch_size)
         total = min(cfg.optim.epochs * per_epoch, cfg.train.max_iters or math.inf)
@@ -68,26 +78,32 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
             log.write(f"{cfg.name}: {state.amp.name} ({state.precision_reason}); {per_epoch} iterations per epoch"
                       + (f"; {world} processes, batch {cfg.optim.batch_size} per process, global batch "
                          f"{world * cfg.optim.batch_size}" if world > 1 else ""))
+            if init_record and p.step == 0:
+                log.write(f"initialised {', '.join(init_record['networks'])} from {init_record['path']} "
+                          f"(step {init_record['step']})")
             while True:
                 if p.batch_in_epoch >= per_epoch:  # an epoch's batches are done (>=: a shorter epoch on resume)
                     state.close_epoch()  # one step of the LR schedule
                 every = cfg.train.eval_every
                 if p.validated_step != p.step and (p.step >= total or (every and p.step and p.batch_in_epoch == 0
                                                                        and p.epoch % every == 0)):
-                    _validate(state, val_loader, cfg, log, run_dir)  # and best.pt
+                    _validate(state, val_loader, cfg, log, run_dir, classes)  # and best.pt
                 state.save(run_dir / LAST)
                 _retain(run_dir, cfg.train.keep_checkpoints, p)
                 if p.step >= total:
                     break
                 for image, labels in _batches(train_set, cfg, p, total):  # the rest of this epoch
-                    losses = _iteration(state, image.to(device, non_blocking=True), labels.to(device, non_blocking=True),
-                                        cfg, class_weights, run_dir)
+                    image, labels = _augment(image.to(device, non_blocking=True),
+                                             labels.to(device, non_blocking=True), cfg, p)
+                    losses = _iteration(state, image, labels, cfg, class_weights, run_dir)
                     p.step += 1
                     p.batch_in_epoch += 1
                     log.advance()
                     if "nonfinite_skipped" in losses or p.step % cfg.train.log_every == 0 or p.step == total:
                         log.log(p.step, p.epoch, {k: float(v) for k, v in losses.items()} | {"lr": state.lr})
                         log.show(losses)
+                    if main and cfg.train.image_every and p.step % cfg.train.image_every == 0:
+                        log.images(p.step, _sample_images(state, image, labels, cfg, classes.palette))
                     if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
                         state.save(run_dir / LAST)
                     if distributed.any_rank(stop.signum is not None, device):  # all ranks stop at one step
@@ -114,10 +130,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
 
 
 def _start(cfg: Config, run_dir: Path, device: torch.device, run_config: dict[str, Any] | None,
-           train_set: Dataset, resume: bool) -> tuple[TrainState, Tensor | None]:
-    """The training state, from last.pt when the run has one (else fresh, seeded), and the class weights."""
+           train_set: Dataset, resume: bool, init: dict[str, Any] | None = None) -> tuple[TrainState, Tensor | None]:
+    """The training state, from last.pt when the run has one (else fresh, seeded, its networks in `init` loaded
+    from --init-from), and the class weights."""
     torch.manual_seed(cfg.train.seed)
     state = TrainState(cfg, device, run_config)
+    for net, weights in (init or {}).items():  # G, F, D: copied into the parameters (device, memory format kept)
+        getattr(state.models, net).load_state_dict(weights)
     distributed.broadcast_parameters(state.models)  # identical start on every rank
     if distributed.rank() > 0:  # its own noise draws; rank 0 keeps the single-process streams
         torch.manual_seed(cfg.train.seed + distributed.rank())
@@ -161,6 +180,38 @@ def _iteration(state: TrainState, image: Tensor, labels: Tensor, cfg: Config, cl
     return losses
 
 
+def _augment(image: Tensor, labels: Tensor, cfg: Config, progress: Progress) -> tuple[Tensor, Tensor]:
+    """data.augment on a training batch; its draws are fixed by (seed, epoch, batch, rank), so resume is exact."""
+    if cfg.data.augment == "none":
+        return image, labels
+    generator = augment_generator(cfg.train.seed, progress.epoch, progress.batch_in_epoch, distributed.rank())
+    return augment_batch(image, labels, cfg.data.augment, cfg.data.augment_scale, generator)
+
+
+def _sample_images(state: TrainState, image: Tensor, labels: Tensor, cfg: Config, palette: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+    """train.image_every: the batch's first image through the networks, as (H, W, 3) uint8 pictures: x, its
+    labels y, G's prediction and, for a cycle model, x_rec = F(noise(G(x))), F(y) and G(F(y)); class maps in
+    `palette` ((S, 3) uint8). Seeded, in eval mode, the RNG restored: the training computes what it would have."""
+    models, x, y = state.models, image[:1], labels[:1]
+    with runs.seeded_inference(models, cfg.train.seed, state.device, state.amp):
+        maps = {"x": x, "y": y}
+        if models.is_cycle:
+            logits, _, x_rec = models.forward_cycle(x)
+            fake, logits_rec = models.backward_cycle(y)
+            maps |= {"G_x": logits.argmax(1), "x_rec": x_rec, "F_y": fake, "G_F_y": logits_rec.argmax(1)}
+        else:
+            maps["G_x"] = models.G(x).argmax(1)
+    pictures = {}
+    for tag, t in maps.items():
+        t = t[0].detach().cpu()
+        if t.dim() == 2:  # class indices -> colours
+            pictures[tag] = palette[np.mod(t.long().numpy(), len(palette))]
+        else:  # an image in [-1, 1]
+            pictures[tag] = ((t.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return pictures
+
+
 def _check_bf16(state: TrainState, cfg: Config, train_set: Dataset, class_weights: Tensor | None) -> None:
     """train.precision=auto chose bf16: keep it only if its loss terms match fp32's on the first batch."""
     image, labels = next(iter(_batches(train_set, cfg, state.progress, 1)))
@@ -172,19 +223,20 @@ def _check_bf16(state: TrainState, cfg: Config, train_set: Dataset, class_weight
         state.use_precision("fp32", f"auto: bf16 would be faster here, but {why}; fp32 instead")
 
 
-def _validate(state: TrainState, loader: DataLoader, cfg: Config, log: RunLogger, run_dir: Path) -> None:
+def _validate(state: TrainState, loader: DataLoader, cfg: Config, log: RunLogger, run_dir: Path,
+              classes: ClassTable) -> None:
     """Validation mIoU / PSNR / SNR, logged and kept in the progress; a new best mIoU is saved as best.pt."""
     p = state.progress
     batches = tqdm(loader, desc="validation", unit="batch", leave=False, dynamic_ncols=True,
                    disable=not (cfg.train.progress and distributed.is_main()))
     metrics = evaluate_models(state.models, batches, state.device, seed=cfg.train.seed,
-                              distributed=distributed.is_distributed())
+                              distributed=distributed.is_distributed(), classes=classes)
     epoch = p.epoch - 1 if p.batch_in_epoch == 0 else p.epoch  # the epoch the validated weights finished
     log.log(p.step, epoch, {f"val/{k}": metrics[k] for k in ("miou", "psnr_db", "snr_db") if metrics[k] is not None})
     p.validated_step, p.last_metrics = p.step, metrics
     if metrics["miou"] is not None and (p.best_miou is None or metrics["miou"] > p.best_miou):
         p.best_miou = metrics["miou"]
-        state.save(run_dir / BEST)
+        state.save(run_dir / BEST, weights_only=True)  # weights, config, step, metrics (last.pt has the rest)
 
 
 def _finish(state: TrainState, cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -220,7 +272,8 @@ def _device(cfg: Config) -> torch.device:
 def _open_data(cfg: Config) -> tuple[Dataset, DataLoader]:
     """The checked training split and the validation loader (this rank's share of it under torchrun)."""
     if cfg.data.check != "off":  # minutes into a run is a bad time to find a missing label
-        require_valid(cfg.data.root, ("train", "val"), full=cfg.data.check == "full", progress=cfg.train.progress)
+        require_valid(cfg.data.root, ("train", "val"), full=cfg.data.check == "full", progress=cfg.train.progress,
+                      fmt=cfg.data.format)
     train_set = open_split(cfg, "train", progress=cfg.train.progress)
     val_set = open_split(cfg, "val", progress=cfg.train.progress)
     if distributed.is_distributed():  # each rank validates its share; the confusion matrices are summed
@@ -247,9 +300,6 @@ def _class_weights(cfg: Config, train_set: Dataset, run_dir: Path, device: torch
     if cfg.loss.class_weights == "none":
         return None
     counts = torch.from_numpy(class_pixel_counts(train_set, progress=cfg.train.progress))
-    if cfg.model.num_classes != len(counts):
-        raise RunError(f"loss.class_weights=enet needs model.num_classes={len(counts)} (the Cityscapes trainIds), "
-                       f"got {cfg.model.num_classes}")
     weights = enet_class_weights(counts)
     if distributed.is_main():
         runs.write_json(run_dir / "class_weights.json", {"kind": cfg.loss.class_weights, "pixels": counts.tolist(),

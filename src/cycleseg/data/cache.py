@@ -1,17 +1,19 @@
-"""`cycleseg prepare`: decode and resize a Cityscapes split once into a memory-mapped uint8 cache.
+"""`cycleseg prepare`: decode and resize a split once into a memory-mapped uint8 cache.
 
 Decoding a 2048x1024 PNG and resizing it costs tens of milliseconds, every epoch, for every image; the cache
 does it once. Per split and size, in <cache dir>/<W>x<H>/ (default cache dir: <data root>/cycleseg_cache):
 
     <split>_images.npy     (N, H, W, 3) uint8, the resized images (data.read_image)
-    <split>_labels.npy     (N, H, W) uint8 trainIds 0..19 (data.read_label); absent for the test split
+    <split>_labels.npy     (N, H, W) uint8 class indices 0..S-1 (data.read_label); absent for the test split
     <split>_manifest.json  the source files (relative paths, byte sizes, mtimes, SHA-256), the size, the
-                           Pillow version (its resize is what the arrays hold) and the class pixel counts
+                           Pillow version (its resize is what the arrays hold), the class table's
+                           fingerprint (a changed classes.yaml changes the labels) and the class pixel counts
 
 Both paths go through the same read_image / read_label and the same image_to_tensor, so a cached batch is
 bit-identical to one read from the PNGs (tests/test_cache.py). A cache is *stale* when the split's file list,
 a file's byte size or content (SHA-256, computed only for files whose mtime changed, e.g. after a copy),
-the size, the cache format or the Pillow version differ from what it was built from.
+the size, the class table, the cache format or the Pillow version differ from what it was built from.
+Every function takes the dataset's format (`fmt`: auto | cityscapes | folder, source.py).
 """
 
 from __future__ import annotations
@@ -31,21 +33,14 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from cycleseg.data.cityscapes import (
-    NUM_CLASSES,
-    CityscapesDataset,
-    Sample,
-    image_to_tensor,
-    list_samples,
-    read_image,
-    read_label,
-)
+from cycleseg.data.cityscapes import Sample, image_to_tensor, read_image, read_label
+from cycleseg.data.source import DataSource, SplitDataset, open_source
 from cycleseg.errors import DataError
 
 __all__ = ["CACHE_FORMAT", "CachedDataset", "cache_folder", "cache_root", "cache_status", "class_pixel_counts",
            "manifest_name", "open_dataset", "parse_folder_size", "prepare", "prepare_split"]
 
-CACHE_FORMAT = 1  # bump when the arrays' meaning changes; older caches are then stale
+CACHE_FORMAT = 2  # bump when the arrays' meaning changes; older caches are then stale (2: class table recorded)
 
 
 def cache_root(root: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -89,14 +84,15 @@ def _source_record(root: Path, path: Path | None, prefix: str, with_hash: bool =
 
 
 def prepare_split(root: str | Path, split: str, size: tuple[int, int], cache_dir: str | Path | None = None,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, fmt: str = "auto") -> Path:
     """Build the cache of one split at size = (H, W); returns its manifest path.
 
     Files are written under temporary names and renamed, manifest last, so that a crash or a concurrent reader
     never sees a manifest describing arrays that are not complete.
     """
     root = Path(root)
-    samples = list_samples(root, split)
+    source = open_source(root, fmt)
+    samples, classes = source.samples(split), source.classes
     folder = cache_folder(root, size, cache_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -110,7 +106,7 @@ def prepare_split(root: str | Path, split: str, size: tuple[int, int], cache_dir
     tmp = {"images": folder / f"{split}_images.npy.tmp", "labels": folder / f"{split}_labels.npy.tmp"}
     shapes = {"images": (len(samples), height, width, 3), "labels": (len(samples), height, width)}
     kinds = ("images", "labels") if has_labels else ("images",)
-    records, class_pixels = [], np.zeros(NUM_CLASSES, np.int64)
+    records, class_pixels = [], np.zeros(classes.num_classes, np.int64)
     try:
         # Plain sequential writes, not a writable memmap: a full disk is then an OSError, not a SIGBUS.
         outs = {kind: open(tmp[kind], "wb") for kind in kinds}  # noqa: SIM115 -- closed in finally
@@ -121,9 +117,9 @@ def prepare_split(root: str | Path, split: str, size: tuple[int, int], cache_dir
                                dynamic_ncols=True):
                 outs["images"].write(read_image(sample.image_path, size).tobytes())
                 if has_labels:
-                    labels = read_label(sample.label_path, size)
+                    labels = read_label(sample.label_path, size, classes)
                     outs["labels"].write(labels.tobytes())
-                    class_pixels += np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+                    class_pixels += np.bincount(labels.ravel(), minlength=classes.num_classes)[:classes.num_classes]
                 with Image.open(sample.image_path) as source:
                     source_size = list(source.size)
                 records.append({**_source_record(root, sample.image_path, "image"),
@@ -143,40 +139,42 @@ def prepare_split(root: str | Path, split: str, size: tuple[int, int], cache_dir
         (folder / f"{split}_labels.npy").unlink(missing_ok=True)
     _write_manifest(manifest, {
         "format": CACHE_FORMAT, "split": split, "height": height, "width": width, "pillow": PIL.__version__,
+        "classes": classes.fingerprint(), "class_names": list(classes.names),
         "num_images": len(samples), "class_pixels": class_pixels.tolist() if has_labels else None, "files": records,
     })
     return manifest
 
 
 def prepare(root: str | Path, size: tuple[int, int], splits: tuple[str, ...] | None = None,
-            cache_dir: str | Path | None = None, force: bool = False, progress: bool = True) -> dict[str, str]:
+            cache_dir: str | Path | None = None, force: bool = False, progress: bool = True,
+            fmt: str = "auto") -> dict[str, str]:
     """Build the caches of `splits` (default: every split present) unless already up to date.
 
     Returns {split: "built" | "up to date"}.
     """
-    root = Path(root)
+    source = open_source(root, fmt)
     if splits is None:
-        splits = tuple(s for s in ("train", "val", "test") if (root / "leftImg8bit" / s).is_dir())
+        splits = source.present_splits()
         if not splits:
-            list_samples(root, "train")  # raises the reader's error naming the missing folder
+            source.samples("train")  # raises the reader's error naming the missing folder
     done = {}
     for split in splits:
-        status, _ = cache_status(root, split, size, cache_dir)
+        status, _ = cache_status(root, split, size, cache_dir, source.format)
         if status == "ok" and not force:
             done[split] = "up to date"
         else:
-            prepare_split(root, split, size, cache_dir, progress)
+            prepare_split(root, split, size, cache_dir, progress, source.format)
             done[split] = "built"
     return done
 
 
 def cache_status(root: str | Path, split: str, size: tuple[int, int],
-                 cache_dir: str | Path | None = None) -> tuple[str, str]:
+                 cache_dir: str | Path | None = None, fmt: str = "auto") -> tuple[str, str]:
     """("ok" | "missing" | "stale", why) for the cache of `split` at size = (H, W).
 
     Checks file names and byte sizes of every source file; hashes only files whose mtime changed, and when their
     content is unchanged records the new mtime so that the next check is fast again. DataError if the data
-    folder itself is broken (list_samples).
+    folder itself is broken (DataSource.samples).
     """
     root = Path(root)
     folder = cache_folder(root, size, cache_dir)
@@ -195,7 +193,10 @@ def cache_status(root: str | Path, split: str, size: tuple[int, int],
         return "stale", f"built for {manifest.get('width')}x{manifest.get('height')}"
     if manifest.get("pillow") != PIL.__version__:
         return "stale", f"built with Pillow {manifest.get('pillow')}, whose resizing may differ from {PIL.__version__}"
-    samples = list_samples(root, split)
+    source = open_source(root, fmt)
+    if manifest.get("classes") != source.classes.fingerprint():
+        return "stale", f"built for other classes than those of {source.classes.source}"
+    samples = source.samples(split)
     now = [(s.image_path.relative_to(root).as_posix(),
             s.label_path.relative_to(root).as_posix() if s.label_path else None) for s in samples]
     then = [(r.get("image"), r.get("label")) for r in files]
@@ -243,16 +244,18 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 
 
 class CachedDataset(Dataset):
-    """A split read from its cache: the same items as CityscapesDataset, (image (3, H, W) float32 in [-1, 1],
-    labels (H, W) int64 trainIds, all -1 for the test split).
+    """A split read from its cache: the same items as SplitDataset, (image (3, H, W) float32 in [-1, 1],
+    labels (H, W) int64 class indices, all -1 for a split without labels).
 
     The arrays are memory-mapped lazily in each process (DataLoader workers included), never pickled.
     """
 
-    def __init__(self, root: str | Path, split: str, size: tuple[int, int], cache_dir: str | Path | None = None) -> None:
-        self.root, self.split, self.size = Path(root), split, size
-        self.folder = cache_folder(root, size, cache_dir)
-        self.samples: list[Sample] = list_samples(root, split)
+    def __init__(self, source: DataSource, split: str, size: tuple[int, int],
+                 cache_dir: str | Path | None = None) -> None:
+        self.source, self.root, self.split, self.size = source, source.root, split, size
+        self.classes = source.classes
+        self.folder = cache_folder(source.root, size, cache_dir)
+        self.samples: list[Sample] = source.samples(split)
         self.manifest = json.loads((self.folder / manifest_name(split)).read_text())
         self.has_labels = self.samples[0].label_path is not None
         self._images: np.ndarray | None = None
@@ -281,31 +284,32 @@ class CachedDataset(Dataset):
 
 
 def open_dataset(root: str | Path, split: str, size: tuple[int, int], cache: str = "auto",
-                 cache_dir: str | Path | None = None, progress: bool = False) -> Dataset:
+                 cache_dir: str | Path | None = None, progress: bool = False, fmt: str = "auto") -> Dataset:
     """The split as a Dataset: from the cache when there is one that matches, else from the PNGs.
 
     cache: "auto" uses an up-to-date cache, rebuilds a stale one, reads the PNGs when there is none;
     "require" refuses (DataError) to go on without an up-to-date cache; "off" always reads the PNGs.
     """
+    source = open_source(root, fmt)
     if cache == "off":
-        return CityscapesDataset(root, split, size)
-    status, reason = cache_status(root, split, size, cache_dir)
+        return SplitDataset(source, split, size)
+    status, reason = cache_status(root, split, size, cache_dir, source.format)
     height, width = size
     if status == "ok":
-        return CachedDataset(root, split, size, cache_dir)
+        return CachedDataset(source, split, size, cache_dir)
     command = f"cycleseg prepare {root} --size {width}x{height}" + (f" --cache-dir {cache_dir}" if cache_dir else "")
     if cache == "require":
         raise DataError(f"{cache_folder(root, size, cache_dir) / manifest_name(split)}: {status} cache for {split} "
                         f"at {width}x{height} ({reason}) and data.cache=require; run `{command}`")
     if status == "missing":
-        return CityscapesDataset(root, split, size)
+        return SplitDataset(source, split, size)
     print(f"cycleseg: the {split} cache at {width}x{height} is stale ({reason}); rebuilding it", file=sys.stderr)
-    prepare_split(root, split, size, cache_dir, progress)
-    return CachedDataset(root, split, size, cache_dir)
+    prepare_split(root, split, size, cache_dir, progress, source.format)
+    return CachedDataset(source, split, size, cache_dir)
 
 
 def class_pixel_counts(dataset: Dataset, progress: bool = False) -> np.ndarray:
-    """(20,) int64 pixel count of each trainId over the labels of `dataset` (a split, cached or not, or a Subset).
+    """(S,) int64 pixel count of each class over the labels of `dataset` (a split, cached or not, or a Subset).
 
     A whole cached split answers from its manifest (counted when it was prepared); otherwise the labels are
     read (from the cache's array, or decoded from the PNGs).
@@ -313,18 +317,19 @@ def class_pixel_counts(dataset: Dataset, progress: bool = False) -> np.ndarray:
     base, indices = dataset, None
     if isinstance(dataset, Subset):
         base, indices = dataset.dataset, list(dataset.indices)
-    if not isinstance(base, (CachedDataset, CityscapesDataset)):
-        raise TypeError(f"class_pixel_counts needs a Cityscapes split, got {type(base).__name__}")
+    if not isinstance(base, (CachedDataset, SplitDataset)):
+        raise TypeError(f"class_pixel_counts needs a dataset split, got {type(base).__name__}")
     if base.samples[0].label_path is None:
         raise DataError(f"{base.root}: the {base.split} split has no labels to count")
     if isinstance(base, CachedDataset) and indices is None and base.manifest.get("class_pixels") is not None:
         return np.asarray(base.manifest["class_pixels"], np.int64)
     indices = range(len(base)) if indices is None else indices
-    counts = np.zeros(NUM_CLASSES, np.int64)
+    num_classes = base.classes.num_classes
+    counts = np.zeros(num_classes, np.int64)
     for i in tqdm(indices, desc="class frequencies", unit="img", disable=not progress, dynamic_ncols=True):
         if isinstance(base, CachedDataset):
             labels = np.asarray(base.arrays()[1][i])
         else:
-            labels = read_label(base.samples[i].label_path, base.size)
-        counts += np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+            labels = read_label(base.samples[i].label_path, base.size, base.classes)
+        counts += np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
     return counts

@@ -1,4 +1,8 @@
-"""`cycleseg check-data`: validate a Cityscapes folder before a long run, and summarize it.
+"""`cycleseg check-data`: validate a dataset folder before a long run, and summarize it.
+
+A folder dataset (images/, labels/, classes.yaml; source.py) gets the same checks where they apply: pairing by
+file stem, PNG or JPEG images, single-channel PNG labels of their image's size, label values its classes.yaml
+knows. The Cityscapes specifics (city folders and names, the official cities) apply to the Cityscapes layout.
 
 What is checked, per split (train and val must exist; test is checked when present, without its labels,
 which in the official download are placeholders):
@@ -27,7 +31,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from cycleseg.data.cityscapes import CLASS_NAMES, IMAGE_SUFFIX, LABEL_ID_TO_TRAIN_ID, LABEL_SUFFIX, NUM_CLASSES, SPLITS
+from cycleseg.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, SPLITS
+from cycleseg.data.classes import ClassTable
+from cycleseg.data.source import FOLDER_IMAGE_SUFFIXES, DataSource, open_source
 from cycleseg.errors import DataError
 
 __all__ = ["CITYSCAPES_CITIES", "DataReport", "Problem", "SplitSummary", "check_data", "format_report",
@@ -63,7 +69,7 @@ class SplitSummary:
     cities: int = 0
     images: int = 0
     labels: int = 0
-    class_pixels: np.ndarray | None = None  # (20,) int64 pixel counts per trainId (background 19); full check only
+    class_pixels: np.ndarray | None = None  # (S,) int64 pixel counts per class; full check only
 
 
 @dataclass
@@ -72,6 +78,7 @@ class DataReport:
 
     root: Path
     full: bool
+    classes: ClassTable | None = None  # the dataset's class table (None when the folder could not be opened)
     splits: dict[str, SplitSummary] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None  # (W, H) the images are expected to have
     caches: list[str] = field(default_factory=list)  # "512x256 train: up to date" ...
@@ -95,13 +102,14 @@ class _File:
     format: str = ""
     error: str = ""  # unreadable or corrupt
     unknown_ids: tuple[int, ...] = ()
-    counts: np.ndarray | None = None  # (256,) pixel count per labelId value
+    counts: np.ndarray | None = None  # (256,) pixel count per label value
 
 
 def check_data(root: str | Path, splits: tuple[str, ...] = SPLITS, full: bool = True,
                expect_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
-               check_cache: bool = True, progress: bool = False) -> DataReport:
-    """Check the Cityscapes folder `root`; never raises for data problems, returns them in the report.
+               check_cache: bool = True, progress: bool = False, fmt: str = "auto") -> DataReport:
+    """Check the dataset folder `root` (fmt: auto | cityscapes | folder); never raises for data problems, returns
+    them in the report.
 
     Args:
         splits: the splits to check; "test" is optional (skipped when its folder is absent), the others not.
@@ -113,31 +121,74 @@ def check_data(root: str | Path, splits: tuple[str, ...] = SPLITS, full: bool = 
     report = DataReport(root, full)
     if not root.is_dir():
         report.problems.append(Problem(root, "data folder not found; pass a Cityscapes folder (holding leftImg8bit/ "
-                                             f"and gtFine/) or run `cycleseg make-synthetic {root}`"))
+                                             "and gtFine/), a folder dataset (images/, labels/, classes.yaml) or "
+                                             f"run `cycleseg make-synthetic {root}`"))
         return report
+    try:
+        source = open_source(root, fmt)
+    except DataError as e:  # a missing or invalid classes.yaml
+        report.problems.append(Problem(root, str(e).removeprefix(f"{root}: ")))
+        return report
+    report.classes = source.classes
     files: list[_File] = []
     for split in splits:
-        files += _check_layout(root, split, report)
-    _inspect(files, full, progress)
-    _check_files(files, expect_size, report)
+        files += _check_layout(source, split, report) if source.format == "cityscapes" else \
+            _check_folder_layout(source, split, report)
+    _inspect(files, full, progress, source.classes)
+    _check_files(files, expect_size, report, source.format)
     if full:
         _count_classes(files, report)
     if check_cache:
-        _check_caches(root, [s for s in splits if s in report.splits], cache_dir, report)
+        _check_caches(root, [s for s in splits if s in report.splits], cache_dir, report, source.format)
     return report
 
 
-def require_valid(root: str | Path, splits: tuple[str, ...], full: bool = False, progress: bool = False) -> None:
+def require_valid(root: str | Path, splits: tuple[str, ...], full: bool = False, progress: bool = False,
+                  fmt: str = "auto") -> None:
     """check_data for `train`: raise DataError naming the first problem (and how many more there are)."""
-    report = check_data(root, splits, full=full, check_cache=False, progress=progress)
+    report = check_data(root, splits, full=full, check_cache=False, progress=progress, fmt=fmt)
     if report.problems:
         more = len(report.problems) - 1
         suffix = f" ({more} more problem{'s' * (more > 1)}; list them with `cycleseg check-data {root}`)" if more else ""
         raise DataError(f"{report.problems[0]}{suffix}")
 
 
-def _check_layout(root: Path, split: str, report: DataReport) -> list[_File]:
-    """Folders, names, cities and image/label pairing of one split; returns the PNGs to inspect."""
+def _check_folder_layout(source: DataSource, split: str, report: DataReport) -> list[_File]:
+    """A folder dataset's split: images/<split>/ and labels/<split>/ paired by path and stem."""
+    image_dir, label_dir = source.image_dir(split), source.label_dir(split)
+    if not image_dir.is_dir():
+        if split != "test":
+            report.problems.append(Problem(image_dir, f"split folder not found; a folder dataset holds images/{split}/ "
+                                                      f"and labels/{split}/"))
+        return []
+    images = {p.relative_to(image_dir).with_suffix("").as_posix(): p for p in sorted(image_dir.rglob("*"))
+              if p.is_file() and p.suffix.lower() in FOLDER_IMAGE_SUFFIXES}
+    if not images:
+        report.problems.append(Problem(image_dir, "no .png/.jpg/.jpeg images; the split is empty"))
+        return []
+    report.splits[split] = SplitSummary(cities=len({k.rpartition("/")[0] for k in images}), images=len(images))
+    files = [_File(p, False, split) for p in images.values()]
+    if not label_dir.is_dir():
+        if split != "test":
+            report.problems.append(Problem(label_dir, f"folder not found; the labels of {split} belong in "
+                                                      f"labels/{split}/, one PNG per image with the same name"))
+        return files
+    labels = {p.relative_to(label_dir).with_suffix("").as_posix(): p for p in sorted(label_dir.rglob("*"))
+              if p.is_file()}
+    for key in sorted(images.keys() - labels.keys()):
+        report.problems.append(Problem(images[key], f"image has no label {label_dir / (key + '.png')}; add it or "
+                                                    "remove the image"))
+    for key in sorted(labels.keys() - images.keys()):
+        report.problems.append(Problem(labels[key], f"label has no image with the stem {key!r} in {image_dir}; add it "
+                                                    "or remove the label"))
+    paired = sorted(images.keys() & labels.keys())
+    report.splits[split].labels = len(paired)
+    return files + [_File(labels[key], True, split, image=images[key]) for key in paired]
+
+
+def _check_layout(source: DataSource, split: str, report: DataReport) -> list[_File]:
+    """Folders, names, cities and image/label pairing of one Cityscapes split; returns the PNGs to inspect."""
+    root = source.root
     image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
     problems = report.problems
     if not image_dir.is_dir():
@@ -189,8 +240,9 @@ def _check_layout(root: Path, split: str, report: DataReport) -> list[_File]:
     return files + [_File(labels[key], True, split, image=images[key]) for key in paired]
 
 
-def _inspect(files: list[_File], full: bool, progress: bool) -> None:
+def _inspect(files: list[_File], full: bool, progress: bool, classes: ClassTable) -> None:
     """Read each file's header (and with full=True its pixels) into its _File."""
+    known = classes.lookup >= 0
     for f in tqdm(files, desc="checking" + (" pixels" if full else " headers"), unit="file", disable=not progress,
                   dynamic_ncols=True):
         try:
@@ -200,40 +252,52 @@ def _inspect(files: list[_File], full: bool, progress: bool) -> None:
                     image.load()  # decodes everything: truncated or corrupt data fails here
                     if f.is_label and f.mode in LABEL_MODES:
                         f.counts = np.bincount(np.asarray(image, dtype=np.uint8).ravel(), minlength=256)
-                        f.unknown_ids = tuple(np.flatnonzero((f.counts > 0) & (LABEL_ID_TO_TRAIN_ID < 0)).tolist())
+                        f.unknown_ids = tuple(np.flatnonzero((f.counts > 0) & ~known).tolist())
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
             f.error = f"{type(e).__name__}: {' '.join(str(e).split())}"[:120]
 
 
-def _check_files(files: list[_File], expect_size: tuple[int, int] | None, report: DataReport) -> None:
-    """Turn what _inspect found into problems: corrupt, not PNG, wrong mode, wrong size, unknown labelIds."""
+def _check_files(files: list[_File], expect_size: tuple[int, int] | None, report: DataReport,
+                 fmt: str = "cityscapes") -> None:
+    """Turn what _inspect found into problems: corrupt, not PNG, wrong mode, wrong size, unknown label values."""
+    cityscapes = fmt == "cityscapes"
     sizes = collections.Counter(f.size for f in files if not f.is_label and f.size is not None)
     expected = expect_size or (sizes.most_common(1)[0][0] if sizes else None)
     report.image_size = expected
     image_sizes = {f.path: f.size for f in files if not f.is_label}
-    fix = "replace it with the file from the Cityscapes zip"
+    fix = "replace it with the file from the Cityscapes zip" if cityscapes else "replace the file"
     for f in files:
         if f.error:
-            report.problems.append(Problem(f.path, f"unreadable or corrupt PNG ({f.error}); {fix}"))
+            report.problems.append(Problem(f.path, f"unreadable or corrupt {'PNG' if cityscapes else 'image'} "
+                                                   f"({f.error}); {fix}"))
             continue
-        if f.format != "PNG":
-            report.problems.append(Problem(f.path, f"not a PNG file ({f.format or 'unknown'} data); {fix}"))
+        allowed = ("PNG",) if cityscapes or f.is_label else ("PNG", "JPEG")
+        if f.format not in allowed:
+            report.problems.append(Problem(f.path, f"not a {' or '.join(allowed)} file ({f.format or 'unknown'} "
+                                                   f"data); {fix}"))
             continue
         if f.is_label:
             if f.mode not in LABEL_MODES:
-                report.problems.append(Problem(f.path, f"label has mode {f.mode}, expected a single-channel labelIds "
-                                                       "PNG (mode L); use *_gtFine_labelIds.png, not *_color.png"))
+                wanted = ("labelIds PNG (mode L); use *_gtFine_labelIds.png, not *_color.png" if cityscapes
+                          else "PNG of label values (mode L or P), not a colour image")
+                report.problems.append(Problem(f.path, f"label has mode {f.mode}, expected a single-channel {wanted}"))
             own = image_sizes.get(f.image)
             if own is not None and f.size != own:
                 report.problems.append(Problem(f.path, f"label is {_wxh(f.size)} but its image is {_wxh(own)}; "
                                                        "a label must have its image's size"))
-            if f.unknown_ids:
+            if f.unknown_ids and cityscapes:
                 report.problems.append(Problem(f.path, f"unknown Cityscapes labelIds {list(f.unknown_ids)[:10]}; "
                                                        "labels must be *_gtFine_labelIds.png with ids 0..33"))
+            elif f.unknown_ids:
+                report.problems.append(Problem(f.path, f"label values {list(f.unknown_ids)[:10]} are not in "
+                                                       f"{report.classes.source}; add them to a class or to `void`"))
         else:
-            if f.mode != "RGB":
+            if f.mode != "RGB" and cityscapes:
                 report.problems.append(Problem(f.path, f"image has mode {f.mode}, expected RGB (8-bit colour); "
                                                        "use the *_leftImg8bit.png files of leftImg8bit_trainvaltest.zip"))
+            elif f.mode not in ("RGB", "L", "RGBA", "P"):  # a folder dataset's images are converted to RGB
+                report.problems.append(Problem(f.path, f"image has mode {f.mode}, expected 8-bit RGB (or grey); "
+                                                       "convert it to 8-bit RGB"))
             if expected is not None and f.size != expected:
                 why = "the expected size" if expect_size else f"the size of the other {sizes[expected]} images"
                 report.problems.append(Problem(f.path, f"image is {_wxh(f.size)}, expected {_wxh(expected)} ({why}); "
@@ -241,17 +305,18 @@ def _check_files(files: list[_File], expect_size: tuple[int, int] | None, report
 
 
 def _count_classes(files: list[_File], report: DataReport) -> None:
-    """Sum the labelId histograms of each split into trainId pixel counts (unknown ids left out)."""
-    to_train = np.where(LABEL_ID_TO_TRAIN_ID >= 0, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES)  # unknown -> bin 20, dropped
+    """Sum the label value histograms of each split into class pixel counts (unknown values left out)."""
+    s = report.classes.num_classes
+    to_class = np.where(report.classes.lookup >= 0, report.classes.lookup, s)  # unknown -> bin S, dropped
     for split, summary in report.splits.items():
         counts = [f.counts for f in files if f.split == split and f.counts is not None]
         if counts:
             by_id = np.sum(counts, axis=0)
-            summary.class_pixels = np.bincount(to_train, weights=by_id, minlength=NUM_CLASSES + 1)[
-                :NUM_CLASSES].astype(np.int64)
+            summary.class_pixels = np.bincount(to_class, weights=by_id, minlength=s + 1)[:s].astype(np.int64)
 
 
-def _check_caches(root: Path, splits: list[str], cache_dir: str | Path | None, report: DataReport) -> None:
+def _check_caches(root: Path, splits: list[str], cache_dir: str | Path | None, report: DataReport,
+                  fmt: str = "auto") -> None:
     """Each cache of `cycleseg prepare` for these splits: up to date, or a problem naming its manifest."""
     from cycleseg.data import cache  # cache builds on data.py like this module; imported here to keep startup light
 
@@ -265,7 +330,7 @@ def _check_caches(root: Path, splits: list[str], cache_dir: str | Path | None, r
             if not manifest.exists():
                 continue
             try:
-                status, reason = cache.cache_status(root, split, size, cache_dir)
+                status, reason = cache.cache_status(root, split, size, cache_dir, fmt)
             except DataError:
                 continue  # the data problem itself is already reported
             if status == "ok":
@@ -286,9 +351,11 @@ def format_report(report: DataReport) -> str:
         lines.append(f"image size: {_wxh(report.image_size)}")
     with_pixels = {split: s.class_pixels for split, s in report.splits.items() if s.class_pixels is not None}
     if with_pixels:
-        lines.append("class pixel frequencies, % of the split's pixels (background: ids with trainId 255):")
+        void = "background: ids with trainId 255" if report.classes.num_classes == 20 and \
+            report.classes.names[-1] == "background" else "void: values left out of the metrics"
+        lines.append(f"class pixel frequencies, % of the split's pixels ({void}):")
         lines.append(f"{'class':<15}" + "".join(f" {split:>7}" for split in with_pixels))
-        for c, name in enumerate(CLASS_NAMES):
+        for c, name in enumerate(report.classes.names):
             lines.append(f"{name:<15}" + "".join(f" {100 * px[c] / max(px.sum(), 1):>7.2f}" for px in with_pixels.values()))
     lines += [f"cache {c}" for c in report.caches]
     n = len(report.problems)

@@ -17,12 +17,13 @@ import torch
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from cycleseg.data.classes import ClassTable
 from cycleseg.errors import DataError
 
 __all__ = [
     "BACKGROUND",
+    "CITYSCAPES",
     "CLASS_NAMES",
     "IGNORE_TRAIN_ID",
     "IMAGE_SUFFIX",
@@ -33,7 +34,6 @@ __all__ = [
     "PALETTE",
     "SPLITS",
     "TRAIN_ID_TO_LABEL_ID",
-    "CityscapesDataset",
     "Sample",
     "colorize",
     "image_to_tensor",
@@ -63,6 +63,14 @@ LABEL_ID_TO_TRAIN_ID = np.full(256, -1, dtype=np.int64)
 for _lab in _CS_LABELS:
     if 0 <= _lab.id < 256:
         LABEL_ID_TO_TRAIN_ID[_lab.id] = _lab.trainId if 0 <= _lab.trainId < IGNORE_TRAIN_ID else BACKGROUND
+
+# The same tables as a ClassTable (classes.py), which folder datasets define in their classes.yaml. Each class
+# lists its labelIds, the first being TRAIN_ID_TO_LABEL_ID's (background: 0, "unlabeled").
+CITYSCAPES = ClassTable(
+    names=CLASS_NAMES, colors=tuple(tuple(int(v) for v in c) for c in PALETTE),
+    values=tuple((int(TRAIN_ID_TO_LABEL_ID[c]),) + tuple(i for i in np.flatnonzero(LABEL_ID_TO_TRAIN_ID == c).tolist()
+                                                          if i != TRAIN_ID_TO_LABEL_ID[c]) for c in range(NUM_CLASSES)),
+    num_evaluated=NUM_EVAL_CLASSES, source="the Cityscapes labels of cityscapesscripts")
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray, source: str = "<array>") -> np.ndarray:
@@ -127,7 +135,7 @@ def _open_png(path: Path) -> Image.Image:
 
 
 def read_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """RGB PNG -> uint8 (H, W, 3), resized bilinearly to size = (H, W). What the cache (cache.py) stores."""
+    """RGB PNG or JPEG -> uint8 (H, W, 3), resized bilinearly to size = (H, W). What the cache (cache.py) stores."""
     image = _open_png(Path(path)).convert("RGB")
     height, width = size
     if image.size != (width, height):
@@ -149,48 +157,29 @@ def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
     return image_to_tensor(read_image(path, size))
 
 
-def read_label(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """labelIds PNG (mode L or P) -> uint8 trainIds (H, W) in 0..19, resized by nearest neighbour to (H, W)."""
+def read_label(path: str | Path, size: tuple[int, int], classes: ClassTable | None = None) -> np.ndarray:
+    """Label PNG (mode L or P) -> uint8 class indices (H, W), resized by nearest neighbour to size = (H, W).
+
+    classes: the dataset's table of label values (default: Cityscapes labelIds -> trainIds 0..19).
+    """
     path = Path(path)
     label = _open_png(path)
     if label.mode not in ("L", "P"):
-        raise DataError(f"{path}: label image has mode {label.mode}, expected a single-channel labelIds PNG "
-                        "(mode L); use *_gtFine_labelIds.png, not *_color.png")
+        what = "labelIds PNG (mode L); use *_gtFine_labelIds.png, not *_color.png" if classes in (None, CITYSCAPES) \
+            else "PNG of label values (mode L or P), not a colour image"
+        raise DataError(f"{path}: label image has mode {label.mode}, expected a single-channel {what}")
     height, width = size
     if label.size != (width, height):
         label = label.resize((width, height), Image.NEAREST)
-    return label_ids_to_train_ids(np.asarray(label, dtype=np.uint8), str(path)).astype(np.uint8)
+    values = np.asarray(label, dtype=np.uint8)
+    if classes is None or classes is CITYSCAPES:
+        return label_ids_to_train_ids(values, str(path)).astype(np.uint8)
+    return classes.to_class_ids(values, str(path)).astype(np.uint8)
 
 
-def load_label(path: str | Path, size: tuple[int, int]) -> Tensor:
-    """labelIds PNG (mode L or P) -> int64 trainIds (H, W), resized by nearest neighbour to size = (H, W)."""
-    return torch.from_numpy(read_label(path, size).astype(np.int64))
-
-
-class CityscapesDataset(Dataset):
-    """A split of a Cityscapes-layout folder: items are (image (3, H, W) float32, labels (H, W) int64).
-
-    Labels are trainIds 0..19; for the test split, which has no labels, they are all -1.
-
-    Args:
-        root: the folder holding leftImg8bit/ and gtFine/.
-        split: "train", "val" or "test".
-        size: (H, W) the images and labels are resized to.
-    """
-
-    def __init__(self, root: str | Path, split: str, size: tuple[int, int]) -> None:
-        self.root, self.split, self.size = Path(root), split, size
-        self.samples = list_samples(root, split)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        sample = self.samples[index]
-        image = load_image(sample.image_path, self.size)
-        if sample.label_path is None:
-            return image, torch.full(self.size, -1, dtype=torch.int64)
-        return image, load_label(sample.label_path, self.size)
+def load_label(path: str | Path, size: tuple[int, int], classes: ClassTable | None = None) -> Tensor:
+    """Label PNG (mode L or P) -> int64 class indices (H, W), resized by nearest neighbour to size = (H, W)."""
+    return torch.from_numpy(read_label(path, size, classes).astype(np.int64))
 
 
 def colorize(train_ids: np.ndarray) -> np.ndarray:

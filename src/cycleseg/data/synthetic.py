@@ -1,4 +1,5 @@
-"""A synthetic "toy city" dataset written in the Cityscapes layout, with real Cityscapes labelIds.
+"""A synthetic "toy city" dataset written in the Cityscapes layout, with real Cityscapes labelIds, or as a
+folder dataset with 11 CamVid-like classes (`fmt="folder"`: JPEG images, PNG labels, classes.yaml).
 
 Each image is a procedural street scene: sky, buildings with windows, trees, a road in perspective with lane
 markings, sidewalks, terrain, fences, poles with traffic signs and lights, cars, trucks, buses, persons,
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from cycleseg.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
 from cycleseg.errors import ConfigError, DataError
 
-__all__ = ["CITIES", "make_synthetic", "render_scene"]
+__all__ = ["CAMVID_CLASSES", "CITIES", "make_synthetic", "render_scene"]
 
 CITIES = {"train": ("toyberg", "pixelstadt", "gridham"), "val": ("rendermund", "polyburg")}
 
@@ -27,6 +28,21 @@ CITIES = {"train": ("toyberg", "pixelstadt", "gridham"), "val": ("rendermund", "
 EGO, STATIC, GROUND, ROAD, SIDEWALK, PARKING = 1, 4, 6, 7, 8, 9
 BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = 11, 12, 13, 17, 19, 20, 21, 22, 23
 PERSON, RIDER, CAR, TRUCK, BUS, BICYCLE = 24, 25, 26, 27, 28, 33
+
+# The folder format's 11 classes (those of the CamVid benchmark of SegNet), the Cityscapes labelIds each one
+# takes from the scenes, and the CamVid colours; everything else (ego vehicle, static, ground) is void, value 11.
+CAMVID_CLASSES = (
+    ("sky", (SKY,), (128, 128, 128)), ("building", (BUILDING, WALL), (128, 0, 0)),
+    ("pole", (POLE, LIGHT), (192, 192, 128)), ("road", (ROAD, PARKING), (128, 64, 128)),
+    ("pavement", (SIDEWALK,), (60, 40, 222)), ("tree", (VEGETATION, TERRAIN), (128, 128, 0)),
+    ("sign_symbol", (SIGN,), (192, 128, 128)), ("fence", (FENCE,), (64, 64, 128)),
+    ("car", (CAR, TRUCK, BUS), (64, 0, 128)), ("pedestrian", (PERSON,), (64, 64, 0)),
+    ("bicyclist", (RIDER, BICYCLE), (0, 128, 192)),
+)
+CAMVID_VOID = 11
+_TO_CAMVID = np.full(256, CAMVID_VOID, np.uint8)
+for _value, (_name, _ids, _colour) in enumerate(CAMVID_CLASSES):
+    _TO_CAMVID[list(_ids)] = _value
 
 # Class-typical colour (RGB, 0..255) and how far one object may deviate from it.
 BASE_COLOURS = {
@@ -188,8 +204,11 @@ def _draw_object(c: _Canvas, kind: str, d: float, horizon: float, vx: float, rng
 
 
 def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, size: tuple[int, int] = (128, 256),
-                   seed: int = 0, progress: bool = False) -> dict:
-    """Write the toy city into `root` in the Cityscapes layout; returns {"train": n, "val": n, "root": str}.
+                   seed: int = 0, progress: bool = False, fmt: str = "cityscapes") -> dict:
+    """Write the toy city into `root`; returns {"train": n, "val": n, "root": str}.
+
+    fmt: "cityscapes" (leftImg8bit/, gtFine/ with labelIds) or "folder" (images/<split>/*.jpg,
+    labels/<split>/*.png with values 0..10 and void 11, classes.yaml: CAMVID_CLASSES).
 
     Args:
         root: output folder (created; files of the same names are overwritten).
@@ -205,10 +224,12 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
     for split, count in (("training", num_train), ("validation", num_val)):
         if count < 0:
             raise ConfigError(f"number of {split} images must be >= 0, got {count}")
+    if fmt not in ("cityscapes", "folder"):
+        raise ConfigError(f"format must be cityscapes or folder, got {fmt!r}")
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder; choose another output folder")
     try:
-        _write_splits(root, {"train": num_train, "val": num_val}, height, width, seed, progress)
+        _write_splits(root, {"train": num_train, "val": num_val}, height, width, seed, progress, fmt)
     except OSError as e:
         raise DataError(f"{e.filename or root}: cannot write ({e.strerror or e}); choose another output folder "
                         "(not inside a file) or fix its permissions") from None
@@ -216,7 +237,15 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
 
 
 def _write_splits(root: Path, counts: dict[str, int], height: int, width: int, seed: int,
-                  progress: bool = False) -> None:
+                  progress: bool = False, fmt: str = "cityscapes") -> None:
+    if fmt == "folder":
+        root.mkdir(parents=True, exist_ok=True)
+        lines = ["# The synthetic toy city as a folder dataset: 11 CamVid-like classes (cycleseg make-synthetic)",
+                 "classes:"]
+        lines += [f"  - {{name: {name}, value: {v}, color: [{', '.join(map(str, colour))}]}}"
+                  for v, (name, _, colour) in enumerate(CAMVID_CLASSES)]
+        lines += [f"void: [{CAMVID_VOID}]  # ego vehicle, static objects, ground: not evaluated", ""]
+        (root / "classes.yaml").write_text("\n".join(lines))
     for split_index, (split, count) in enumerate(counts.items()):
         cities = CITIES[split]
         for i in tqdm(range(count), desc=f"make-synthetic {split}", unit="img", disable=not progress,
@@ -225,6 +254,12 @@ def _write_splits(root: Path, counts: dict[str, int], height: int, width: int, s
             rng = np.random.default_rng([seed, split_index, i])
             image, label = render_scene(height, width, rng)
             stem = f"{city}_{i:06d}_000019"
+            if fmt == "folder":  # CamVid-like: flat split folders, JPEG photos, label values 0..11
+                for folder in (root / "images" / split, root / "labels" / split):
+                    folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image, "RGB").save(root / "images" / split / f"{stem}.jpg", quality=95)
+                Image.fromarray(_TO_CAMVID[label], "L").save(root / "labels" / split / f"{stem}.png", compress_level=1)
+                continue
             image_dir = root / "leftImg8bit" / split / city
             label_dir = root / "gtFine" / split / city
             image_dir.mkdir(parents=True, exist_ok=True)
