@@ -47,6 +47,7 @@ def test_long_commands_show_progress_on_a_terminal(trained_cycle_run, tiny_data,
         "diagnose val": ["diagnose", str(run), *data, "--max-images", "2", "--examples", "1"],
         "validation": ["train", "configs/demo/quant2.yaml", *data, "--out", str(tmp_path / "new"), "data.height=32",
                        "data.width=64", "optim.epochs=1", "optim.decay_start_epoch=0"],
+        "segment": ["segment", str(run), str(tiny_data / "leftImg8bit" / "val"), "--out", str(tmp_path / "seg")],
     }
     for bar, args in expected.items():
         assert f"{bar}:" in _on_a_terminal(args), bar

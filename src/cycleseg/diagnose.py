@@ -59,9 +59,11 @@ from cycleseg.metrics import confusion_matrix, psnr_db, snr_db
 from cycleseg.models import Models, resolve_device
 from cycleseg.runs import LAST, load_run, seeded_inference
 
-__all__ = ["DEFAULT_SNRS", "diagnose_models", "diagnose_run", "format_summary"]
+__all__ = ["DEFAULT_SNRS", "TRAINING_SNRS", "diagnose_models", "diagnose_run", "diagnose_training", "format_summary",
+           "training_checkpoints"]
 
 DEFAULT_SNRS = (40.0, 30.0, 20.0, 10.0, 5.0, 0.0, -5.0, -10.0)  # dB, the sensitivity sweep
+TRAINING_SNRS = (30.0, 20.0, 10.0)  # dB, the sensitivity points followed along training (diagnose_training)
 HIGH_FREQUENCY_CUTOFF = 0.25  # cycles per pixel: half the Nyquist frequency
 SPECTRA = ("image", "logits_residual", "f_input_residual")
 FIGURES = ("sensitivity", "energy", "spectrum", "examples")  # diagnose_<split>/<name>.png
@@ -257,6 +259,87 @@ def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
     runs.write_json(runs.artifact(run_dir, "diagnose", split), results)
     runs.atomic_write(markdown, format_markdown(results))
     return results
+
+
+def training_checkpoints(run_dir: Path) -> list[tuple[int, str]]:
+    """(step, file name) of every checkpoint a run kept along training: its epoch_NNNN.pt copies
+    (train.keep_checkpoints) and last.pt, in step order, one per step."""
+    found: dict[int, str] = {}
+    for path in sorted(run_dir.glob("epoch_*.pt")) + ([run_dir / LAST] if (run_dir / LAST).is_file() else []):
+        step = runs.checkpoint_step(path)
+        if step is not None:
+            found.setdefault(step, path.name)
+    return sorted(found.items())
+
+
+def diagnose_training(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
+                      max_images: int | None = None, snrs: Sequence[float] = TRAINING_SNRS,
+                      progress: bool = False) -> dict[str, Any]:
+    """The watermark along training: the diagnostics of every checkpoint the run kept, as curves over steps.
+
+    Per checkpoint (training_checkpoints): the watermark gap (PSNR of F(noise(G(x))) minus F(decision)), the gap
+    to class means (minus F(class means)), the reconstruction PSNR with extra noise at each of `snrs` on G's
+    logits, the unexplained share of the logits' energy (what class means do not explain) and the mIoU.
+    Writes RUN_DIR/diagnose_<split>_training.json and .png; returns the JSON's content.
+    """
+    run_dir = Path(run_dir)
+    if split == "test":
+        raise RunError("the test split has no labels; diagnose on train or val")
+    checkpoints = training_checkpoints(run_dir)
+    if not checkpoints:
+        raise RunError(f"{run_dir}: no checkpoints to follow (no last.pt or epoch_NNNN.pt); train the run first")
+    if len(checkpoints) == 1:
+        print(f"cycleseg: {run_dir} kept only {checkpoints[0][1]}; train with train.keep_checkpoints=N to follow the "
+              "watermark over N epochs", flush=True)
+    dev = resolve_device(device)
+    points = []
+    for step, name in tqdm(checkpoints, desc="diagnose checkpoints", unit="ckpt", disable=not progress,
+                           dynamic_ncols=True):
+        models, cfg = load_run(run_dir, dev, name)
+        if not models.is_cycle:
+            raise RunError(f"{run_dir}: diagnose needs a cycle model (model.kind=cyclegan); this run is a plain ERFNet")
+        classes = runs.require_same_classes(run_dir, open_source(data_root, cfg.data.format).classes, data_root)
+        dataset = open_split(cfg, split, root=data_root)
+        if max_images is not None and max_images < len(dataset):
+            dataset = Subset(dataset, range(max_images))
+        loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+        r, _ = diagnose_models(models, loader, dev, seed=cfg.train.seed, snrs=snrs, num_examples=1, classes=classes)
+        gap, psnr = r["watermark_gap"]["gap_db"], r["watermark_gap"]["psnr_db"]
+        points.append({"step": step, "checkpoint": name, "psnr_db": psnr.get("noisy"),
+                       "watermark_gap_db": gap.get("decision"), "class_mean_gap_db": gap.get("class_mean"),
+                       "sensitivity_psnr_db": {f"{p['snr_target_db']:g}": p["psnr_db"] for p in r["sensitivity"]["points"]},
+                       "unexplained_share": r["energy"]["logits"]["unexplained_share"], "miou": r["miou"],
+                       "num_images": r["num_images"]})
+    results = {"run": cfg.name, "split": split, "noise_label": noise_label(cfg), "snrs_db": list(snrs),
+               "points": points, "figure": runs.artifact(run_dir, "diagnose_training_png", split).name}
+    save_figure(_training_figure(results), runs.artifact(run_dir, "diagnose_training_png", split))
+    runs.write_json(runs.artifact(run_dir, "diagnose_training", split), results)
+    return results
+
+
+def _training_figure(results: dict[str, Any]):
+    """Three panels over training steps: the two gaps, the PSNR under extra noise, the unexplained share."""
+    points = results["points"]
+    steps = [p["step"] for p in points]
+    fig = figure(12, 3.2, layout="constrained")
+    ax_gap, ax_sens, ax_share = fig.subplots(1, 3)
+    ax_gap.plot(steps, [_nan(p["watermark_gap_db"]) for p in points], "o-", label="gap to decision")
+    ax_gap.plot(steps, [_nan(p["class_mean_gap_db"]) for p in points], "s-", label="gap to class means")
+    ax_gap.axhline(0, color="k", linewidth=0.6)
+    ax_gap.set(xlabel="iteration", ylabel="dB", title="watermark gap")
+    ax_sens.plot(steps, [_nan(p["psnr_db"]) for p in points], "k--", label="no extra noise")
+    for snr in results["snrs_db"]:
+        ax_sens.plot(steps, [_nan(p["sensitivity_psnr_db"].get(f"{snr:g}")) for p in points], "o-",
+                     label=f"extra noise {snr:g} dB")
+    ax_sens.set(xlabel="iteration", ylabel="PSNR of x_rec [dB]", title="sensitivity")
+    ax_share.plot(steps, [100 * _nan(p["unexplained_share"]) for p in points], "o-", color="C3")
+    ax_share.set(xlabel="iteration", ylabel="% of the logits' energy", title="unexplained by class means")
+    for ax in (ax_gap, ax_sens):
+        ax.legend(fontsize=7)
+    for ax in (ax_gap, ax_sens, ax_share):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{results['run']} ({results['noise_label']}): the watermark along training, {results['split']}")
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- figures
