@@ -135,7 +135,7 @@ def test_one_seed_per_config_looks_as_without_seeds(tmp_path, capsys):
         assert main(["table", str(out)]) == 0
         tables.append(capsys.readouterr().out)
         md = build_report(out, data_root=tmp_path / "no-data")[0].read_text()
-        assert "| run | row of Table 2 | SNR dB | paper | mIoU % |" in md and "paired" not in md
+        assert "| run | row of Table 2 | SNR dB | paper | mIoU % |" in md and "paired by seed" not in md
         assert "| quant2 | quantize 2 bit | 7.00 | 7.38 | 22.0 | 45.1 | -23.1 |" in md
     assert tables[0] == tables[1]
     assert main(["table", str(plain / "nonoise"), str(plain / "quant2")]) == 0  # run directories: as always

@@ -435,8 +435,9 @@ def _finished_child(a: _Active, code: int, stopping: bool, sweep_dir: Path, tota
         summary.append(_summary(job, run_dir, a.status_before, a.start))
         book.ended(job, "finished", a.start, summary=summary[-1], exit_code=0)
         results = _results(run_dir)
-        log(f"{prefix} finished in {seconds:.0f} s" + (f": mIoU {_num(results.get('miou'), 1)} %, PSNR "
-                                                       f"{_num(results.get('psnr_db'), 2)} dB" if results else ""))
+        psnr = f", PSNR {_num(results['psnr_db'], 2)} dB" if results.get("psnr_db") is not None else ""
+        log(f"{prefix} finished in {seconds:.0f} s" + (f": mIoU {_num(results.get('miou'), 1)} %{psnr}" if results
+                                                       else ""))
         return "finished"
     error = _last_line(a.log_path)
     if stopping and (code < 0 or code >= 128):
