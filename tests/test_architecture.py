@@ -19,12 +19,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "cycleseg"
 
 # Everyone may import these.
-FREE = {"config", "errors"}
+FREE = {"config", "errors", "version"}
 # Plain building blocks: they must not reach up into the commands, the run machinery or the data layer.
 CORE = {"networks", "noise", "losses", "pool", "metrics", "models", "diagnostics", "precision", "distributed",
-        "errors", "config", "augment"}
+        "errors", "config", "augment", "stats"}
 UPPER = {"train", "evaluate", "predict", "calibrate", "sweep", "diagnose", "report", "export", "cli", "runs", "data",
-         "state", "steps", "monitor", "formats"}
+         "state", "steps", "monitor", "formats", "segment", "slurm"}
 
 
 def _module_name(path: Path, src: Path) -> str:

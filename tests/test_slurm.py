@@ -2,20 +2,25 @@
 
 One sweep of 2 tiny configs x 2 seeds, plus an uninterrupted copy of one run as the reference, as one job
 array, 2 runs at a time (1 CPU, 1 thread each): submitted again while it runs, nothing is submitted twice;
-one run is preempted mid-training (submitit's `_interrupt`: SIGTERM, then SIGUSR2), requeued, continued from
-its last.pt and ends bit-identical to the reference; one run is cancelled, reported CANCELLED, and finishes
+one run is preempted mid-training (SIGTERM, then SIGUSR2, as submitit's `_interrupt`), requeued, continued from
+its last.pt, requeued by `scontrol requeue` (SIGTERM only) later on, continued again, and ends bit-identical
+to the reference; one run is cancelled, reported CANCELLED, and finishes
 when the sweep is submitted again. The tests without a cluster check the task list, time limits and arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from cycleseg.cli import main
+from cycleseg.errors import RunError
 from cycleseg.runs import LAST, METRICS, artifact, load_checkpoint
 from cycleseg.slurm import (
     ENDED,
@@ -55,6 +60,18 @@ def _wait(condition, timeout: float, what: str, logs: Path | None = None) -> Non
         time.sleep(0.05)
 
 
+def _signal(job_id: str, sig: str) -> None:
+    """`scancel --signal SIG JOB_ID`, once. Slurm 22.05 delivers a signal to an array task whose siblings are still
+    pending but answers "Job can not be altered now", and scancel then sends it again every 5 to 8 s for 35 s
+    (a requeued task would get it once more): the first try is all we want."""
+    scancel = subprocess.Popen(["scancel", job_id, "--signal", sig], stderr=subprocess.DEVNULL)
+    try:
+        scancel.wait(1)
+    except subprocess.TimeoutExpired:
+        scancel.kill()
+        scancel.wait()
+
+
 def _log(job) -> str:
     return (job.stdout() or "") + (job.stderr() or "")
 
@@ -77,9 +94,15 @@ def sweep(slurm_cluster, tiny_data, tmp_path_factory):
     preempted, cancelled = Path(tasks[0].run_dir), Path(tasks[1].run_dir)
     _wait(lambda: len(_steps(preempted)) >= 3 and _steps(cancelled), 90, "quant2 seed0 and seed1 to train", logs)
     preempted_at = max(_steps(preempted))
-    # Both at once: scancel retries for 18 s (5 + 6 + 7) while another task of the array is being killed.
-    jobs["quant2/seed0"]._interrupt()  # preemption: SIGTERM, then SIGUSR2 (submitit checkpoints and requeues)
-    jobs["quant2/seed1"].cancel()
+    jobs["quant2/seed1"].cancel()  # (first: the signals below take a second each)
+    for sig in ("SIGTERM", "SIGUSR2"):  # a preemption, as submitit's job._interrupt() sends it
+        _signal(jobs["quant2/seed0"].job_id, sig)
+    # Continued from last.pt, the same run is requeued by Slurm itself (SIGTERM only, then SIGKILL), later in
+    # training, as a preemption with PreemptMode=REQUEUE does it.
+    _wait(lambda: "continuing from step" in _log(jobs["quant2/seed0"]) and max(_steps(preempted), default=0) >= 8,
+          90, "quant2/seed0 to continue to step 8", logs)
+    requeued_at = max(_steps(preempted))
+    subprocess.run(["scontrol", "requeue", jobs["quant2/seed0"].job_id], check=True)
 
     for name in ORDER:
         _wait(lambda name=name: jobs[name].done(), 150, f"{name} to end", logs)
@@ -89,7 +112,7 @@ def sweep(slurm_cluster, tiny_data, tmp_path_factory):
     states = {j["name"]: j for j in sweep_jobs(folder)}
     seconds = time.monotonic() - start
     return {"folder": folder, "tasks": tasks, "first": first, "again": again, "jobs": jobs, "results": results,
-            "states": states, "preempted_at": preempted_at, "seconds": seconds}
+            "states": states, "preempted_at": preempted_at, "requeued_at": requeued_at, "seconds": seconds}
 
 
 @pytest.mark.slow
@@ -109,11 +132,12 @@ def test_preempted_run_is_requeued_and_ends_bit_identical(sweep):
     run, reference = Path(sweep["tasks"][0].run_dir), Path(sweep["tasks"][4].run_dir)
     result = sweep["results"]["quant2/seed0"]
     log = _log(sweep["jobs"]["quant2/seed0"])
-    assert sweep["preempted_at"] < 16, "preempted too late to test a resume"
+    assert sweep["preempted_at"] < sweep["requeued_at"] < 16, "interrupted too late to test a resume"
     assert result["status_before"] == "interrupted", log  # the requeued task found the run interrupted
-    assert "Requeued job" in log and "continuing from step" in log, log
-    step = int(log.split("continuing from step ")[1].split()[0])
-    assert 0 < step < 16, log
+    assert "Caught signal SIGUSR2" in log and "Requeued job" in log, log  # submitit checkpointed and requeued it
+    assert "stopped by SIGTERM (exit code 143)" in log, log  # (at least) `scontrol requeue`'s SIGTERM
+    steps = [int(part.split()[0]) for part in log.split("continuing from step ")[1:]]
+    assert len(steps) == 2 and 0 < steps[0] < steps[1] < 16, log
     assert sweep["results"]["reference"]["status_before"] == "new"
     a, b = load_checkpoint(run / LAST), load_checkpoint(reference / LAST)
     _assert_same(a, b, "last.pt")
@@ -127,15 +151,19 @@ def test_preempted_run_is_requeued_and_ends_bit_identical(sweep):
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_cancelled_run_is_reported_and_finishes_when_submitted_again(sweep):
+def test_cancelled_run_is_reported_and_finishes_when_submitted_again(sweep, tiny_data, capsys):
     folder, tasks = sweep["folder"], sweep["tasks"]
     states = sweep["states"]
     assert states["quant2/seed1"]["slurm_state"] == "CANCELLED"
-    assert sweep["jobs"]["quant2/seed1"].state == "CANCELLED"  # what submitit reports (its result() raises)
+    assert sweep["jobs"]["quant2/seed1"].state.startswith("CANCELLED")  # submitit: "CANCELLED by 0"
     assert states["quant2/seed1"]["run"] == "interrupted"  # SIGTERM: last.pt saved at the step it reached
     assert {n: s["slurm_state"] for n, s in states.items() if n != "quant2/seed1"} == dict.fromkeys(
         ["quant2/seed0", "erfnet/seed0", "erfnet/seed1", "reference"], "COMPLETED")
     assert all(s["run"] == "done" for n, s in states.items() if n != "quant2/seed1")
+
+    assert main(["sweep", "status", str(folder)]) == 0  # what a user sees: the run and its cancelled job
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("quant2/seed1 "))
+    assert "interrupted" in line and f"Slurm job {sweep['jobs']['quant2/seed1'].job_id} CANCELLED" in line, line
 
     third = submit_sweep(tasks, folder, log=lambda text: None, **SUBMIT)
     assert [s.state for s in third] == ["finished", "submitted", "finished", "finished", "finished"]
@@ -146,6 +174,13 @@ def test_cancelled_run_is_reported_and_finishes_when_submitted_again(sweep):
     assert {j["name"]: (j["slurm_state"], j["run"]) for j in sweep_jobs(folder)}["quant2/seed1"] == (
         "COMPLETED", "done")
     assert _steps(Path(tasks[1].run_dir)) == list(range(1, 17))
+    # The same sweep through the command line: every run finished, nothing to submit.
+    assert main(["sweep", str(DEMO / "quant2.yaml"), str(DEMO / "erfnet.yaml"), *TINY, "--out", str(folder),
+                 "--data", str(tiny_data), "--seeds", "2", "--launcher", "slurm", "--partition", "debug"]) == 0
+    assert "0 of 4 runs submitted to Slurm" in capsys.readouterr().out
+    longer = dataclasses.replace(tasks[2], overrides=(*tasks[2].overrides, "optim.epochs=3"))
+    with pytest.raises(RunError, match="made with optim.epochs=2, the sweep now asks for 3"):
+        submit_sweep([longer], folder, log=lambda text: None, **SUBMIT)  # refused before anything is submitted
 
 
 def _assert_same(a, b, where: str) -> None:
@@ -176,8 +211,7 @@ def test_tasks_with_seeds_get_their_own_folder_and_seed(tmp_path):
     tasks = sweep_tasks([DEMO / "quant2.yaml"], tmp_path, ["optim.epochs=1"], data_root="data", seeds=[0, 3])
     assert [t.name for t in tasks] == ["quant2/seed0", "quant2/seed3"]
     assert [Path(t.run_dir) for t in tasks] == [tmp_path / "quant2" / "seed0", tmp_path / "quant2" / "seed3"]
-    assert tasks[1].overrides == ("optim.epochs=1", "train.seed=3")
-    assert tasks[1].all_overrides()[-1] == f"data.root={Path('data').absolute()}"
+    assert tasks[1].overrides == ("optim.epochs=1", f"data.root={Path('data').absolute()}", "train.seed=3")
     plain = sweep_tasks([DEMO / "quant2.yaml"], tmp_path)
     assert [(t.name, Path(t.run_dir)) for t in plain] == [("quant2", tmp_path / "quant2")]
 
@@ -186,7 +220,7 @@ def test_a_run_whose_snr_comes_from_another_waits_for_it(tmp_path):
     gauss = tmp_path / "gauss.yaml"
     gauss.write_text("model: {kind: cyclegan}\nnoise: {kind: gaussian, snr_db: from quant2}\n")
     tasks = sweep_tasks([gauss, DEMO / "quant2.yaml"], tmp_path, seeds=[0])
-    assert tasks[0].overrides[-1] == "noise.snr_db=from quant2/seed0"  # the same seed's run
+    assert tasks[0].overrides[-1] == f'noise.snr_db="from {tmp_path / "quant2" / "seed0"}"'  # the same seed's run
     outcome: dict[str, Submitted] = {}
     waves = _waves(tasks, tasks, outcome)
     first, deps = next(waves)

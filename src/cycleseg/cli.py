@@ -221,9 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train each config N times, train.seed=0..N-1, into SWEEP_DIR/NAME/seed<k>/ (a Gaussian "
                         "config's `snr_db: from NAME` then takes seed k's run of NAME); table and report give the "
                         "mean and 95%% interval over the seeds")
-    p.add_argument("--launcher", choices=["inprocess", "local"], default=None,
+    p.add_argument("--launcher", choices=["inprocess", "local", "slurm"], default=None,
                    help="inprocess (default): one run after another in this process; local: each run in its own "
-                        "subprocess, --jobs at once (implied by --jobs > 1 or --gpus)")
+                        "subprocess, --jobs at once (implied by --jobs > 1 or --gpus); slurm: one Slurm job array "
+                        "through submitit, one task per run, requeued on preemption (README 'Sweeps on a Slurm "
+                        "cluster')")
     p.add_argument("--jobs", type=int, metavar="N",
                    help="with --launcher local: runs at once (default 1, or the number of --gpus), each with CPU "
                         "cores // N torch threads; the rest wait in the queue")
@@ -231,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --launcher local: GPU ids, each run gets one as CUDA_VISIBLE_DEVICES (round robin)")
     p.add_argument("--threads", type=int, metavar="T",
                    help="with --launcher local: torch threads per run (default: CPU cores // --jobs)")
+    p.add_argument("--partition", help="with --launcher slurm: the Slurm partition (default: the cluster's)")
+    p.add_argument("--gpus-per-run", type=int, default=0, metavar="N",
+                   help="with --launcher slurm: GPUs per run (default 0; > 1: torchrun, one process per GPU)")
+    p.add_argument("--cpus-per-run", type=int, default=1, metavar="N",
+                   help="with --launcher slurm: CPUs per run, also its torch threads (default 1)")
+    p.add_argument("--time", default="60", metavar="T",
+                   help="with --launcher slurm: time limit per job, minutes or [D-]H:M:S (default 60); a run that "
+                        "reaches it saves last.pt and is requeued")
+    p.add_argument("--max-parallel", type=int, default=4, metavar="K",
+                   help="with --launcher slurm: runs of the array at a time (default 4)")
 
     p = sub.add_parser(
         parents=[quiet], name="sweep-status", help="where each run of a sweep stands (also: cycleseg sweep status DIR)",
@@ -281,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-to", default="f_input", choices=["f_input", "logits", "unit"],
                    help="per-pixel norm the one-hot inputs are scaled to: f_input = F's usual input noise(G(x)) "
                         "(default), logits = G's logits before the noise, unit = plain one-hots")
+    p.add_argument("--along-training", action="store_true",
+                   help="follow the watermark over the checkpoints the run kept (train.keep_checkpoints: "
+                        "epoch_NNNN.pt, and last.pt): gaps, PSNR under extra noise at 30/20/10 dB (or --snrs) and "
+                        "the unexplained share as curves, in RUN_DIR/diagnose_<split>_training.{json,png}")
 
     p = sub.add_parser(
         parents=[quiet], name="export", help="export G of a run to ONNX, checked with ONNX Runtime",
@@ -533,6 +549,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     jobs = args.jobs if args.jobs is not None else len(gpus) if gpus else 1
     launcher = args.launcher or ("local" if jobs > 1 or gpus or args.threads else "inprocess")
+    if launcher == "slurm":
+        return _submit_to_slurm(args, only)
     try:
         summary = run_sweep(args.configs, args.out, args.overrides, data_root=str(args.data) if args.data else None,
                             only=only, retrain=args.retrain, seeds=args.seeds, launcher=launcher, jobs=jobs,
@@ -548,10 +566,37 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit_to_slurm(args: argparse.Namespace, only: list[str] | None) -> int:
+    """`sweep --launcher slurm`: one job array of the runs not finished nor queued yet; returns at once."""
+    from cycleseg.slurm import submit_sweep, sweep_tasks
+    from cycleseg.sweep import find_configs
+
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
+    tasks = sweep_tasks(find_configs(args.configs, only), args.out, args.overrides,
+                        data_root=args.data, seeds=range(args.seeds) if args.seeds else None, retrain=args.retrain)
+    done = submit_sweep(tasks, args.out, partition=args.partition, gpus_per_run=args.gpus_per_run,
+                        cpus_per_run=args.cpus_per_run, time=args.time, max_parallel=args.max_parallel)
+    submitted = sum(s.state == "submitted" for s in done)
+    print(f"{submitted} of {len(tasks)} runs submitted to Slurm (the rest finished or already queued); follow them "
+          f"with `cycleseg sweep status {args.out}`, logs in {args.out}/slurm/")
+    return 0
+
+
 def cmd_sweep_status(args: argparse.Namespace) -> int:
     from cycleseg.sweep import format_status, sweep_status
 
     states = sweep_status(args.sweep_dir)
+    if (args.sweep_dir / "slurm" / "jobs.json").is_file():  # a sweep submitted with --launcher slurm
+        from cycleseg.slurm import sweep_jobs
+
+        jobs = {j["name"]: j for j in sweep_jobs(args.sweep_dir)}
+        for state in states:
+            if state.name in jobs:
+                job = jobs[state.name]
+                state.job = f"{job['job_id']} {job['slurm_state']}"
+                if state.state == "pending" and job["slurm_state"] == "RUNNING":
+                    state.state = "running"  # started, no checkpoint yet
     if args.json:
         print(json.dumps([{**{k: v for k, v in vars(s).items() if k != "run_dir"}, "run_dir": str(s.run_dir),
                            "detail": s.detail} for s in states], indent=2))
@@ -591,6 +636,17 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         raise ConfigError(f"--snrs {args.snrs!r}: expected comma-separated numbers in dB, e.g. 40,20,0,-10") from None
     if args.examples < 1:
         raise ConfigError(f"--examples {args.examples}: must be >= 1")
+    if args.along_training:
+        from cycleseg.diagnose import TRAINING_SNRS, diagnose_training
+
+        chosen = snrs if args.snrs != "40,30,20,10,5,0,-5,-10" else TRAINING_SNRS
+        curve = diagnose_training(args.run_dir, args.data, args.split, device=args.device, max_images=args.max_images,
+                                  snrs=chosen, progress=_progress(args))
+        for point in curve["points"]:
+            print(f"step {point['step']:>7}: watermark gap {fmt(point['watermark_gap_db'], 2)} dB, gap to class "
+                  f"means {fmt(point['class_mean_gap_db'], 2)} dB, mIoU {fmt(point['miou'], 1)} %")
+        print(f"wrote {args.run_dir / ('diagnose_' + args.split + '_training.json')} and the .png beside it")
+        return 0
     results = diagnose_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint,
                            max_images=args.max_images, snrs=snrs, scale_to=args.scale_to, num_examples=args.examples,
                            progress=_progress(args))

@@ -3,13 +3,17 @@
 `sweep_tasks()` turns configs (and seeds) into `SlurmTask`s, one per run directory; `submit_sweep()` submits
 the runs that are neither finished nor already in Slurm's queue as one job array (`max_parallel` at a time),
 and records each run's job in FOLDER/slurm/jobs.json, so that submitting the same sweep again never starts a
-run twice. Each array task runs `SlurmRun`, which does what `cycleseg sweep` does for one run:
+run twice. Each array task runs `SlurmRun` in submitit's job process, which starts the work in a child process
+(so that it can stop it at a safe point when a signal comes) and waits:
 
-1. decides from the run folder (`sweep.run_status`): finished and evaluated -> nothing to train; interrupted
-   -> continue from last.pt; new -> train (a run made with other settings: error, or anew with `retrain`);
-2. trains in a child process, `python -m cycleseg.slurm train ...`, or with gpus_per_run > 1 `torchrun
-   --standalone --nproc-per-node N -m cycleseg.slurm train ...` (one node, N processes, one GPU each);
-3. evaluates the run on val in the job process (RUN/eval_val.json) and returns a summary.
+- one process (gpus_per_run <= 1): `python -m cycleseg.slurm run TASK`, which is `sweep.run_one`, the per-run
+  logic of `cycleseg sweep`: skip a finished run, continue an interrupted one exactly from last.pt, train a
+  new one (a run made with other settings: error, or anew with `retrain`), then evaluate it on val;
+- gpus_per_run = N > 1: the job process decides as run_one would (`_plan`), `torchrun --standalone
+  --nproc-per-node N -m cycleseg.slurm train --mode new|resume|retrain TASK` trains (one node, one process
+  per GPU), then `cycleseg.slurm run` finds the run trained and evaluates it.
+
+The job returns a summary (name, status before, job id, mIoU, PSNR, SNR, seconds): `job.result()`.
 
 Signals (Slurm sends them to every process of the job; submitit's handlers run in the job process):
 
@@ -36,6 +40,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -79,24 +84,29 @@ class SlurmTask:
 def sweep_tasks(configs: Iterable[Any], sweep_dir: str | Path, overrides: Sequence[str] = (),
                 data_root: str | Path | None = None, seeds: Sequence[int] | None = None,
                 retrain: bool = False) -> list[SlurmTask]:
-    """One task per run: SWEEP_DIR/NAME for each config (YAML paths or `sweep.find_configs` entries), or with
-    `seeds` SWEEP_DIR/NAME/seed<k> with the override train.seed=k. With seeds, `noise.snr_db: from OTHER`
-    refers to OTHER/seed<k>, the run of the same seed."""
+    """One task per run, as `cycleseg sweep` lays them out: SWEEP_DIR/NAME for each config (YAML paths or
+    `sweep.find_configs` entries), or with `seeds` SWEEP_DIR/NAME/seed<k> with the override train.seed=k, seed by
+    seed. With seeds, a `noise.snr_db: from OTHER` that names a config of the sweep (or a folder in SWEEP_DIR)
+    becomes `from SWEEP_DIR/OTHER/seed<k>`: seed k's run takes the SNR of seed k's OTHER."""
     sweep_dir = Path(sweep_dir).absolute()
+    entries = [(Path(e), Path(e).stem) if isinstance(e, (str, os.PathLike)) else (Path(e.config), e.name)
+               for e in configs]
+    names = {name for _, name in entries}
+    root = [f"data.root={Path(data_root).absolute()}"] if data_root else []
     tasks = []
-    for entry in configs:
-        path = Path(entry) if isinstance(entry, (str, os.PathLike)) else Path(entry.config)
-        name = path.stem if isinstance(entry, (str, os.PathLike)) else entry.name
-        common = {"config": str(path.absolute()), "base_dir": str(sweep_dir), "retrain": retrain,
-                  "data_root": str(Path(data_root).absolute()) if data_root else None}
-        if seeds is None:
-            tasks.append(SlurmTask(name, run_dir=str(sweep_dir / name), overrides=tuple(overrides), **common))
-            continue
-        source = _snr_from(path, overrides)
-        for seed in seeds:
-            extra = [f"train.seed={seed}"] + ([f"noise.snr_db=from {source}/seed{seed}"] if source else [])
+    for seed in [None] if seeds is None else seeds:
+        for path, name in entries:
+            common = {"config": str(path.absolute()), "base_dir": str(sweep_dir), "retrain": retrain}
+            if seed is None:
+                tasks.append(SlurmTask(name, run_dir=str(sweep_dir / name), overrides=(*overrides, *root), **common))
+                continue
+            extra = [f"train.seed={seed}"]
+            source = _snr_from(path, overrides)
+            if source and not Path(source).is_absolute() and (source in names or (sweep_dir / source).is_dir()):
+                target = sweep_dir / source / f"seed{seed}"
+                extra.append(f"noise.snr_db={json.dumps(f'from {target}')}")
             tasks.append(SlurmTask(f"{name}/seed{seed}", run_dir=str(sweep_dir / name / f"seed{seed}"),
-                                   overrides=(*overrides, *extra), **common))
+                                   overrides=(*overrides, *root, *extra), **common))
     return tasks
 
 
@@ -180,11 +190,11 @@ def submit_sweep(tasks: Sequence[SlurmTask], folder: str | Path, partition: str 
                 outcome[task.name] = Submitted(task, "queued", job_id)
                 log(f"{task.name}: already in the queue as job {job_id} ({states.get(job_id, 'UNKNOWN')}), "
                     "not submitted again")
-            elif run_status(Path(task.run_dir)) == "done" and not task.retrain:
+            elif _done(task, run_status(Path(task.run_dir))):
                 outcome[task.name] = Submitted(task, "finished", job_id)
                 log(f"{task.name}: finished, skipped")
             else:
-                todo.append(task)
+                todo.append(task)  # a run made with other settings: RunError above unless retrain (no job yet)
         executor = submitit.SlurmExecutor(folder=slurm_dir / "%j", max_num_timeout=max_requeues)
         params = {"time": minutes, "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": cpus_per_run,
                   "signal_delay_s": signal_delay_s, "job_name": "cycleseg-sweep", "setup": list(setup) or None,
@@ -200,11 +210,24 @@ def submit_sweep(tasks: Sequence[SlurmTask], folder: str | Path, partition: str 
             for task, job in zip(wave, jobs, strict=True):
                 outcome[task.name] = Submitted(task, "submitted", job.job_id, job)
                 ledger[task.name] = {"job_id": job.job_id, "run_dir": str(Path(task.run_dir).absolute()),
-                                     "submitted": time_now(), "logs": str(slurm_dir / job.job_id)}
+                                     "submitted": _now(), "logs": str(slurm_dir / job.job_id)}
                 log(f"{task.name}: submitted as job {job.job_id}"
                     + (f" (after {extra['dependency']})" if dependencies else ""))
             _write_ledger(slurm_dir, ledger)
     return [outcome[t.name] for t in tasks]
+
+
+def _done(task: SlurmTask, status: str) -> bool:
+    """A finished and evaluated run made with the settings the task asks for (compared without computing: a
+    `snr_db: from` SNR is compared by the job, after it resolved it)."""
+    if status == "new":
+        return False
+    from cycleseg.config import load_config
+
+    cfg = load_config(task.config, task.all_overrides())
+    if isinstance(cfg.noise.snr_db, str):
+        return False if task.retrain else status == "done"
+    return not _other_settings(task, cfg) and status == "done"
 
 
 def sweep_jobs(folder: str | Path) -> list[dict[str, Any]]:
@@ -274,30 +297,34 @@ class SlurmRun(Checkpointable):
         say = _sayer(job_id, task.name)
         signal.signal(signal.SIGTERM, self._on_term)  # instead of submitit's, which only logs it
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
-        plan = _plan(task)
-        status = plan["status"]
-        if status in ("new", "retrain", "interrupted"):
-            if status == "interrupted":
-                say(f"continuing from step {plan['step']} (requeued, preempted or stopped before)")
-            else:
-                say(f"training{' anew (made with other settings, retrain)' if status == 'retrain' else ''}")
-            mode = "resume" if status == "interrupted" else status
-            self._train(task, mode, plan["extra"], cpus, say)
-        elif status == "done":
-            say("finished and evaluated, nothing to do")
-        import torch  # the job process evaluates: as many threads as the job has CPUs
-
+        gpus = self.launch["gpus"]
+        payload = json.dumps(dataclasses.asdict(task))
+        status = None
+        if gpus > 1:  # torchrun trains; every rank must be told what to do (no rank may decide on its own)
+            plan = _plan(task)
+            status = plan["status"]
+            if status in ("new", "retrain", "interrupted"):
+                say(f"training on {gpus} GPUs (torchrun): {status}"
+                    + (f", from step {plan['step']}" if status == "interrupted" else ""))
+                mode = "resume" if status == "interrupted" else status
+                self._run_child([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 f"--nproc-per-node={gpus}", "-m", "cycleseg.slurm", "train", "--mode", mode,
+                                 json.dumps({**dataclasses.asdict(task), "extra": plan["extra"]})],
+                                max(1, cpus // gpus), task, say)
+        # One process: `sweep.run_one`, the per-run logic of `cycleseg sweep` (skip, continue, train, retrain),
+        # then the evaluation on val; after torchrun it finds the run trained and only evaluates it.
+        with tempfile.TemporaryDirectory(prefix="cycleseg-slurm-") as tmp:
+            result_file = Path(tmp) / "status"
+            prefix = f"[job {job_id}] {task.name}:"
+            self._run_child([sys.executable, "-u", "-m", "cycleseg.slurm", "run", "--prefix", prefix,
+                             "--status-file", str(result_file), payload], cpus, task, say)
+            status = status or (result_file.read_text().strip() if result_file.is_file() else None)
         from cycleseg import runs
-        from cycleseg.evaluate import evaluate_run
 
-        torch.set_num_threads(max(1, cpus))
         run_dir = Path(task.run_dir)
-        if job_id and runs.read_status(run_dir).get("state") == "finished":
-            state = runs.read_status(run_dir)
-            runs.set_status(run_dir, state["state"], message=state.get("message"), slurm_job=job_id)
-        if status != "done":
-            say("evaluating on val")
-            evaluate_run(run_dir, plan["data_root"], "val", device=plan["device"], progress=False)
+        record = runs.read_status(run_dir)
+        if job_id and record.get("state") == "finished" and status != "done":  # which job trained it
+            runs.set_status(run_dir, "finished", message=record.get("message"), slurm_job=job_id)
         result = runs.read_json(runs.artifact(run_dir, "eval", "val"))
         say(f"done: mIoU {result.get('miou')}")
         return {"name": task.name, "run_dir": str(run_dir), "status_before": status, "job_id": job_id,
@@ -312,10 +339,10 @@ class SlurmRun(Checkpointable):
         self._stop_signal = signal.SIGUSR2
         child = self._child
         if child is not None and not self._exited.is_set():
-            print(f"[{_job_id()}] SIGUSR2: stopping the training process at its next iteration (saves last.pt)",
-                  flush=True)
+            print(f"[job {_job_id()}] SIGUSR2: stopping the training process at its next iteration (it saves "
+                  "last.pt)", flush=True)
             self._stop_child(child)
-        print(f"[{_job_id()}] requeueing this task; it continues from last.pt", flush=True)
+        print(f"[job {_job_id()}] requeueing this task; it continues from last.pt", flush=True)
         return submitit.helpers.DelayedSubmission(SlurmRun(self.launch), *args, **kwargs)
 
     def _on_term(self, signum: int, frame: Any) -> None:
@@ -325,33 +352,25 @@ class SlurmRun(Checkpointable):
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGTERM)
         if not self._exited.wait(self.launch["stop_timeout_s"]):
-            print(f"[{_job_id()}] the training process did not stop within {self.launch['stop_timeout_s']} s; "
+            print(f"[job {_job_id()}] the training process did not stop within {self.launch['stop_timeout_s']} s; "
                   "killed (the run continues from its previous last.pt)", flush=True)
             with contextlib.suppress(ProcessLookupError):
                 child.kill()
             self._exited.wait(30)
 
-    def _train(self, task: SlurmTask, mode: str, extra: list[str], cpus: int, say) -> None:
-        gpus = self.launch["gpus"]
-        nproc = max(1, gpus)
-        payload = json.dumps({**dataclasses.asdict(task), "extra": extra})
-        worker = ["-m", "cycleseg.slurm", "train", "--mode", mode, payload]
-        if nproc > 1:  # one node, one process per GPU; torchrun picks a free port (--standalone)
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                   *worker]
-        else:
-            cmd = [sys.executable, "-u", *worker]
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cpus // nproc)), "PYTHONUNBUFFERED": "1"}
+    def _run_child(self, cmd: list[str], threads: int, task: SlurmTask, say) -> None:
+        """Run one child process to its end; a child stopped by the signal that ends or requeues this job: wait
+        for Slurm's SIGKILL (or submitit's SIGUSR2 handling) instead of returning."""
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         self._exited.clear()
-        self._child = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_usr2)  # noqa: PLW1509
+        self._child = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=_ignore_usr2)  # noqa: PLW1509
         threading.Thread(target=self._wait_child, daemon=True).start()
         while not self._exited.wait(0.5):
             pass
         code = self._child.returncode
         if code == 0:
             return
-        stopped = code in (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL)
-        if stopped and self._stop_signal is not None:
+        if self._stop_signal is not None:  # any exit code: torchrun, for one, exits with 1 on SIGTERM
             # Slurm preempts, requeues or cancels this job: it ends it shortly (SIGKILL after KillWait). No result is
             # written meanwhile, so that submitit does not take a requeued job for finished.
             say(f"stopped by {signal.Signals(self._stop_signal).name} (exit code {code}); last.pt is saved; "
@@ -359,9 +378,9 @@ class SlurmRun(Checkpointable):
             deadline = time.time() + _STOP_WAIT_S
             while time.time() < deadline:
                 time.sleep(1)
-            raise RunError(f"{task.name}: training stopped by a signal, and Slurm did not end the job within "
+            raise RunError(f"{task.name}: stopped by a signal, and Slurm did not end the job within "
                            f"{_STOP_WAIT_S} s; submit the sweep again to continue the run from last.pt")
-        raise RunError(f"{task.name}: training failed (exit code {code}; the error is in this job's log above)")
+        raise RunError(f"{task.name}: failed (exit code {code}; the error is in this job's log above)")
 
     def _wait_child(self) -> None:
         self._child.wait()
@@ -369,11 +388,11 @@ class SlurmRun(Checkpointable):
 
 
 def _plan(task: SlurmTask) -> dict[str, Any]:
-    """What the task has to do with its run folder, as `cycleseg sweep` decides it: status new / retrain /
-    interrupted / trained / done; `extra` overrides for the training process (a resolved `snr_db: from`)."""
+    """What the task has to do with its run folder, as `sweep.run_one` decides it: status new / retrain /
+    interrupted / trained / done; `extra` overrides for the training processes (a resolved `snr_db: from`)."""
     from cycleseg import runs
     from cycleseg.calibrate import resolve_snr_from
-    from cycleseg.config import config_from_dict, load_config
+    from cycleseg.config import load_config
     from cycleseg.sweep import run_status
 
     run_dir = Path(task.run_dir)
@@ -381,20 +400,31 @@ def _plan(task: SlurmTask) -> dict[str, Any]:
     resolved = resolve_snr_from(cfg, base_dir=task.base_dir or run_dir.parent)
     extra = [f"noise.snr_db={json.dumps(resolved.noise.snr_db)}"] if resolved is not cfg else []
     status = run_status(run_dir)
-    if status != "new":
-        path = run_dir / runs.LAST if (run_dir / runs.LAST).is_file() else run_dir / runs.CONFIG
-        saved = (runs.load_checkpoint(path, mmap=True)["config"] if path.name == runs.LAST
-                 else runs.read_yaml(path) if path.is_file() else None)
-        diff = runs.config_difference(config_from_dict(saved, source=str(path)), resolved) if saved else None
-        if diff and not task.retrain:
-            key, then, now = diff
-            raise RunError(f"{run_dir}: this run was made with {key}={then!r}, the sweep now asks for {now!r}; "
-                           "submit with the same overrides, with retrain to train it anew, or choose another folder")
-        if diff:
-            status = "retrain"
+    if status != "new" and _other_settings(task, resolved):
+        status = "retrain"
     step = runs.checkpoint_step(run_dir / runs.LAST) if (run_dir / runs.LAST).is_file() else 0
-    return {"status": status, "extra": extra, "step": step or 0, "data_root": resolved.data.root,
-            "device": resolved.train.device}
+    return {"status": status, "extra": extra, "step": step or 0}
+
+
+def _other_settings(task: SlurmTask, cfg: Any) -> bool:
+    """Whether the run in the task's folder was made with other settings than `cfg` (the keys outside
+    RESUMABLE_KEYS): RunError naming the key, or True with the task's `retrain`. False when there is no run."""
+    from cycleseg import runs
+    from cycleseg.config import config_from_dict
+
+    run_dir = Path(task.run_dir)
+    path = run_dir / runs.LAST if (run_dir / runs.LAST).is_file() else run_dir / runs.CONFIG
+    if not path.is_file():
+        return False
+    saved = runs.load_checkpoint(path, mmap=True)["config"] if path.name == runs.LAST else runs.read_yaml(path)
+    diff = runs.config_difference(config_from_dict(saved, source=str(path)), cfg)
+    if diff is None:
+        return False
+    if task.retrain:
+        return True
+    key, then, now = diff
+    raise RunError(f"{run_dir}: this run was made with {key}={then!r}, the sweep now asks for {now!r}; submit "
+                   "with the same overrides, with retrain to train it anew, or choose another folder")
 
 
 def _train_worker(payload: dict[str, Any], mode: str) -> None:
@@ -403,7 +433,7 @@ def _train_worker(payload: dict[str, Any], mode: str) -> None:
     from cycleseg.config import RESUMABLE_KEYS, flat_items, load_config
     from cycleseg.train import train
 
-    task = SlurmTask(**{k: (tuple(v) if k == "overrides" else v) for k, v in payload.items() if k != "extra"})
+    task = _task(payload)
     run_dir = Path(task.run_dir)
     cfg = load_config(task.config, task.all_overrides() + list(payload.get("extra", [])))
     if mode == "resume":
@@ -412,6 +442,24 @@ def _train_worker(payload: dict[str, Any], mode: str) -> None:
         train(session, run_dir, resume=True, run_config=saved)
     else:
         train(cfg, run_dir, overwrite=mode == "retrain")
+
+
+def _run_worker(payload: dict[str, Any], prefix: str, status_file: str | None) -> None:
+    """The single training process of a task: `sweep.run_one` (skip / continue / train, then evaluate)."""
+    from cycleseg.config import load_config
+    from cycleseg.sweep import run_one
+
+    task = _task(payload)
+    cfg = load_config(task.config, task.all_overrides())
+    status = run_one(cfg, Path(task.run_dir), Path(task.base_dir or Path(task.run_dir).parent), task.retrain, prefix,
+                     log=lambda line: print(line, flush=True))
+    if status_file:
+        Path(status_file).write_text(status)
+
+
+def _task(payload: dict[str, Any]) -> SlurmTask:
+    fields = {f.name for f in dataclasses.fields(SlurmTask)}
+    return SlurmTask(**{k: (tuple(v) if k == "overrides" else v) for k, v in payload.items() if k in fields})
 
 
 def _waves(todo: list[SlurmTask], tasks: Sequence[SlurmTask], outcome: dict[str, Submitted]):
@@ -463,7 +511,7 @@ def _job_id() -> str | None:
 
 def _sayer(job_id: str | None, name: str):
     def say(text: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')} job {job_id}] {name}: {text}", flush=True)
+        print(f"[job {job_id}] {name}: {text}", flush=True)
     return say
 
 
@@ -473,7 +521,7 @@ def _user() -> str:
     return getpass.getuser()
 
 
-def time_now() -> str:
+def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -503,16 +551,23 @@ def _write_ledger(slurm_dir: Path, ledger: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m cycleseg.slurm train --mode new|retrain|resume TASK_JSON`: the training process of a task."""
+    """`python -m cycleseg.slurm run TASK_JSON` / `train --mode new|retrain|resume TASK_JSON`: a task's child."""
     parser = argparse.ArgumentParser(prog="python -m cycleseg.slurm")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one task's run (started by SlurmRun, under torchrun for > 1 GPU)")
+    p = sub.add_parser("run", help="train (or continue) and evaluate one task's run: sweep.run_one")
+    p.add_argument("--prefix", default="", help="the start of its log lines")
+    p.add_argument("--status-file", help="where to write the run's status before (new, interrupted, ...)")
+    p.add_argument("task", help="the task as JSON")
+    p = sub.add_parser("train", help="train one task's run under torchrun (> 1 GPU); SlurmRun decided how")
     p.add_argument("--mode", choices=["new", "retrain", "resume"], required=True)
     p.add_argument("task", help="the task as JSON")
     args = parser.parse_args(argv)
     _ignore_usr2()
     try:
-        _train_worker(json.loads(args.task), args.mode)
+        if args.command == "run":
+            _run_worker(json.loads(args.task), args.prefix, args.status_file)
+        else:
+            _train_worker(json.loads(args.task), args.mode)
     except Interrupted as e:
         print(f"cycleseg slurm: {' '.join(str(e).splitlines())}", file=sys.stderr, flush=True)
         return 128 + e.signum

@@ -676,20 +676,22 @@ class RunState:
     miou: float | None = None
     evaluated: bool = False
     updated: float | None = None  # last write to log.jsonl (seconds since the epoch)
+    job: str | None = None  # "123_4 RUNNING": the Slurm job of a run submitted with --launcher slurm, and its state
 
     @property
     def detail(self) -> str:
+        slurm = f"Slurm job {self.job}" if self.job else None
         if self.state == "finished":
             return f"mIoU {_num(self.miou, 1)} %" + ("" if self.evaluated else " (train's validation; not evaluated yet)")
         if self.state == "failed":
             return (f"step {self.step}: " if self.step else "") + f"{self.error or 'failed'}" + \
-                (f"; log {self.log}" if self.log else "")
-        parts = []
+                (f"; log {self.log}" if self.log else "") + (f"; {slurm}" if slurm else "")
+        parts = [slurm] if slurm else []
         if self.step is not None:
             parts.append(f"step {self.step}")
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4g}")
-        if self.state == "running":
+        if self.state == "running" and not self.job:
             parts.append(f"pid {self.pid}" if self.pid else "pid unknown (no sweep process records it)")
         if self.updated is not None and self.state in ("running", "interrupted"):
             parts.append(f"log.jsonl updated {_ago(self.updated)} ago")

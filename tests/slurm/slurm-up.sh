@@ -91,9 +91,20 @@ else
 fi
 
 export SLURM_CONF="$T/slurm.conf"
-fail() { # stop whatever was started (by recorded PID), keep $T for the logs
+fail() { # stop whatever was started (by recorded PID: TERM, then KILL after 10 s), keep $T for the logs
   echo "slurm-up: $1 (logs in $T/log)" >&2
-  for f in "$T"/*.bgpid; do [ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null; done
+  local f pids=()
+  for f in "$T"/*.bgpid; do [ -f "$f" ] && pids+=("$(cat "$f")"); done
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 100); do
+      local p alive=0
+      for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+      [ $alive = 0 ] && break
+      sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+  fi
   exit 1
 }
 wait_for() { # wait_for <seconds> <what> <cmd...>
