@@ -66,10 +66,11 @@ def test_a_list_or_mapping_for_a_setting_is_an_error_naming_the_key(key, value):
     assert key in str(e.value)
 
 
-RATES_AND_WEIGHTS = ["optim.lr", "optim.beta1", "optim.beta2", "loss.alpha", "loss.beta", "loss.gamma"]
+RATES_AND_WEIGHTS = ["optim.lr", "optim.beta1", "optim.beta2", "loss.alpha", "loss.beta", "loss.gamma", "loss.adv_y"]
 COUNTS = ["optim.batch_size", "optim.epochs", "optim.pool_size", "optim.decay_start_epoch", "data.num_workers",
           "data.height", "data.width", "train.log_every", "train.eval_every", "train.checkpoint_every",
-          "train.keep_checkpoints", "train.max_nonfinite", "model.num_classes", "train.image_every"]
+          "train.keep_checkpoints", "train.max_nonfinite", "model.num_classes", "train.image_every",
+          "optim.unlabelled_batch_size", "train.keep_every"]
 
 
 @settings(max_examples=100, deadline=None)
@@ -158,14 +159,15 @@ def test_cli_random_argument_lists_never_traceback(argv):
 # so gets considered for RATES_AND_WEIGHTS, COUNTS or OTHER_NUMBERS.
 ALL_KEYS = [
     "data.root", "data.format", "data.height", "data.width", "data.num_workers", "data.max_train_images", "data.max_val_images",
-    "data.cache", "data.cache_dir", "data.check", "data.augment", "data.augment_scale",
+    "data.cache", "data.cache_dir", "data.check", "data.augment", "data.augment_scale", "data.labelled",
+    "data.unpaired_labels",
     "model.kind", "model.num_classes",
     "noise.kind", "noise.bits", "noise.snr_db", "noise.sigma_rule",
-    "loss.alpha", "loss.beta", "loss.gamma", "loss.ignore_background", "loss.class_weights",
+    "loss.alpha", "loss.beta", "loss.gamma", "loss.ignore_background", "loss.class_weights", "loss.adv_y",
     "optim.lr", "optim.beta1", "optim.beta2", "optim.batch_size", "optim.epochs", "optim.decay_start_epoch",
-    "optim.pool_size", "optim.kernel",
+    "optim.pool_size", "optim.kernel", "optim.unlabelled_batch_size",
     "train.seed", "train.device", "train.log_every", "train.eval_every", "train.max_iters", "train.progress",
-    "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite", "train.precision",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.max_nonfinite", "train.precision",
     "train.channels_last", "train.compile", "train.image_every",
 ]
 # Numeric settings that are neither a rate nor a count, and why.
@@ -177,6 +179,7 @@ OTHER_NUMBERS = {
     "data.max_train_images": ">= 1 or null",
     "data.max_val_images": ">= 1 or null",
     "data.augment_scale": ">= 1, a zoom factor (test_comforts.py)",
+    "data.labelled": "a fraction in (0, 1], a file or null (test_semi.py)",
 }
 
 
@@ -204,7 +207,8 @@ def test_keys_cover_every_setting():
 @pytest.mark.parametrize("key", sorted(OTHER_NUMBERS))
 def test_other_numbers_reject_wrong_values(key):
     wrong = {"train.seed": 0.5, "noise.snr_db": [1], "noise.bits": 0, "train.max_iters": 0,
-             "data.max_train_images": -1, "data.max_val_images": 0, "data.augment_scale": 0.9}[key]
+             "data.max_train_images": -1, "data.max_val_images": 0, "data.augment_scale": 0.9,
+             "data.labelled": 0}[key]
     raw = _set({}, key, wrong)
     if key == "noise.bits":
         raw["noise"]["kind"] = "quantize"

@@ -52,3 +52,12 @@ def test_again_overwrite_removes_the_curve(kept_run, tiny_data, tmp_path):
                  "data.height=32", "data.width=64", "optim.epochs=1", "optim.decay_start_epoch=0",
                  "train.progress=false", "train.max_iters=1"]) == 0
     assert not (run / "diagnose_val_training.json").exists()  # an old run's curve never outlives it
+
+
+def test_keep_every_spaces_the_kept_checkpoints(tiny_data, tmp_path):
+    out = tmp_path / "spaced"
+    assert main(["train", "configs/demo/quant2.yaml", "--data", str(tiny_data), "--out", str(out), "data.height=32",
+                 "data.width=64", "optim.epochs=4", "optim.decay_start_epoch=2", "train.keep_checkpoints=10",
+                 "train.keep_every=2", "train.progress=false", "train.precision=fp32"]) == 0
+    assert sorted(p.name for p in out.glob("epoch_*.pt")) == ["epoch_0002.pt", "epoch_0004.pt"]
+    assert [step for step, _ in training_checkpoints(out)] == [4, 8]

@@ -44,7 +44,7 @@ GRAD_RTOL = 1e-4
 
 
 def _setup(overrides, seed=0):
-    cfg = load_config(None, list(overrides))
+    cfg = load_config(None, ["model.num_classes=20", *overrides])  # S = 20 (no data to take it from)
     torch.manual_seed(seed)
     models = build_models(cfg.model, cfg.noise)
     gen = torch.Generator().manual_seed(seed + 1)

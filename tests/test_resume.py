@@ -200,7 +200,7 @@ def test_foreign_file_is_not_a_checkpoint(tmp_path):
 def test_checkpoint_of_another_model_fails_clearly(tiny_data, reference, tmp_path, extra, needle):
     path = tmp_path / LAST
     save_checkpoint(path, {k: v for k, v in reference.items() if k not in ("format", "version")})
-    cfg = _cfg(tiny_data, *extra)
+    cfg = _cfg(tiny_data, "model.num_classes=20", *extra)  # S as train() resolves it from the data
     with pytest.raises(RunError, match=needle) as e:
         TrainState(cfg, torch.device("cpu")).load(path)
     assert str(path) in str(e.value)
@@ -258,7 +258,7 @@ def test_progress_round_trips():
 def test_a_skipped_generator_step_leaves_d_trainable(tiny_data, monkeypatch):
     """The NaN guard fires while D_X is frozen for the generator update; D must be unfrozen afterwards."""
     _nan_after(monkeypatch, "adversarial_loss", 1)
-    cfg = _cfg(tiny_data)
+    cfg = _cfg(tiny_data, "model.num_classes=20")  # S as train() resolves it from the data
     models = build_models(cfg.model, cfg.noise)
     opt_g = torch.optim.Adam(list(models.G.parameters()) + list(models.F.parameters()))
     image, labels = torch.rand(2, 3, 32, 64) * 2 - 1, torch.randint(0, 20, (2, 32, 64))

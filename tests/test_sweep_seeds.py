@@ -353,3 +353,28 @@ def test_local_launcher_stops_cleanly_and_a_rerun_continues(tmp_path, tiny_data)
              if '"lr"' in line]
     assert steps == list(range(1, 13))  # continued, no step twice
     assert [s.state for s in sweep.sweep_status(out)] == ["finished"] * 3
+
+
+def test_table_of_run_directories_says_how_far_seeds_land(tmp_path, capsys):
+    """`cycleseg table A B C` where A and B differ only in train.seed (the demo's two quant2 seeds): they are
+    labelled by seed and a line gives their spread; C, another config, is not part of it."""
+    import yaml
+
+    from cycleseg.config import Config
+
+    def run(name: str, seed: int, miou: float, noise: str = "quantize") -> Path:
+        cfg = Config()
+        cfg.name, cfg.train.seed, cfg.noise.kind = name, seed, noise
+        cfg.noise.bits = 2 if noise == "quantize" else None
+        d = tmp_path / f"{name}-{seed}"
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        (d / "metrics.json").write_text(json.dumps({"miou": miou, "psnr_db": 14.0, "snr_db": 4.5}))
+        return d
+
+    dirs = [run("demo-quant2", 0, 16.7), run("demo-quant2", 1, 18.9), run("demo-cyclegan", 0, 19.2, "none")]
+    assert main(["table", *map(str, dirs)]) == 0
+    out = capsys.readouterr().out
+    assert "demo-quant2 seed 0" in out and "demo-quant2 seed 1" in out and "demo-cyclegan seed" not in out
+    assert ("seed spread: demo-quant2 at seeds 0, 1 lands 16.7 to 18.9 mIoU (2.2 points apart)" in out), out
+    assert out.count("seed spread") == 1

@@ -449,6 +449,7 @@ def _results_table(paths: list[Path], split: str) -> str:
 def _table(run_dirs: list[Path], split: str) -> str:
     """Runs side by side like the paper's Table 2: noise, measured SNR, mIoU, PSNR."""
     lines = [f"{'run':<24} {'noise':<22} {'SNR dB':>7} {'mIoU %':>7} {'PSNR dB':>8}"]
+    rows: list[tuple[dict, dict]] = []
     from cycleseg import runs
 
     for run_dir in run_dirs:
@@ -466,9 +467,35 @@ def _table(run_dirs: list[Path], split: str) -> str:
             raise RunError(f"{path}: expected a JSON object of metrics, got {type(r).__name__}; rerun the command "
                            "that writes it")
         config = runs.read_yaml(run_dir / runs.CONFIG) if (run_dir / runs.CONFIG).is_file() else {}
-        lines.append(f"{config.get('name', run_dir.name):<24} {noise_label(config):<22} "
+        rows.append((config, r))
+    names = [c.get("name", d.name) for (c, _), d in zip(rows, run_dirs)]
+    for name, (config, r) in zip(names, rows):
+        seed = (config.get("train") or {}).get("seed", 0)
+        label = f"{name} seed {seed}" if names.count(name) > 1 else name
+        lines.append(f"{label:<24} {noise_label(config):<22} "
                      f"{fmt(r.get('snr_db'), 2):>7} {fmt(r.get('miou'), 1):>7} {fmt(r.get('psnr_db'), 2):>8}")
-    return "\n".join(lines)
+    return "\n".join(lines + _seed_spread(rows))
+
+
+def _seed_spread(rows: list[tuple[dict, dict]]) -> list[str]:
+    """A line per config given at several seeds (configs equal but for train.seed): how far its seeds land apart,
+    the yardstick for reading a difference between rows."""
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    for config, r in rows:
+        if config:
+            rest = {**config, "train": {k: v for k, v in (config.get("train") or {}).items() if k != "seed"}}
+            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(
+                ((config.get("train") or {}).get("seed", 0), r))
+    lines = []
+    for key, members in groups.items():
+        mious = [r.get("miou") for _, r in members if r.get("miou") is not None]
+        if len(members) < 2 or len(mious) < 2:
+            continue
+        seeds = ", ".join(str(seed) for seed, _ in members)
+        name = json.loads(key).get("name", "?")
+        lines.append(f"seed spread: {name} at seeds {seeds} lands {min(mious):.1f} to {max(mious):.1f} mIoU "
+                     f"({max(mious) - min(mious):.1f} points apart); read no effect into differences of that size")
+    return [""] + lines if lines else []
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:

@@ -33,7 +33,10 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "flat_items",
+    "labelled_subset",
     "load_config",
+    "uses_d_y",
+    "uses_unlabelled",
 ]
 
 MODEL_KINDS = ("cyclegan", "plain")
@@ -46,7 +49,7 @@ CLASS_WEIGHTS = ("none", "enet")
 # or a sweep continues a run; any other difference is refused, naming the key.
 RESUMABLE_KEYS = (
     "data.root", "data.num_workers", "data.cache", "data.cache_dir", "data.check",
-    "train.device", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.device", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
     "train.max_nonfinite", "train.max_iters", "train.image_every",
 )
 
@@ -71,6 +74,14 @@ class DataConfig:
     # | flip+scale (flip, then zoom in: a random window of 1/s of the size, s in [1, augment_scale], resized back)
     augment: str | bool = "none"
     augment_scale: float = 1.5  # flip+scale: largest zoom factor s (>= 1)
+    # semi-supervised training (README "Semi-supervised training"): which training images are labelled. null =
+    # all (the paper); a fraction in (0, 1] (e.g. 1/8; 1 = null), chosen by train.seed; or a file listing them,
+    # one image path relative to data.root per line (the file relative to data.root, or absolute). The rest of
+    # the training split is unlabelled: its labels are never read. Saved as RUN/labelled.txt
+    labelled: float | str | None = None
+    # label maps without images for the backward cycle (y -> F -> G) and D_Y, besides those of the labelled
+    # images: a folder of label PNGs in the dataset's label values (relative to data.root, or absolute); null = none
+    unpaired_labels: str | None = None
 
 
 @dataclass
@@ -98,6 +109,9 @@ class LossConfig:
     gamma: float = 20 / 31  # J_gen = gamma J_forward + (1 - gamma) J_backward
     ignore_background: bool = False  # leave background pixels (trainId 255) out of the cross entropies
     class_weights: str = "none"  # none (the paper) | enet: 1 / ln(1.02 + p_c) from the training class frequencies
+    # semi-supervised: weight of J_adv_Y, a second least-squares PatchGAN D_Y judging softmax(G(x_u)) of the
+    # unlabelled images against one-hot label maps; default (1 - gamma) beta = 1/31, the weight of J_adv; 0 = no D_Y
+    adv_y: float = 1 / 31
 
 
 @dataclass
@@ -108,7 +122,8 @@ class OptimConfig:
     batch_size: int = 4
     epochs: int = 200  # total epochs
     decay_start_epoch: int = 100  # constant LR before this epoch, then linear decay to 0 at `epochs`
-    pool_size: int = 50  # image history buffer for D_X
+    pool_size: int = 50  # image history buffer for D_X (and for D_Y of a semi-supervised run)
+    unlabelled_batch_size: int | None = None  # semi-supervised: unlabelled images per iteration; null = batch_size
     kernel: str = "auto"  # Adam implementation: auto (fused) | fused | foreach | loop
 
 
@@ -122,6 +137,7 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar
     checkpoint_every: int = 500  # iterations between checkpoints (last.pt); 0 = at epoch ends only
     keep_checkpoints: int = 0  # also keep a copy of the last N epochs' checkpoints (epoch_NNNN.pt)
+    keep_every: int = 1  # ... of every k-th epoch only (curves over a long run: diagnose --along-training)
     max_nonfinite: int = 10  # stop after this many iterations in a row with a NaN/inf loss or gradient
     image_every: int = 0  # iterations between sample images in TensorBoard (x, prediction, x_rec, F(y), ...); 0 = off
     # speed (README "Performance"); fp32 keeps the paper's numerics bit for bit
@@ -298,6 +314,24 @@ def _validate(cfg: Config, source: str) -> None:
         fail("noise.sigma_rule", f"must be one of {', '.join(SIGMA_RULES)}, got {n.sigma_rule!r}")
     if m.kind == "plain" and n.kind != "none":
         fail("noise.kind", "must be none for model.kind=plain (the plain ERFNet has no forward cycle)")
+    if isinstance(d.labelled, float) and not 0.0 < d.labelled <= 1.0:
+        fail("data.labelled", f"must be a fraction in (0, 1] (e.g. 1/8), a file listing the labelled images or null "
+                              f"(all labelled), got {d.labelled}")
+    if isinstance(d.labelled, str) and (not d.labelled.strip() or _is_number(d.labelled)):
+        fail("data.labelled", f"must be a fraction in (0, 1] (e.g. 1/8), a file listing the labelled images or null "
+                              f"(all labelled), got {d.labelled!r}")
+    if d.unpaired_labels is not None and not d.unpaired_labels.strip():
+        fail("data.unpaired_labels", "must be a folder of label PNGs or null")
+    if d.unpaired_labels is not None and m.kind != "cyclegan":
+        fail("data.unpaired_labels", "is only used by the backward cycle of model.kind=cyclegan; remove it")
+    if o.unlabelled_batch_size is not None and o.unlabelled_batch_size < 1:
+        fail("optim.unlabelled_batch_size", f"must be >= 1 or null (null: optim.batch_size), got "
+                                            f"{o.unlabelled_batch_size}")
+    if o.unlabelled_batch_size is not None and not uses_unlabelled(cfg):
+        fail("optim.unlabelled_batch_size", "is only used by a semi-supervised run (model.kind=cyclegan with "
+                                            "data.labelled below 1); remove it")
+    if not (math.isfinite(lo.adv_y) and lo.adv_y >= 0.0):
+        fail("loss.adv_y", f"must be a finite number >= 0 (0: no D_Y), got {lo.adv_y}")
     for key, v in (("loss.alpha", lo.alpha), ("loss.beta", lo.beta), ("loss.gamma", lo.gamma)):
         if not 0.0 <= v <= 1.0:
             fail(key, f"must be in [0, 1] (eqs. 5-7), got {v}")
@@ -323,6 +357,8 @@ def _validate(cfg: Config, source: str) -> None:
     for key, v in (("train.checkpoint_every", t.checkpoint_every), ("train.keep_checkpoints", t.keep_checkpoints)):
         if v < 0:
             fail(key, f"must be >= 0, got {v}")
+    if t.keep_every < 1:
+        fail("train.keep_every", f"must be >= 1 (keep every k-th epoch's checkpoint), got {t.keep_every}")
     if t.image_every < 0:
         fail("train.image_every", f"must be >= 0 (0 = no sample images), got {t.image_every}")
     if t.max_nonfinite < 1:
@@ -335,6 +371,22 @@ def _validate(cfg: Config, source: str) -> None:
         fail("optim.kernel", f"must be auto, fused, foreach or loop, got {o.kernel!r}")
     if not (t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit())):
         fail("train.device", f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+
+
+def labelled_subset(cfg: Config) -> bool:
+    """Whether the run trains on a labelled part of the training split only (data.labelled set and not 1): the
+    plain baseline on that part, or a semi-supervised cycle model (`uses_unlabelled`)."""
+    return cfg.data.labelled is not None and cfg.data.labelled != 1.0
+
+
+def uses_unlabelled(cfg: Config) -> bool:
+    """Whether the run is semi-supervised: a cycle model whose unlabelled images train through the forward cycle."""
+    return labelled_subset(cfg) and cfg.model.kind == "cyclegan"
+
+
+def uses_d_y(cfg: Config) -> bool:
+    """Whether the run has the second discriminator D_Y (semi-supervised, loss.adv_y > 0)."""
+    return uses_unlabelled(cfg) and cfg.loss.adv_y > 0
 
 
 def _is_number(value: str | float) -> bool:

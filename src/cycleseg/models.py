@@ -18,6 +18,9 @@ from cycleseg.noise import NoiseInjection
 __all__ = ["Models", "build_models", "one_hot", "resolve_device"]
 
 
+DEFAULT_NUM_CLASSES = 20  # the paper's S (19 Cityscapes classes + background)
+
+
 class Models(nn.Module):
     """G (image -> logits); for kind "cyclegan" also F (segmentation -> image), D_X and the noise injection.
 
@@ -26,18 +29,24 @@ class Models(nn.Module):
         F: ERFNet with tanh, (B, S, H, W) -> (B, 3, H, W); None for the plain ERFNet.
         D: PatchGAN, (B, 3, H, W) -> (B, 1, H/8 - 2, W/8 - 2); None for the plain ERFNet.
         noise: NoiseInjection applied to G's logits before F (forward cycle only).
+        D_Y: PatchGAN on segmentations, (B, S, H, W) -> (B, 1, H/8 - 2, W/8 - 2): softmax(G(x)) of unlabelled
+            images against one-hot label maps; only in a semi-supervised run with loss.adv_y > 0 (build_models),
+            else None, so that every other run has the state_dict keys it always had.
     """
 
     def __init__(self, model: ModelConfig, noise: NoiseConfig) -> None:
         super().__init__()
-        self.kind, self.num_classes = model.kind, model.num_classes
+        # null num_classes is "from the data" (data.resolve_classes sets it before training); without data at
+        # hand, the paper's S
+        self.kind, self.num_classes = model.kind, model.num_classes or DEFAULT_NUM_CLASSES
         if isinstance(noise.snr_db, str):
             raise ConfigError(f"noise.snr_db {noise.snr_db!r} is not resolved to a number; run through `cycleseg "
                               "train` or `cycleseg sweep`, which read that run's measured SNR (cycleseg calibrate)")
-        self.G = segmentation_generator(model.num_classes)
+        self.G = segmentation_generator(self.num_classes)
         self.noise = NoiseInjection(noise.kind, bits=noise.bits, snr_db=noise.snr_db, sigma_rule=noise.sigma_rule)
-        self.F = image_generator(model.num_classes) if model.kind == "cyclegan" else None
+        self.F = image_generator(self.num_classes) if model.kind == "cyclegan" else None
         self.D = PatchDiscriminator() if model.kind == "cyclegan" else None
+        self.D_Y: PatchDiscriminator | None = None  # build_models(..., d_y=True) adds it
 
     @property
     def is_cycle(self) -> bool:
@@ -58,9 +67,19 @@ class Models(nn.Module):
         return fake, self.G(fake).float()
 
 
-def build_models(model: ModelConfig, noise: NoiseConfig) -> Models:
-    """Models with the paper's initialisation (N(0, 0.02) weights, SPEC "Init")."""
-    return init_weights(Models(model, noise))
+def build_models(model: ModelConfig, noise: NoiseConfig, d_y: bool = False) -> Models:
+    """Models with the paper's initialisation (N(0, 0.02) weights, SPEC "Init"); with `d_y` (a semi-supervised
+    cycle model, config.uses_d_y) also D_Y, a PatchGAN on S channels.
+
+    D_Y is made and initialised after the others, so that G, F and D_X start from the weights that a run without
+    D_Y gets from the same seed.
+    """
+    models = init_weights(Models(model, noise))
+    if d_y:
+        if not models.is_cycle:
+            raise ConfigError("D_Y belongs to a semi-supervised cycle model; the plain ERFNet has none")
+        models.D_Y = init_weights(PatchDiscriminator(in_chans=models.num_classes))
+    return models
 
 
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:

@@ -94,7 +94,7 @@ def _keep(entry: dict[str, Any], step: int, validated: bool) -> bool:
 
 
 def _short(key: str) -> str:
-    return "D" if key == "loss/D/total" else key.split("/")[-1]
+    return {"loss/D/total": "D", "loss/D_Y/total": "D_Y"}.get(key, key.split("/")[-1])
 
 
 class StopSignals:

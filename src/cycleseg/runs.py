@@ -13,6 +13,8 @@ A run directory holds one configuration and everything computed under it:
     metrics.json      final validation of `train`
     eval_<split>.json, calibrate_<split>.json, diagnose_<split>.{json,md}, diagnose_<split>/, official_<split>.json,
     predictions_<split>/, class_weights.json, versions.json
+    labelled.txt      the labelled training images of a run on a labelled part of the data (data.labelled), one
+                      path relative to the data root per line; what a resume trains on
 
 Every write goes through `atomic_write`, so a crash never leaves half a file. A new run is created only after
 its config and data passed their checks; `--overwrite` then removes every artifact of the old run, so that no
@@ -36,7 +38,15 @@ from typing import Any
 import torch
 import yaml
 
-from cycleseg.config import MODEL_KINDS, RESUMABLE_KEYS, Config, apply_overrides, config_from_dict, flat_items
+from cycleseg.config import (
+    MODEL_KINDS,
+    RESUMABLE_KEYS,
+    Config,
+    apply_overrides,
+    config_from_dict,
+    flat_items,
+    uses_d_y,
+)
 from cycleseg.data.cityscapes import CITYSCAPES
 from cycleseg.data.classes import ClassTable
 from cycleseg.errors import ConfigError, RunError
@@ -48,6 +58,7 @@ __all__ = [
     "BEST",
     "CLASSES",
     "CONFIG",
+    "LABELLED",
     "LAST",
     "LOG",
     "METRICS",
@@ -65,6 +76,7 @@ __all__ = [
     "load_checkpoint",
     "load_run",
     "read_json",
+    "read_labelled",
     "read_status",
     "read_yaml",
     "record_evaluation",
@@ -76,6 +88,7 @@ __all__ = [
     "seeded_inference",
     "set_status",
     "write_json",
+    "write_labelled",
     "write_yaml",
 ]
 
@@ -87,6 +100,7 @@ METRICS = "metrics.json"
 LOG = "log.jsonl"
 VERSIONS = "versions.json"
 CLASSES = "classes.yaml"
+LABELLED = "labelled.txt"  # data.labelled: the run's labelled training images
 _CHECKPOINT_FORMAT = "cycleseg-checkpoint-v1"
 _STATES = ("running", "finished", "failed", "interrupted")
 # What makes a folder a run directory (and so something --overwrite may clear): files only cycleseg writes.
@@ -95,16 +109,18 @@ _RUN_MARKERS = (STATUS, LAST)
 # config.yaml last, so that a kill in the middle never leaves old weights under a new config.
 _ARTIFACTS = (LAST, STATUS, BEST, "epoch_*.pt", "*.tmp", METRICS, LOG, VERSIONS, "class_weights.json",
               "events.out.tfevents.*", "eval_*.json", "calibrate_*.json", "official_*.json", "diagnose_*.json",
-              "diagnose_*.md", "diagnose_*", "predictions_*", CLASSES, CONFIG)
+              "diagnose_*.md", "diagnose_*", "predictions_*", LABELLED, CLASSES, CONFIG)
 
 
 def artifact(run_dir: str | Path, kind: str, split: str | None = None) -> Path:
     """Path of a per-split artifact: artifact(run, "eval", "val") -> RUN/eval_val.json.
 
-    kinds: eval, calibrate, official, diagnose (.json), diagnose_md (.md), diagnose_figures, predictions (folders).
+    kinds: eval, calibrate, official, diagnose (.json), diagnose_md (.md), diagnose_figures, diagnose_training
+    (.json) and diagnose_training_png (the watermark along training), predictions (folders).
     """
     names = {"eval": "eval_{}.json", "calibrate": "calibrate_{}.json", "official": "official_{}.json",
              "diagnose": "diagnose_{}.json", "diagnose_md": "diagnose_{}.md", "diagnose_figures": "diagnose_{}",
+             "diagnose_training": "diagnose_{}_training.json", "diagnose_training_png": "diagnose_{}_training.png",
              "predictions": "predictions_{}"}
     if kind not in names:
         raise ValueError(f"unknown artifact kind {kind!r}")
@@ -152,6 +168,23 @@ def read_json(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunError(f"{path}: not readable JSON ({_first_line(e)}); it may be truncated: rerun the command "
                        "that writes it") from None
+
+
+def write_labelled(run_dir: str | Path, paths: list[str]) -> None:
+    """RUN/labelled.txt: the labelled training images of the run (data.labelled), one path relative to the data
+    root per line, in the order of the training split."""
+    atomic_write(Path(run_dir) / LABELLED, "".join(f"{p}\n" for p in paths))
+
+
+def read_labelled(run_dir: str | Path) -> list[str] | None:
+    """The paths of RUN/labelled.txt (write_labelled); None when the run has none (yet)."""
+    path = Path(run_dir) / LABELLED
+    if not path.is_file():
+        return None
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not readable ({_first_line(e)}); restore it from a copy of the run") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -227,9 +260,9 @@ def init_weights(source: str | Path, cfg: Config) -> tuple[dict[str, Any], dict[
         raise RunError(f"{path}: checkpoint is of a {saved.get('kind')} model with {saved.get('num_classes')} "
                        f"classes, this run is a {model.kind} model with {model.num_classes}; --init-from needs the "
                        f"same model.num_classes")
-    target = build_models(model, cfg.noise)  # only to check that the weights fit before the run is created
+    target = build_models(model, cfg.noise, d_y=uses_d_y(cfg))  # only to check that the weights fit
     weights = {}
-    for net in ("G", "F", "D"):
+    for net in ("G", "F", "D", "D_Y"):
         part = {k[len(net) + 1:]: v for k, v in state.get("models", {}).items() if k.startswith(f"{net}.")}
         if part and getattr(target, net) is not None:
             expected = getattr(target, net).state_dict()
@@ -259,7 +292,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
     try:
         cfg = config_from_dict(state["config"], source=str(path))
         check_compatible(state, cfg.model.kind, cfg.model.num_classes, path)
-        models = build_models(cfg.model, cfg.noise)
+        models = build_models(cfg.model, cfg.noise, d_y=uses_d_y(cfg))
         models.load_state_dict(state["models"])
     except (KeyError, RuntimeError, ConfigError) as e:
         raise RunError(f"{path}: checkpoint does not match its config ({_first_line(e)})") from None

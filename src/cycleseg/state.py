@@ -1,8 +1,9 @@
 """The training state: everything a run needs to go on exactly as if it had never stopped.
 
 `TrainState` holds the models (G, F, D_X and the noise), both Adam optimizers and their LR schedules, the image
-pool, the fp16 gradient scalers, the `Progress` counters and, in its `state_dict`, the RNG states. `save` and
-`load` go through the run layer's atomic checkpoint files.
+pool, the fp16 gradient scalers, the `Progress` counters and, in its `state_dict`, the RNG states. A
+semi-supervised run with loss.adv_y > 0 adds D_Y, its Adam optimizer, LR schedule and pool of softmax maps. `save`
+and `load` go through the run layer's atomic checkpoint files.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from cycleseg import distributed
-from cycleseg.config import Config
+from cycleseg.config import Config, uses_d_y
 from cycleseg.errors import RunError
 from cycleseg.models import build_models
 from cycleseg.pool import ImagePool
@@ -58,7 +59,7 @@ class TrainState:
         self.requested_precision = cfg.train.precision
         self.amp = resolve_precision(cfg.train.precision, device)
         self.precision_reason = precision_reason(cfg.train.precision, self.amp)
-        self.models = build_models(cfg.model, cfg.noise).to(device)
+        self.models = build_models(cfg.model, cfg.noise, d_y=uses_d_y(cfg)).to(device)
         if cfg.train.channels_last:
             self.models.to(memory_format=torch.channels_last)
         adam = {"lr": cfg.optim.lr, "betas": (cfg.optim.beta1, cfg.optim.beta2), "kernel": cfg.optim.kernel,
@@ -66,14 +67,18 @@ class TrainState:
         m = self.models
         self.opt_g = make_adam(list(m.G.parameters()) + (list(m.F.parameters()) if m.is_cycle else []), **adam)
         self.opt_d = make_adam(list(m.D.parameters()), **adam) if m.is_cycle else None
+        # D_Y (semi-supervised, loss.adv_y > 0): its own Adam, schedule and pool of softmax maps, as D_X has
+        self.opt_dy = make_adam(list(m.D_Y.parameters()), **adam) if m.D_Y is not None else None
         schedule = lambda epoch: lr_factor(epoch, cfg.optim.epochs, cfg.optim.decay_start_epoch)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in self.optimizers]
         self.pool = ImagePool(cfg.optim.pool_size, seed=cfg.train.seed + distributed.rank())
+        self.pool_y = ImagePool(cfg.optim.pool_size, seed=cfg.train.seed + distributed.rank() + 1_000_003) \
+            if m.D_Y is not None else None
         self.progress = Progress()
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [o for o in (self.opt_g, self.opt_d) if o is not None]
+        return [o for o in (self.opt_g, self.opt_d, self.opt_dy) if o is not None]
 
     @property
     def lr(self) -> float:
@@ -105,6 +110,7 @@ class TrainState:
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "pool": self.pool.state_dict(),
+            **({"pool_y": self.pool_y.state_dict()} if self.pool_y is not None else {}),
             "scalers": [self.amp.scaler(o).state_dict() for o in self.optimizers] if self.amp.uses_scaler else [],
             "progress": asdict(self.progress),
             "precision": {"name": self.amp.name, "reason": self.precision_reason},
@@ -136,6 +142,8 @@ class TrainState:
             for sch, s in zip(self.schedulers, state["schedulers"], strict=True):
                 sch.load_state_dict(s)
             self.pool.load_state_dict(state["pool"])
+            if self.pool_y is not None:
+                self.pool_y.load_state_dict(state["pool_y"])
             if "precision" in state:  # the choice of `auto` made when the run started holds for all of it
                 self.use_precision(state["precision"]["name"], state["precision"]["reason"])
             elif self.requested_precision == "auto" and self.device.type == "cpu":

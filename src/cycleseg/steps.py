@@ -7,6 +7,9 @@
     5. discriminator loss J_disc (eq. 8), image pool  (discriminator_step)
     6. update D_X, G and F frozen                     (discriminator_step)
 
+A semi-supervised iteration (README "Semi-supervised training") keeps that order and adds an unlabelled batch:
+semi_generator_step (steps 2-4, D_X and D_Y frozen), discriminator_step (D_X), then discriminator_y_step (D_Y).
+
 Each step takes the loss settings (`LossConfig`), not the whole config; `lr_factor` is the LR schedule.
 A NaN or infinite loss or gradient skips the update and raises NonFiniteError.
 """
@@ -29,12 +32,12 @@ from cycleseg.losses import (
     segmentation_loss,
     segmentation_reconstruction_loss,
 )
-from cycleseg.models import Models
+from cycleseg.models import Models, one_hot
 from cycleseg.pool import ImagePool
 from cycleseg.precision import FP32, Precision
 
-__all__ = ["BF16_RTOL", "NonFiniteError", "bf16_agrees", "discriminator_step", "generator_step", "generator_terms",
-           "lr_factor", "plain_step"]
+__all__ = ["BF16_RTOL", "NonFiniteError", "bf16_agrees", "discriminator_step", "discriminator_y_step", "generator_step",
+           "generator_terms", "lr_factor", "plain_step", "semi_generator_step", "unlabelled_rec_weight"]
 
 
 def lr_factor(epoch: int, epochs: int, decay_start_epoch: int) -> float:
@@ -54,17 +57,23 @@ def ignore_index(loss: LossConfig, num_classes: int) -> int:
 
 
 def generator_terms(models: Models, image: Tensor, labels: Tensor, loss: LossConfig,
-                    class_weights: Tensor | None = None, amp: Precision = FP32) -> tuple[GeneratorTerms, Tensor]:
-    """Table 1 steps 2-3: both cycles and the four terms of J_gen (eqs. 1-4), and x = F(y_bar) (B, 3, H, W)."""
+                    class_weights: Tensor | None = None, amp: Precision = FP32,
+                    backward_labels: Tensor | None = None) -> tuple[GeneratorTerms, Tensor]:
+    """Table 1 steps 2-3: both cycles and the four terms of J_gen (eqs. 1-4), and x = F(y_bar) (B, 3, H, W).
+
+    backward_labels: the label maps y_bar of the backward cycle, (B', H, W), when they are not the batch's own
+    (data.unpaired_labels); None: `labels`, the paper's paired batch.
+    """
     ignore = ignore_index(loss, models.num_classes)
+    y_b = labels if backward_labels is None else backward_labels
     with amp.autocast():
         logits, _noisy, reconstruction = models.forward_cycle(image)  # forward: x -> y_hat -> y_tilde -> x_rec
-        fake, logits_rec = models.backward_cycle(labels)  # backward cycle: y -> x -> y_rec
+        fake, logits_rec = models.backward_cycle(y_b)  # backward cycle: y -> x -> y_rec
         terms = GeneratorTerms(
             seg=segmentation_loss(logits, labels, ignore, class_weights),
             rec_x=image_reconstruction_loss(reconstruction, image),
             adv=adversarial_loss(models.D(fake).float()),
-            rec_y=segmentation_reconstruction_loss(logits_rec, labels, ignore, class_weights),
+            rec_y=segmentation_reconstruction_loss(logits_rec, y_b, ignore, class_weights),
         )
     return terms, fake
 
@@ -108,20 +117,21 @@ def bf16_agrees(models: Models, image: Tensor, labels: Tensor, loss: LossConfig,
 
 def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,
                    loss: LossConfig, class_weights: Tensor | None = None,
-                   amp: Precision = FP32) -> tuple[dict[str, Tensor], Tensor]:
+                   amp: Precision = FP32, backward_labels: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
     """Table 1 steps 2-4: both cycles, J_gen, and an update of G and F with D_X frozen.
 
     Args:
         image: x_bar (B, 3, H, W) in [-1, 1]; labels: y_bar as (B, H, W) class indices.
         class_weights: (S,) weights of both cross entropies (loss.class_weights=enet); None: the paper's loss.
         amp: mixed precision of the networks (train.precision); the losses are computed in fp32.
+        backward_labels: (B', H, W) label maps of the backward cycle (data.unpaired_labels); None: `labels`.
     Returns:
         the loss terms (detached scalars) and the synthetic image x = F(y_bar) (B, 3, H, W), detached,
         for the discriminator step.
     """
     models.D.requires_grad_(False)  # D_X is fixed during the generator update (Table 1, step 4)
     try:
-        terms, fake = generator_terms(models, image, labels, loss, class_weights, amp)
+        terms, fake = generator_terms(models, image, labels, loss, class_weights, amp, backward_labels)
         total = generator_loss(terms, loss.alpha, loss.beta, loss.gamma)
         _check_loss(total, "J_gen")
         _backward(total, opt_g, amp)
@@ -148,6 +158,83 @@ def discriminator_step(models: Models, opt_d: torch.optim.Optimizer, image: Tens
     _backward(loss, opt_d, amp)
     _step(loss, opt_d, "J_disc", amp)
     return {"loss/D/total": loss.detach()}
+
+
+def unlabelled_rec_weight(loss: LossConfig) -> float:
+    """lambda_u, the weight of J_rec_X on the unlabelled batch: gamma (1 - alpha), that of the labelled batch's
+    J_rec_X in J_gen (eq. 7), so that an unlabelled image counts in the forward cycle as much as a labelled one."""
+    return loss.gamma * (1 - loss.alpha)
+
+
+def semi_generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,
+                        unlabelled: Tensor, loss: LossConfig, class_weights: Tensor | None = None,
+                        amp: Precision = FP32, backward_labels: Tensor | None = None
+                        ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
+    """Table 1 steps 2-4 of a semi-supervised iteration: one update of G and F with D_X and D_Y frozen, on
+
+        J_semi = J_gen(x_l, y_l)                                   (eq. 7 on the labelled batch, unchanged)
+               + lambda_u * J_rec_X(x_u)                           lambda_u = gamma (1 - alpha)
+               + loss.adv_y * J_adv_Y(x_u)                         (only with D_Y)
+        J_rec_X(x_u) = mean |F(noise(G(x_u))) - x_u|               (eq. 3 on the unlabelled batch, through the noise)
+        J_adv_Y(x_u) = mean (D_Y(softmax(G(x_u))) - 1)^2           (least squares, as eq. 2)
+
+    Args:
+        image, labels: the labelled batch x_l (B, 3, H, W) in [-1, 1] and y_l (B, H, W) class indices.
+        unlabelled: the unlabelled batch x_u (B_u, 3, H, W) in [-1, 1]; its labels are never needed.
+        backward_labels: (B', H, W) label maps of the backward cycle (data.unpaired_labels); None: `labels`.
+        class_weights, amp: as generator_step.
+    Returns:
+        the loss terms (detached scalars: those of generator_step, total = J_semi, plus rec_x_u and adv_y),
+        x = F(y_bar) (B', 3, H, W) for D_X's step and softmax(G(x_u)) (B_u, S, H, W) for D_Y's step (None without
+        D_Y), both detached.
+    """
+    discriminators = [d for d in (models.D, models.D_Y) if d is not None]
+    for d in discriminators:  # D_X and D_Y are fixed during the generator update (Table 1, step 4)
+        d.requires_grad_(False)
+    try:
+        terms, fake = generator_terms(models, image, labels, loss, class_weights, amp, backward_labels)
+        with amp.autocast():
+            logits_u, _noisy_u, reconstruction_u = models.forward_cycle(unlabelled)
+            rec_x_u = image_reconstruction_loss(reconstruction_u, unlabelled)
+            segmentation_u = torch.softmax(logits_u.float(), dim=1)  # (B_u, S, H, W), in fp32 like the losses
+            adv_y = adversarial_loss(models.D_Y(segmentation_u).float()) if models.D_Y is not None else None
+        total = generator_loss(terms, loss.alpha, loss.beta, loss.gamma) + unlabelled_rec_weight(loss) * rec_x_u
+        if adv_y is not None:
+            total = total + loss.adv_y * adv_y
+        _check_loss(total, "J_semi")
+        _backward(total, opt_g, amp)
+    finally:  # a skipped (non-finite) step must not leave the discriminators frozen for their steps
+        for d in discriminators:
+            d.requires_grad_(True)
+    _step(total, opt_g, "J_semi", amp)
+
+    logged = {"loss/G/total": total, "loss/G/seg": terms.seg, "loss/G/rec_x": terms.rec_x,
+              "loss/G/adv": terms.adv, "loss/G/rec_y": terms.rec_y, "loss/G/rec_x_u": rec_x_u}
+    if adv_y is not None:
+        logged["loss/G/adv_y"] = adv_y
+    detached = segmentation_u.detach() if adv_y is not None else None
+    return {k: v.detach() for k, v in logged.items()}, fake.detach(), detached
+
+
+def discriminator_y_step(models: Models, opt_dy: torch.optim.Optimizer, labels: Tensor, segmentation: Tensor,
+                         pool: ImagePool, amp: Precision = FP32) -> dict[str, Tensor]:
+    """The D_Y step of a semi-supervised iteration, after D_X's: update D_Y only (G and F fixed) on
+
+        J_disc_Y = mean (D_Y(onehot(y)) - 1)^2 + mean (D_Y(s') - 0)^2   (eq. 8 on segmentations)
+
+    Args:
+        labels: y (B, H, W) class indices, the real label maps (the labelled batch's, or the backward cycle's).
+        segmentation: softmax(G(x_u)) (B_u, S, H, W), detached (semi_generator_step); s' is drawn from `pool`,
+            the history buffer of such maps.
+    """
+    with amp.autocast():
+        d_real = models.D_Y(one_hot(labels, models.num_classes)).float()
+        d_fake = models.D_Y(pool.query(segmentation)).float()
+        loss = discriminator_loss(d_real, d_fake)
+    _check_loss(loss, "J_disc_Y")
+    _backward(loss, opt_dy, amp)
+    _step(loss, opt_dy, "J_disc_Y", amp)
+    return {"loss/D_Y/total": loss.detach()}
 
 
 def plain_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,

@@ -1,7 +1,8 @@
 """Training: the epochs, the LR schedule, validation and checkpoints around the Table 1 steps (`steps`).
 
 `train()` reads like the paper's protocol: for every batch, one generator step and one discriminator step
-(or the plain ERFNet's J_seg step); at every epoch end, one step of the constant-then-linear-decay LR
+(or the plain ERFNet's J_seg step; semi-supervised, with an unlabelled batch too, a D_Y step after D_X's); at
+every epoch end, one step of the constant-then-linear-decay LR
 schedule and, every `train.eval_every` epochs, a validation that keeps the best model. The run directory is
 created, resumed and finished through `runs`; the state lives in `state.TrainState`; logging and signals in
 `monitor`. A run stopped at any moment (Ctrl-C, SIGTERM, SIGKILL, a data error) and resumed with `--resume`
@@ -10,25 +11,36 @@ ends in the same state as one that never stopped.
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import signal
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from cycleseg import distributed, runs
 from cycleseg.augment import augment_batch, augment_generator
-from cycleseg.config import Config
+from cycleseg.config import Config, labelled_subset, uses_unlabelled
 from cycleseg.data import ClassTable, open_split, resolve_classes
 from cycleseg.data.cache import class_pixel_counts
 from cycleseg.data.check import require_valid
+from cycleseg.data.semi import (
+    LabelledSplit,
+    LabelSubset,
+    labelled_split,
+    open_labelled_sets,
+    open_unpaired_labels,
+    stream_indices,
+)
 from cycleseg.errors import ConfigError, DataError, Interrupted, RunError, user_message
 from cycleseg.evaluate import evaluate_models
 from cycleseg.losses import enet_class_weights
@@ -37,7 +49,15 @@ from cycleseg.monitor import RunLogger, StopSignals
 from cycleseg.precision import to_memory_format
 from cycleseg.runs import BEST, LAST
 from cycleseg.state import Progress, TrainState
-from cycleseg.steps import NonFiniteError, bf16_agrees, discriminator_step, generator_step, plain_step
+from cycleseg.steps import (
+    NonFiniteError,
+    bf16_agrees,
+    discriminator_step,
+    discriminator_y_step,
+    generator_step,
+    plain_step,
+    semi_generator_step,
+)
 
 __all__ = ["train"]
 
@@ -61,11 +81,14 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     classes = resolve_classes(cfg)  # the data's class table; model.num_classes from it when null
     if resume and not (run_dir / LAST).is_file():  # stopped before its first checkpoint: start as it started
         init_from = (runs.read_status(run_dir).get("init_from") or {}).get("path")
-    train_set, val_loader = _open_data(cfg)
+    data = _open_data(cfg, run_dir, resume)
+    train_set, val_loader = data.labelled, data.val_loader
     init_record, init = runs.init_weights(init_from, cfg) if init_from is not None else (None, None)
     if main and not resume:
         runs.create_run(run_dir, cfg, overwrite, fields={"init_from": init_record} if init_record else None,
                         classes=classes)
+    if main and data.split is not None and (not resume or runs.read_labelled(run_dir) is None):
+        runs.write_labelled(run_dir, data.split.paths(data.split.labelled))  # what a resume trains on
     state = None
     try:
         state, class_weights = _start(cfg, run_dir, device, run_config, train_set, resume, init)
@@ -77,7 +100,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
             world = distributed.world_size()
             log.write(f"{cfg.name}: {state.amp.name} ({state.precision_reason}); {per_epoch} iterations per epoch"
                       + (f"; {world} processes, batch {cfg.optim.batch_size} per process, global batch "
-                         f"{world * cfg.optim.batch_size}" if world > 1 else ""))
+                         f"{world * cfg.optim.batch_size}" if world > 1 else "") + _describe_data(data, cfg))
             if init_record and p.step == 0:
                 log.write(f"initialised {', '.join(init_record['networks'])} from {init_record['path']} "
                           f"(step {init_record['step']})")
@@ -89,13 +112,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
                                                                        and p.epoch % every == 0)):
                     _validate(state, val_loader, cfg, log, run_dir, classes)  # and best.pt
                 state.save(run_dir / LAST)
-                _retain(run_dir, cfg.train.keep_checkpoints, p)
+                _retain(run_dir, cfg.train.keep_checkpoints, p, cfg.train.keep_every)
                 if p.step >= total:
                     break
-                for image, labels in _batches(train_set, cfg, p, total):  # the rest of this epoch
+                batches = _batches(train_set, cfg, p, total)  # the rest of this epoch
+                for (image, labels), (unlabelled, backward) in zip(batches, _extra_batches(data, cfg, p, len(batches))):
                     image, labels = _augment(image.to(device, non_blocking=True),
                                              labels.to(device, non_blocking=True), cfg, p)
-                    losses = _iteration(state, image, labels, cfg, class_weights, run_dir)
+                    if unlabelled is not None:  # semi-supervised: this iteration's unlabelled images
+                        unlabelled = _augment_images(unlabelled.to(device, non_blocking=True), cfg, p, stream=1)
+                    if backward is not None:  # data.unpaired_labels: the backward cycle's label maps
+                        backward = _augment_labels(backward.to(device, non_blocking=True), cfg, p, stream=2)
+                    losses = _iteration(state, image, labels, cfg, class_weights, run_dir, unlabelled, backward)
                     p.step += 1
                     p.batch_in_epoch += 1
                     log.advance()
@@ -147,7 +175,7 @@ def _start(cfg: Config, run_dir: Path, device: torch.device, run_config: dict[st
     if not loaded and cfg.train.precision == "auto" and state.amp.name == "bf16":
         _check_bf16(state, cfg, train_set, class_weights)
     if cfg.train.compile:  # in place: state_dict keys stay those of the plain modules
-        for net in filter(None, (state.models.G, state.models.F, state.models.D)):
+        for net in filter(None, (state.models.G, state.models.F, state.models.D, state.models.D_Y)):
             net.compile()
     if distributed.is_main():
         runs.set_status(run_dir, "running", state.progress.step,
@@ -156,14 +184,27 @@ def _start(cfg: Config, run_dir: Path, device: torch.device, run_config: dict[st
 
 
 def _iteration(state: TrainState, image: Tensor, labels: Tensor, cfg: Config, class_weights: Tensor | None,
-               run_dir: Path) -> dict[str, Tensor | float]:
-    """Table 1 for one batch (or the plain ERFNet's step): the loss terms, or a skipped non-finite update."""
+               run_dir: Path, unlabelled: Tensor | None = None, backward: Tensor | None = None
+               ) -> dict[str, Tensor | float]:
+    """Table 1 for one batch (or the plain ERFNet's step): the loss terms, or a skipped non-finite update.
+
+    unlabelled: the iteration's unlabelled images (semi-supervised), trained through the forward cycle and D_Y;
+    backward: the backward cycle's label maps when they are not the batch's own (data.unpaired_labels)."""
     p, models = state.progress, state.models
     start = time.perf_counter()
     image = to_memory_format(image, cfg.train.channels_last)
     try:
-        if models.is_cycle:
-            losses, fake = generator_step(models, state.opt_g, image, labels, cfg.loss, class_weights, state.amp)
+        if models.is_cycle and unlabelled is not None:  # G, F (D_X, D_Y frozen), then D_X, then D_Y
+            unlabelled = to_memory_format(unlabelled, cfg.train.channels_last)
+            losses, fake, segmentation = semi_generator_step(models, state.opt_g, image, labels, unlabelled, cfg.loss,
+                                                             class_weights, state.amp, backward)
+            losses |= discriminator_step(models, state.opt_d, image, fake, state.pool, state.amp)
+            if segmentation is not None:
+                losses |= discriminator_y_step(models, state.opt_dy, labels if backward is None else backward,
+                                               segmentation, state.pool_y, state.amp)
+        elif models.is_cycle:
+            losses, fake = generator_step(models, state.opt_g, image, labels, cfg.loss, class_weights, state.amp,
+                                          backward)
             losses |= discriminator_step(models, state.opt_d, image, fake, state.pool, state.amp)
         else:
             losses = plain_step(models, state.opt_g, image, labels, cfg.loss, class_weights, state.amp)
@@ -186,6 +227,24 @@ def _augment(image: Tensor, labels: Tensor, cfg: Config, progress: Progress) -> 
         return image, labels
     generator = augment_generator(cfg.train.seed, progress.epoch, progress.batch_in_epoch, distributed.rank())
     return augment_batch(image, labels, cfg.data.augment, cfg.data.augment_scale, generator)
+
+
+def _augment_images(image: Tensor, cfg: Config, progress: Progress, stream: int) -> Tensor:
+    """data.augment on a batch of images without labels (the unlabelled images), with draws of their own `stream`."""
+    if cfg.data.augment == "none":
+        return image
+    generator = augment_generator(cfg.train.seed, progress.epoch, progress.batch_in_epoch, distributed.rank(), stream)
+    dummy = torch.zeros(image.shape[0], *image.shape[2:], dtype=torch.int64, device=image.device)
+    return augment_batch(image, dummy, cfg.data.augment, cfg.data.augment_scale, generator)[0]
+
+
+def _augment_labels(labels: Tensor, cfg: Config, progress: Progress, stream: int) -> Tensor:
+    """data.augment on label maps without images (data.unpaired_labels), with draws of their own `stream`."""
+    if cfg.data.augment == "none":
+        return labels
+    generator = augment_generator(cfg.train.seed, progress.epoch, progress.batch_in_epoch, distributed.rank(), stream)
+    dummy = torch.zeros(labels.shape[0], 1, *labels.shape[1:], device=labels.device)
+    return augment_batch(dummy, labels, cfg.data.augment, cfg.data.augment_scale, generator)[1]
 
 
 def _sample_images(state: TrainState, image: Tensor, labels: Tensor, cfg: Config, palette: np.ndarray
@@ -269,22 +328,67 @@ def _device(cfg: Config) -> torch.device:
     return device
 
 
-def _open_data(cfg: Config) -> tuple[Dataset, DataLoader]:
-    """The checked training split and the validation loader (this rank's share of it under torchrun)."""
+@dataclass
+class _TrainData:
+    """What a run trains and validates on."""
+
+    labelled: Dataset  # (image, labels) items: the training split, or its labelled images (data.labelled)
+    val_loader: DataLoader  # this rank's share of the validation split
+    split: LabelledSplit | None = None  # data.labelled: the choice of labelled images (RUN/labelled.txt)
+    unlabelled: Dataset | None = None  # semi-supervised: the other training images, (3, H, W) items, no labels
+    backward: Dataset | None = None  # data.unpaired_labels: the backward cycle's label maps, (H, W) items
+
+
+def _open_data(cfg: Config, run_dir: Path, resume: bool) -> _TrainData:
+    """The checked training data and the validation loader (this rank's share of it under torchrun).
+
+    With data.labelled the labelled choice comes first (read back from RUN/labelled.txt on resume), so that the
+    data check can leave the unlabelled images' labels unread."""
+    progress = cfg.train.progress
+    split = None
+    if labelled_subset(cfg):
+        split = labelled_split(cfg, runs.read_labelled(run_dir) if resume else None, str(run_dir / runs.LABELLED))
     if cfg.data.check != "off":  # minutes into a run is a bad time to find a missing label
-        require_valid(cfg.data.root, ("train", "val"), full=cfg.data.check == "full", progress=cfg.train.progress,
-                      fmt=cfg.data.format)
-    train_set = open_split(cfg, "train", progress=cfg.train.progress)
-    val_set = open_split(cfg, "val", progress=cfg.train.progress)
+        require_valid(cfg.data.root, ("train", "val"), full=cfg.data.check == "full", progress=progress,
+                      fmt=cfg.data.format, unlabelled=split.unlabelled_images() if split else frozenset())
+    unlabelled = backward = None
+    if split is None:
+        train_set = open_split(cfg, "train", progress=progress)
+    else:
+        train_set, unlabelled = open_labelled_sets(cfg, split, progress)
+        if not uses_unlabelled(cfg):  # the plain baseline on the labelled images: the others are not used
+            unlabelled = None
+    if cfg.data.unpaired_labels is not None:  # the labelled images' label maps and the unpaired ones
+        base, indices = (train_set.dataset, train_set.indices) if isinstance(train_set, Subset) else \
+            (train_set, range(len(train_set)))
+        backward = ConcatDataset([LabelSubset(base, indices), open_unpaired_labels(cfg)])
+    val_set = open_split(cfg, "val", progress=progress)
     if distributed.is_distributed():  # each rank validates its share; the confusion matrices are summed
         val_set = Subset(val_set, range(distributed.rank(), len(val_set), distributed.world_size()))
-    return train_set, DataLoader(val_set, batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers,
-                                 pin_memory=torch.cuda.is_available())
+    val_loader = DataLoader(val_set, batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers,
+                            pin_memory=torch.cuda.is_available())
+    return _TrainData(train_set, val_loader, split, unlabelled, backward)
 
 
-def _retain(run_dir: Path, keep: int, progress: Progress) -> None:
-    """Keep a copy of last.pt per epoch, `train.keep_checkpoints` of them (0 keeps none)."""
+def _describe_data(data: _TrainData, cfg: Config) -> str:
+    """The log's note on a run with labelled and unlabelled images or unpaired label maps ("" for the paper's)."""
+    parts = []
+    if data.split is not None:
+        parts.append(f"{len(data.split.labelled)} labelled training images of {len(data.split.samples)}"
+                     + (f", {len(data.unlabelled)} unlabelled ({cfg.optim.unlabelled_batch_size or cfg.optim.batch_size}"
+                        " per iteration)" if data.unlabelled is not None else " (the others are not used)"))
+    if data.backward is not None:
+        parts.append(f"backward cycle on {len(data.backward)} label maps "
+                     f"({len(data.backward) - len(data.labelled)} unpaired)")
+    return "".join(f"; {part}" for part in parts)
+
+
+def _retain(run_dir: Path, keep: int, progress: Progress, every: int = 1) -> None:
+    """Keep a copy of last.pt at the end of every `every`-th epoch, the last `train.keep_checkpoints` of them
+    (0 keeps none)."""
     if keep == 0 or progress.batch_in_epoch != 0 or progress.step == 0 or not distributed.is_main():
+        return
+    if progress.epoch % every:
         return
     shutil.copyfile(run_dir / LAST, run_dir / f"epoch_{progress.epoch:04d}.pt")
     for old in sorted(run_dir.glob("epoch_*.pt"))[:-keep]:
@@ -311,6 +415,31 @@ def _shard_size(n: int) -> int:
     """Images per rank and epoch: every rank gets the same count (the order wraps around, as
     DistributedSampler pads), so all ranks run the same number of iterations."""
     return math.ceil(n / distributed.world_size())
+
+
+def _extra_batches(data: _TrainData, cfg: Config, progress: Progress, count: int
+                   ) -> Iterator[tuple[Tensor | None, Tensor | None]]:
+    """(unlabelled images (B_u, 3, H, W), backward label maps (B, H, W)) of the next `count` iterations, None where
+    the run has none (always, for the paper's runs).
+
+    Each comes from an endless stream of shuffled passes over its dataset (data.semi.stream_indices), seeded by
+    train.seed and positioned by the iteration's step and the rank: iteration `step` of rank r takes positions
+    (step * world + r) * b .. + b - 1. A resumed run, mid-epoch or not, draws what it would have drawn, with
+    nothing in the checkpoint; every unlabelled image is used once per pass over the unlabelled images.
+    """
+    world, rank = distributed.world_size(), distributed.rank()
+    streams: list[Iterator[Tensor | None]] = []
+    for dataset, batch, salt in ((data.unlabelled, cfg.optim.unlabelled_batch_size or cfg.optim.batch_size, 1),
+                                 (data.backward, cfg.optim.batch_size, 2)):
+        if dataset is None:
+            streams.append(itertools.repeat(None))
+            continue
+        positions = [((progress.step + i) * world + rank) * batch + k for i in range(count) for k in range(batch)]
+        indices = stream_indices(len(dataset), cfg.train.seed * 1_009 + salt, positions)
+        streams.append(iter(DataLoader(Subset(dataset, indices), batch_size=batch, num_workers=cfg.data.num_workers,
+                                       generator=torch.Generator().manual_seed(cfg.train.seed),
+                                       pin_memory=torch.cuda.is_available())))
+    return zip(*streams)
 
 
 def _batches(dataset: Dataset, cfg: Config, progress: Progress, total: int) -> DataLoader:

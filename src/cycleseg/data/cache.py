@@ -279,6 +279,14 @@ class CachedDataset(Dataset):
             return image, torch.full(self.size, -1, dtype=torch.int64)
         return image, torch.from_numpy(labels[index].astype(np.int64))
 
+    def image(self, index: int) -> Tensor:
+        """The image alone, (3, H, W) float32 in [-1, 1] (the unlabelled images of semi-supervised training)."""
+        return image_to_tensor(np.asarray(self.arrays()[0][index]))
+
+    def label(self, index: int) -> Tensor:
+        """The labels alone, (H, W) int64 class indices."""
+        return torch.from_numpy(self.arrays()[1][index].astype(np.int64))
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_images": None, "_labels": None}  # workers map the files themselves
 

@@ -107,7 +107,8 @@ class _File:
 
 def check_data(root: str | Path, splits: tuple[str, ...] = SPLITS, full: bool = True,
                expect_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
-               check_cache: bool = True, progress: bool = False, fmt: str = "auto") -> DataReport:
+               check_cache: bool = True, progress: bool = False, fmt: str = "auto",
+               unlabelled: frozenset[Path] = frozenset()) -> DataReport:
     """Check the dataset folder `root` (fmt: auto | cityscapes | folder); never raises for data problems, returns
     them in the report.
 
@@ -116,6 +117,8 @@ def check_data(root: str | Path, splits: tuple[str, ...] = SPLITS, full: bool = 
         full: decode every PNG (corrupt files, unknown labelIds, class frequencies) instead of headers only.
         expect_size: (W, H) every image must have, e.g. (2048, 1024); None: the most common size.
         cache_dir, check_cache: report stale caches of `cycleseg prepare` (cache.py) in this folder.
+        unlabelled: image paths (as the split lists them) whose labels must not be read (the unlabelled images of
+            semi-supervised training): their label files are neither opened nor required; the images are checked.
     """
     root = Path(root)
     report = DataReport(root, full)
@@ -132,8 +135,8 @@ def check_data(root: str | Path, splits: tuple[str, ...] = SPLITS, full: bool = 
     report.classes = source.classes
     files: list[_File] = []
     for split in splits:
-        files += _check_layout(source, split, report) if source.format == "cityscapes" else \
-            _check_folder_layout(source, split, report)
+        files += _check_layout(source, split, report, unlabelled) if source.format == "cityscapes" else \
+            _check_folder_layout(source, split, report, unlabelled)
     _inspect(files, full, progress, source.classes)
     _check_files(files, expect_size, report, source.format)
     if full:
@@ -144,16 +147,19 @@ def check_data(root: str | Path, splits: tuple[str, ...] = SPLITS, full: bool = 
 
 
 def require_valid(root: str | Path, splits: tuple[str, ...], full: bool = False, progress: bool = False,
-                  fmt: str = "auto") -> None:
-    """check_data for `train`: raise DataError naming the first problem (and how many more there are)."""
-    report = check_data(root, splits, full=full, check_cache=False, progress=progress, fmt=fmt)
+                  fmt: str = "auto", unlabelled: frozenset[Path] = frozenset()) -> None:
+    """check_data for `train`: raise DataError naming the first problem (and how many more there are).
+
+    unlabelled: image paths whose labels are neither read nor required (check_data)."""
+    report = check_data(root, splits, full=full, check_cache=False, progress=progress, fmt=fmt, unlabelled=unlabelled)
     if report.problems:
         more = len(report.problems) - 1
         suffix = f" ({more} more problem{'s' * (more > 1)}; list them with `cycleseg check-data {root}`)" if more else ""
         raise DataError(f"{report.problems[0]}{suffix}")
 
 
-def _check_folder_layout(source: DataSource, split: str, report: DataReport) -> list[_File]:
+def _check_folder_layout(source: DataSource, split: str, report: DataReport,
+                         unlabelled: frozenset[Path] = frozenset()) -> list[_File]:
     """A folder dataset's split: images/<split>/ and labels/<split>/ paired by path and stem."""
     image_dir, label_dir = source.image_dir(split), source.label_dir(split)
     if not image_dir.is_dir():
@@ -176,6 +182,8 @@ def _check_folder_layout(source: DataSource, split: str, report: DataReport) -> 
     labels = {p.relative_to(label_dir).with_suffix("").as_posix(): p for p in sorted(label_dir.rglob("*"))
               if p.is_file()}
     for key in sorted(images.keys() - labels.keys()):
+        if images[key] in unlabelled:
+            continue
         report.problems.append(Problem(images[key], f"image has no label {label_dir / (key + '.png')}; add it or "
                                                     "remove the image"))
     for key in sorted(labels.keys() - images.keys()):
@@ -183,10 +191,12 @@ def _check_folder_layout(source: DataSource, split: str, report: DataReport) -> 
                                                     "or remove the label"))
     paired = sorted(images.keys() & labels.keys())
     report.splits[split].labels = len(paired)
-    return files + [_File(labels[key], True, split, image=images[key]) for key in paired]
+    return files + [_File(labels[key], True, split, image=images[key]) for key in paired
+                    if images[key] not in unlabelled]  # an unlabelled image's label is never opened
 
 
-def _check_layout(source: DataSource, split: str, report: DataReport) -> list[_File]:
+def _check_layout(source: DataSource, split: str, report: DataReport,
+                  unlabelled: frozenset[Path] = frozenset()) -> list[_File]:
     """Folders, names, cities and image/label pairing of one Cityscapes split; returns the PNGs to inspect."""
     root = source.root
     image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
@@ -230,6 +240,8 @@ def _check_layout(source: DataSource, split: str, report: DataReport) -> list[_F
     labels = {p.relative_to(label_dir).as_posix()[: -len(LABEL_SUFFIX)]: p
               for p in sorted(label_dir.glob(f"*/*{LABEL_SUFFIX}"))}
     for key in sorted(images.keys() - labels.keys()):
+        if images[key] in unlabelled:
+            continue
         problems.append(Problem(images[key], f"image has no label {label_dir / (key + LABEL_SUFFIX)}; add it or "
                                              "remove the image"))
     for key in sorted(labels.keys() - images.keys()):
@@ -237,7 +249,8 @@ def _check_layout(source: DataSource, split: str, report: DataReport) -> list[_F
                                              "remove the label"))
     paired = sorted(images.keys() & labels.keys())
     report.splits[split].labels = len(paired)
-    return files + [_File(labels[key], True, split, image=images[key]) for key in paired]
+    return files + [_File(labels[key], True, split, image=images[key]) for key in paired
+                    if images[key] not in unlabelled]  # an unlabelled image's label is never opened
 
 
 def _inspect(files: list[_File], full: bool, progress: bool, classes: ClassTable) -> None:

@@ -93,8 +93,10 @@ class Sample:
     name: str
 
 
-def list_samples(root: str | Path, split: str) -> list[Sample]:
-    """All (image, label) pairs of `split`, sorted by city and name; DataError on any missing or extra file."""
+def list_samples(root: str | Path, split: str, require_labels: bool = True) -> list[Sample]:
+    """All (image, label) pairs of `split`, sorted by city and name; DataError on any missing or extra file.
+
+    require_labels=False: an image without a label file (an unlabelled image) gets label_path None."""
     root = Path(root)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -110,19 +112,19 @@ def list_samples(root: str | Path, split: str) -> list[Sample]:
               for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}")}
     if not images:
         raise DataError(f"{image_dir}: no *{IMAGE_SUFFIX} images in its city folders; the split is empty")
-    if split == "test":
+    if split == "test" or (not require_labels and not label_dir.is_dir()):
         return [Sample(p, None, key.split("/")[0], key.split("/")[1]) for key, p in sorted(images.items())]
     if not label_dir.is_dir():
         raise DataError(f"{label_dir}: folder not found; labels belong in gtFine/{split}/<city>/")
     labels = {p.relative_to(label_dir).as_posix()[: -len(LABEL_SUFFIX)]: p
               for p in label_dir.glob(f"*/*{LABEL_SUFFIX}")}
-    for key in sorted(images.keys() - labels.keys()):
+    for key in sorted(images.keys() - labels.keys()) if require_labels else ():
         raise DataError(f"{images[key]}: image has no label {label_dir / (key + LABEL_SUFFIX)}; add it or "
                         "remove the image")
     for key in sorted(labels.keys() - images.keys()):
         raise DataError(f"{labels[key]}: label has no image {image_dir / (key + IMAGE_SUFFIX)}; add it or "
                         "remove the label")
-    return [Sample(images[k], labels[k], k.split("/")[0], k.split("/")[1]) for k in sorted(images)]
+    return [Sample(images[k], labels.get(k), k.split("/")[0], k.split("/")[1]) for k in sorted(images)]
 
 
 def _open_png(path: Path) -> Image.Image:

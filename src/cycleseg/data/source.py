@@ -48,11 +48,14 @@ class DataSource:
     format: str
     classes: ClassTable
 
-    def samples(self, split: str) -> list[Sample]:
-        """All (image, label) pairs of `split`, sorted; DataError on a missing folder or an unpaired file."""
+    def samples(self, split: str, require_labels: bool = True) -> list[Sample]:
+        """All (image, label) pairs of `split`, sorted; DataError on a missing folder or an unpaired file.
+
+        require_labels=False (the unlabelled images of semi-supervised training): an image without a label file
+        is a Sample with label_path None instead of an error."""
         if self.format == "folder":
-            return list_folder_samples(self.root, split)
-        return list_samples(self.root, split)
+            return list_folder_samples(self.root, split, require_labels)
+        return list_samples(self.root, split, require_labels)
 
     def image_dir(self, split: str) -> Path:
         return self.root / ("images" if self.format == "folder" else "leftImg8bit") / split
@@ -76,10 +79,11 @@ def open_source(root: str | Path, fmt: str = "auto") -> DataSource:
     return DataSource(root, fmt, classes)
 
 
-def list_folder_samples(root: str | Path, split: str) -> list[Sample]:
+def list_folder_samples(root: str | Path, split: str, require_labels: bool = True) -> list[Sample]:
     """The (image, label) pairs of a folder dataset's `split`, sorted by path; DataError on any unpaired file.
 
-    Sample.city is the subfolder (may be ""), Sample.name the file stem; the test split may have no labels.
+    Sample.city is the subfolder (may be ""), Sample.name the file stem; the test split may have no labels, nor
+    may images of any split with require_labels=False (their label_path is None).
     """
     root = Path(root)
     if split not in SPLITS:
@@ -97,19 +101,19 @@ def list_folder_samples(root: str | Path, split: str) -> list[Sample]:
             images[key] = path
     if not images:
         raise DataError(f"{image_dir}: no .png/.jpg/.jpeg images; the split is empty")
-    if split == "test" and not label_dir.is_dir():
+    if (split == "test" or not require_labels) and not label_dir.is_dir():
         return [_sample(key, path, None) for key, path in images.items()]
     if not label_dir.is_dir():
         raise DataError(f"{label_dir}: folder not found; the labels of {split} belong in labels/{split}/, one PNG "
                         "per image with the same name")
     labels = {p.relative_to(label_dir).with_suffix("").as_posix(): p
               for p in sorted(label_dir.rglob("*.png")) if p.is_file()}
-    for key in sorted(images.keys() - labels.keys()):
+    for key in sorted(images.keys() - labels.keys()) if require_labels else ():
         raise DataError(f"{images[key]}: image has no label {label_dir / (key + '.png')}; add it or remove the image")
     for key in sorted(labels.keys() - images.keys()):
         raise DataError(f"{labels[key]}: label has no image in {image_dir} with the stem {key!r}; add it or remove "
                         "the label")
-    return [_sample(key, images[key], labels[key]) for key in sorted(images)]
+    return [_sample(key, images[key], labels.get(key)) for key in sorted(images)]
 
 
 def _sample(key: str, image: Path, label: Path | None) -> Sample:
@@ -127,20 +131,28 @@ class SplitDataset(Dataset):
         size: (H, W) the images and labels are resized to.
     """
 
-    def __init__(self, source: DataSource, split: str, size: tuple[int, int]) -> None:
+    def __init__(self, source: DataSource, split: str, size: tuple[int, int],
+                 samples: list[Sample] | None = None) -> None:
         self.source, self.root, self.split, self.size = source, source.root, split, size
         self.classes = source.classes
-        self.samples = source.samples(split)
+        self.samples = source.samples(split) if samples is None else samples  # samples: already listed
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        sample = self.samples[index]
-        image = load_image(sample.image_path, self.size)
-        if sample.label_path is None:
+        image = self.image(index)
+        if self.samples[index].label_path is None:
             return image, torch.full(self.size, -1, dtype=torch.int64)
-        return image, load_label(sample.label_path, self.size, self.classes)
+        return image, self.label(index)
+
+    def image(self, index: int) -> Tensor:
+        """The image alone, (3, H, W) float32 in [-1, 1]: its label file is not opened (unlabelled images)."""
+        return load_image(self.samples[index].image_path, self.size)
+
+    def label(self, index: int) -> Tensor:
+        """The labels alone, (H, W) int64 class indices."""
+        return load_label(self.samples[index].label_path, self.size, self.classes)
 
 
 class CityscapesDataset(SplitDataset):
