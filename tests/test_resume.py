@@ -170,6 +170,25 @@ def test_disk_full_is_a_clear_error_and_keeps_the_previous_one(tmp_path, monkeyp
     assert torch.equal(load_checkpoint(path)["value"], torch.ones(3))
 
 
+def test_disk_full_while_the_checkpoint_streams_keeps_the_previous_one(tmp_path, monkeypatch):
+    """The checkpoint is serialised straight into the temporary file: a write failing half-way (disk full) is the
+    same one-line RunError, and the temporary file goes."""
+    path = tmp_path / LAST
+    save_checkpoint(path, {"value": torch.ones(3)})
+    real_save = torch.save
+
+    def fills_the_disk(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("cycleseg.runs.torch.save", fills_the_disk)
+    with pytest.raises(RunError, match="could not write .No space left on device.*intact"):
+        save_checkpoint(path, {"value": torch.zeros(3)})
+    monkeypatch.setattr("cycleseg.runs.torch.save", real_save)
+    assert not (tmp_path / (LAST + ".tmp")).exists()
+    assert torch.equal(load_checkpoint(path)["value"], torch.ones(3))
+
+
 @pytest.mark.parametrize("content, needle", [
     (None, "truncated or corrupt"),  # a truncated real checkpoint
     (b"", "truncated or corrupt"),

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import yaml
@@ -129,16 +128,20 @@ def artifact(run_dir: str | Path, kind: str, split: str | None = None) -> Path:
 
 # ---------------------------------------------------------------------------------------------- atomic writes
 
-def atomic_write(path: str | Path, data: str | bytes) -> None:
+def atomic_write(path: str | Path, data: str | bytes | Callable[[BinaryIO], object]) -> None:
     """Write `data` to `path` through a temporary file, fsync and rename: a crash leaves the old file or the new.
 
+    `data` may also be a function that writes into the open file (a checkpoint: no copy of it in memory).
     A failure (disk full, no permission, a file where a folder should be) is a RunError naming the path.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -205,9 +208,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write a training state (atomically, as every run file)."""
-    buffer = io.BytesIO()
-    torch.save({"format": _CHECKPOINT_FORMAT, "version": __version__, **state}, buffer)
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, lambda f: torch.save({"format": _CHECKPOINT_FORMAT, "version": __version__, **state}, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
