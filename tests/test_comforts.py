@@ -119,6 +119,7 @@ def _g_parameters(models: dict) -> dict:
                                                                                           "num_batches_tracked"))}
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_another_runs_weights(trained_cycle_run, tiny_data, tmp_path, capsys):
     source = load_checkpoint(trained_cycle_run / BEST)
     # a plain run's checkpoint (G only) starts a cycle model's G; F and D_X stay freshly initialised

@@ -8,6 +8,8 @@ import pytest
 from cycleseg.cli import main
 from cycleseg.diagnose import diagnose_run, diagnose_training, training_checkpoints
 
+pytestmark = pytest.mark.slow  # every test trains a run
+
 
 @pytest.fixture(scope="module")
 def kept_run(tiny_data, tmp_path_factory):

@@ -103,6 +103,7 @@ def test_cache_of_a_folder_dataset_goes_stale_when_classes_change(camvid, tmp_pa
     assert status == "stale" and "other classes" in why
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_use_the_datasets_classes(camvid, camvid_run, tmp_path, capsys):
     metrics = json.loads((camvid_run / "metrics.json").read_text())
     assert list(metrics["iou"]) == CAMVID_NAMES  # the 11 evaluated classes, void left out
@@ -124,12 +125,14 @@ def test_train_evaluate_predict_use_the_datasets_classes(camvid, camvid_run, tmp
     assert np.array_equal(rgb, table.palette[table.lookup[values]])  # its own colours, pixel by pixel
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_data_with_other_classes(camvid_run, tiny_data, capsys):
     assert main(["evaluate", str(camvid_run), "--data", str(tiny_data)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{tiny_data}: its 20 classes" in err[0] and "not the 12 the run" in err[0], err
 
 
+@pytest.mark.slow
 def test_report_shows_the_datasets_class_names(camvid, camvid_run, tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()

@@ -76,6 +76,7 @@ def test_reconstruct_overlay_and_bad_inputs(trained_cycle_run, photos):
         cycleseg.load(trained_cycle_run, checkpoint="epoch_0007.pt")
 
 
+@pytest.mark.slow
 def test_segment_cli_writes_labels_colours_overlays(trained_cycle_run, photos, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["segment", str(trained_cycle_run), str(photos), "--out", str(out), "--precision", "fp32",
@@ -93,6 +94,7 @@ def test_segment_cli_writes_labels_colours_overlays(trained_cycle_run, photos, t
     assert Image.open(out / "overlay" / "sub" / "odd.jpg").size == photo.size
 
 
+@pytest.mark.slow
 def test_segment_cli_errors_are_one_line(trained_cycle_run, photos, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -141,6 +141,7 @@ def test_stream_indices_use_every_item_once_per_pass():
 
 # --------------------------------------------------------------------------------- unlabelled labels unused
 
+@pytest.mark.slow
 def test_labels_of_unlabelled_images_are_never_read(tiny_data, tmp_path, capsys):
     """Every unlabelled image's label corrupted (junk bytes) or deleted: the full data check, the ENet class
     weights, training and a resume all pass; a corrupted labelled label stops the run naming the file."""
@@ -387,6 +388,7 @@ def test_plain_baseline_trains_on_exactly_the_labelled_images(tiny_data, tmp_pat
     assert "D_Y.model.0.weight" not in load_checkpoint(out / LAST)["models"]
 
 
+@pytest.mark.slow
 def test_cli_train_evaluate_and_table_on_a_semi_config(tiny_data, tmp_path, capsys):
     out = tmp_path / "semi"
     config = ROOT / "configs" / "semi" / "1-8_quant2.yaml"
