@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F_
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from cycleseg.config import Config
 from cycleseg.data import ClassTable, image_to_tensor
+from cycleseg.data.cityscapes import open_image
 from cycleseg.errors import DataError, RunError
 from cycleseg.formats import to_rgb
 from cycleseg.models import Models, resolve_device
@@ -156,7 +157,7 @@ def segment_files(segmenter: Segmenter, inputs: list[Path], out: Path, progress:
         raise RunError("--reconstruction needs a cycle model; this run is a plain ERFNet (no F)")
     values = segmenter.classes.class_values
     for path, name in tqdm(images, desc="segment", unit="img", disable=not progress, dynamic_ncols=True):
-        photo = _open(path)
+        photo = open_image(path)
         labels = segmenter.segment(photo)
         _write(Image.fromarray(values[labels], "L"), out / "labels" / name.with_suffix(".png"))
         _write(Image.fromarray(segmenter.colorize(labels), "RGB"), out / "color" / name.with_suffix(".png"))
@@ -168,15 +169,6 @@ def segment_files(segmenter: Segmenter, inputs: list[Path], out: Path, progress:
                "outputs": ["labels", "color", "overlay"] + (["reconstruction"] if reconstruction else [])}
     write_json(out / "segment.json", summary)
     return summary
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable or corrupt image ({type(e).__name__}); replace or remove it") from None
-    return image
 
 
 def _write(image: Image.Image, path: Path) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "list_samples",
     "load_image",
     "load_label",
+    "open_image",
     "read_image",
     "read_label",
 ]
@@ -127,7 +128,8 @@ def list_samples(root: str | Path, split: str, require_labels: bool = True) -> l
     return [Sample(images[k], labels.get(k), k.split("/")[0], k.split("/")[1]) for k in sorted(images)]
 
 
-def _open_png(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
+    """An image file opened and decoded; DataError naming it when it is unreadable or corrupt."""
     try:
         image = Image.open(path)
         image.load()
@@ -138,7 +140,7 @@ def _open_png(path: Path) -> Image.Image:
 
 def read_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """RGB PNG or JPEG -> uint8 (H, W, 3), resized bilinearly to size = (H, W). What the cache (cache.py) stores."""
-    image = _open_png(Path(path)).convert("RGB")
+    image = open_image(Path(path)).convert("RGB")
     height, width = size
     if image.size != (width, height):
         image = image.resize((width, height), Image.BILINEAR)
@@ -165,7 +167,7 @@ def read_label(path: str | Path, size: tuple[int, int], classes: ClassTable | No
     classes: the dataset's table of label values (default: Cityscapes labelIds -> trainIds 0..19).
     """
     path = Path(path)
-    label = _open_png(path)
+    label = open_image(path)
     if label.mode not in ("L", "P"):
         what = "labelIds PNG (mode L); use *_gtFine_labelIds.png, not *_color.png" if classes in (None, CITYSCAPES) \
             else "PNG of label values (mode L or P), not a colour image"
