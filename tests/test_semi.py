@@ -416,3 +416,34 @@ def test_folder_dataset_whose_unlabelled_images_have_no_label_files(tmp_path):
     assert train(cfg, tmp_path / "run")["iterations"] == 1
     with pytest.raises(DataError, match="image has no label"):  # a fully supervised run still needs every label
         train(load_config(CYCLEGAN_YAML, [*TINY[:-2], f"data.root={root}"]), tmp_path / "full")
+
+
+def test_report_plots_miou_against_the_labelled_fraction(tmp_path):
+    """The report's semi-supervised figure on constructed runs: one line per model, each point a config's mean over
+    its seeds with the Student t interval (n = 2: t = 12.706), x the labelled fraction; no figure for one fraction."""
+    from cycleseg.config import Config
+    from cycleseg.report import RunRecord, labelled_fraction, plot_labelled_fraction
+
+    def config(kind: str, labelled) -> dict:
+        cfg = Config()
+        cfg.model.kind, cfg.data.labelled = kind, labelled
+        return cfg.to_dict()
+
+    def group(name: str, kind: str, labelled, mious: list[float]) -> RunRecord:
+        members = [RunRecord(name, tmp_path, config(kind, labelled), {"miou": m}, seed=k) for k, m in enumerate(mious)]
+        return RunRecord(name, tmp_path, members[0].config, {"miou": sum(mious) / len(mious)}, members=members)
+
+    groups = [group("1-8_nonoise", "cyclegan", 0.125, [20.0, 22.0]), group("1_nonoise", "cyclegan", None, [30.0, 34.0]),
+              group("1-8_plain", "plain", 0.125, [18.0, 18.0])]
+    assert [labelled_fraction(g.config) for g in groups] == [0.125, 1.0, 0.125]
+    assert labelled_fraction(config("cyclegan", "lists/labelled.txt")) is None  # a file list: share unknown
+    fig = plot_labelled_fraction(groups)
+    ax = fig.axes[0]
+    lines = {c.get_label(): c for c in ax.containers}
+    assert set(lines) == {"no noise", "plain ERFNet"}
+    x, y = lines["no noise"].lines[0].get_data()
+    assert list(x) == [0.125, 1.0] and list(y) == [21.0, 32.0]
+    segments = lines["no noise"].lines[2][0].get_segments()  # the vertical error bars
+    half_widths = [(seg[1][1] - seg[0][1]) / 2 for seg in segments]
+    assert half_widths == pytest.approx([12.7062 * 2 ** 0.5 / 2 ** 0.5, 12.7062 * 2.828427 / 2 ** 0.5], rel=1e-4)
+    assert plot_labelled_fraction(groups[::2][:1]) is None

@@ -299,6 +299,9 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
         elif g.log:
             figures[f"curves_{g.name}"] = save_figure(plot_curves(g), files / f"curves_{_slug(g.name)}.png")
 
+    fraction_figure = plot_labelled_fraction(groups)
+    if fraction_figure is not None:
+        figures["labelled_fraction"] = save_figure(fraction_figure, files / "labelled_fraction.png")
     sections = _sections(records, rows, chosen, figures, examples_note, sweep_dir, missing)
     md_path, html_path = sweep_dir / "report.md", sweep_dir / "report.html"
     atomic_write(md_path, _markdown(sections, sweep_dir))
@@ -400,6 +403,48 @@ def _band(logs: list[list[dict[str, Any]]], x_key: str, key: str
     xs = sorted(by_x)
     return (xs, [sum(by_x[x]) / len(by_x[x]) for x in xs], [min(by_x[x]) for x in xs],
             [max(by_x[x]) for x in xs])
+
+
+def labelled_fraction(config: dict[str, Any]) -> float | None:
+    """The labelled share of a run's training images: data.labelled as a number (1/8 -> 0.125), 1 when null
+    (everything labelled); None for a file list, whose share depends on the data."""
+    value = (config.get("data") or {}).get("labelled")
+    if value is None:
+        return 1.0
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def plot_labelled_fraction(groups: list[RunRecord]) -> Figure | None:
+    """mIoU against the labelled fraction (configs/semi/): one line per model (plain ERFNet, no noise, 2-bit, ...),
+    each point a config's mean over its seeds with the 95 % interval; None unless the finished configs span at
+    least two fractions."""
+    series: dict[str, list[tuple[float, Interval]]] = {}
+    for g in groups:
+        fraction, interval = labelled_fraction(g.config), g.interval("miou")
+        if fraction is None or interval.mean is None:
+            continue
+        label = "plain ERFNet" if g.config["model"]["kind"] == "plain" else noise_label(g.config)
+        series.setdefault(label, []).append((fraction, interval))
+    fractions = sorted({f for points in series.values() for f, _ in points})
+    if len(fractions) < 2:
+        return None
+    fig = figure(6.5, 4)
+    ax = fig.subplots()
+    for label, points in sorted(series.items()):
+        points.sort(key=lambda p: p[0])
+        means = [iv.mean for _, iv in points]
+        errors = [[iv.mean - iv.low if iv.low is not None else 0.0 for _, iv in points],
+                  [iv.high - iv.mean if iv.high is not None else 0.0 for _, iv in points]]
+        ax.errorbar([f for f, _ in points], means, yerr=errors, marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(fractions, [f"1/{round(1 / f)}" if f < 1 and abs(1 / f - round(1 / f)) < 1e-9 else f"{f:g}"
+                              for f in fractions])
+    ax.set(xlabel="labelled fraction of the training images", ylabel="validation mIoU %",
+           title="Semi-supervised: mIoU against the labelled fraction")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def plot_curves(run: RunRecord) -> Figure:
@@ -546,6 +591,11 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
                     "largest seed's value." if seeded else ""),
                  figures=[figures[k] for k in figures if k.startswith("curves_")]),
     ]
+    if "labelled_fraction" in figures:
+        sections.append(_Section("Semi-supervised: mIoU against the labelled fraction",
+                                 "Each point a config's validation mIoU (with seeds: the mean and its 95 % interval), "
+                                 "the fraction its data.labelled; 1 = every training image labelled.",
+                                 figures=[figures["labelled_fraction"]]))
     diagnosed = [r for r in records if artifact(r.run_dir, "diagnose_md", "val").is_file()]
     if diagnosed:
         section = _Section("Diagnostics: the watermarks",
