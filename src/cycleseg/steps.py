@@ -150,14 +150,7 @@ def discriminator_step(models: Models, opt_d: torch.optim.Optimizer, image: Tens
 
     `fake` is already detached, so no gradient reaches G or F: they stay fixed in this step.
     """
-    with amp.autocast():
-        d_real = models.D(image).float()
-        d_fake = models.D(pool.query(fake)).float()
-        loss = discriminator_loss(d_real, d_fake)
-    _check_loss(loss, "J_disc")
-    _backward(loss, opt_d, amp)
-    _step(loss, opt_d, "J_disc", amp)
-    return {"loss/D/total": loss.detach()}
+    return {"loss/D/total": _discriminator_update(models.D, image, fake, pool, opt_d, "J_disc", amp)}
 
 
 def unlabelled_rec_weight(loss: LossConfig) -> float:
@@ -227,14 +220,21 @@ def discriminator_y_step(models: Models, opt_dy: torch.optim.Optimizer, labels: 
         segmentation: softmax(G(x_u)) (B_u, S, H, W), detached (semi_generator_step); s' is drawn from `pool`,
             the history buffer of such maps.
     """
+    real = one_hot(labels, models.num_classes)
+    return {"loss/D_Y/total": _discriminator_update(models.D_Y, real, segmentation, pool, opt_dy, "J_disc_Y", amp)}
+
+
+def _discriminator_update(d: torch.nn.Module, real: Tensor, fake: Tensor, pool, opt: torch.optim.Optimizer,
+                          name: str, amp: Precision) -> Tensor:
+    """One least-squares step of a discriminator (eq. 8): `real` against a history-buffer draw of `fake`."""
     with amp.autocast():
-        d_real = models.D_Y(one_hot(labels, models.num_classes)).float()
-        d_fake = models.D_Y(pool.query(segmentation)).float()
+        d_real = d(real).float()
+        d_fake = d(pool.query(fake)).float()
         loss = discriminator_loss(d_real, d_fake)
-    _check_loss(loss, "J_disc_Y")
-    _backward(loss, opt_dy, amp)
-    _step(loss, opt_dy, "J_disc_Y", amp)
-    return {"loss/D_Y/total": loss.detach()}
+    _check_loss(loss, name)
+    _backward(loss, opt, amp)
+    _step(loss, opt, name, amp)
+    return loss.detach()
 
 
 def plain_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,

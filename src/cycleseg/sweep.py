@@ -32,6 +32,7 @@ import yaml
 from cycleseg import runs
 from cycleseg.config import RESUMABLE_KEYS, Config, config_from_dict, flat_items, load_config
 from cycleseg.errors import ConfigError, CycleSegError, Interrupted, RunError, user_message
+from cycleseg.monitor import StopSignals
 from cycleseg.runs import LAST, write_json
 
 __all__ = ["LAUNCHERS", "LOGS", "SWEEP_FILE", "RunState", "SweepEntry", "expand_runs", "find_configs", "find_runs",
@@ -478,28 +479,18 @@ def worker_main(argv: list[str]) -> int:
     return 0
 
 
-class _StopSignals:
-    """SIGINT / SIGTERM as a flag (with a count: the second one kills the children) in the launcher's loop."""
+class _StopSignals(StopSignals):
+    """monitor.StopSignals that keeps the first signal and counts them (the second one kills the children) in the
+    launcher's loop; `forwarded` marks that the children were told to stop."""
 
     def __enter__(self) -> _StopSignals:  # noqa: PYI034
-        self.signum: int | None = None
-        self.count = 0
-        self.forwarded = False
-        self.previous = {}
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
+        self.count, self.forwarded = 0, False
+        super().__enter__()
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = self.signum or signum
         self.count += 1
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 def _cpu_count() -> int:
