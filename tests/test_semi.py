@@ -447,3 +447,36 @@ def test_report_plots_miou_against_the_labelled_fraction(tmp_path):
     half_widths = [(seg[1][1] - seg[0][1]) / 2 for seg in segments]
     assert half_widths == pytest.approx([12.7062 * 2 ** 0.5 / 2 ** 0.5, 12.7062 * 2.828427 / 2 ** 0.5], rel=1e-4)
     assert plot_labelled_fraction(groups[::2][:1]) is None
+
+
+def test_report_pairs_each_fraction_with_its_own_references(tmp_path):
+    """Constructed runs of two fractions and two seeds: quant2 is paired with the no-noise run of its own fraction,
+    and every cycle model with the plain ERFNet of its fraction (the same labelled images), seed by seed."""
+    from cycleseg.config import Config
+    from cycleseg.report import RunRecord, paired_rows, semi_rows
+
+    def run(name: str, kind: str, noise: str, labelled, seed: int, miou: float) -> RunRecord:
+        cfg = Config()
+        cfg.model.kind, cfg.data.labelled, cfg.noise.kind = kind, labelled, noise
+        if noise == "quantize":
+            cfg.noise.bits = 2
+        return RunRecord(f"{name}/seed{seed}", tmp_path, cfg.to_dict(), {"miou": miou, "psnr_db": 20.0 + seed},
+                         group=name, seed=seed)
+
+    mious = {("1-8", "plain"): (10.0, 12.0), ("1-8", "nonoise"): (15.0, 18.0), ("1-8", "quant2"): (16.0, 20.0),
+             ("1", "plain"): (40.0, 41.0), ("1", "nonoise"): (39.0, 43.0), ("1", "quant2"): (45.0, 44.0)}
+    runs = [run(f"{f}_{m}", "plain" if m == "plain" else "cyclegan", "quantize" if m == "quant2" else "none",
+                0.125 if f == "1-8" else None, seed, values[seed])
+            for (f, m), values in mious.items() for seed in (0, 1)]
+    paired = {p["run"]: p for p in paired_rows(runs)}
+    assert {k: p["reference"] for k, p in paired.items()} == {"1-8_quant2": "1-8_nonoise", "1_quant2": "1_nonoise"}
+    assert paired["1-8_quant2"]["miou"].interval.values == (1.0, 2.0)  # 16 - 15, 20 - 18
+    assert paired["1_quant2"]["miou"].interval.values == (6.0, 1.0)
+    semi = {r["run"]: r for r in semi_rows(runs)}
+    assert {k: (r["reference"], r["fraction"]) for k, r in semi.items()} == {
+        "1-8_nonoise": ("1-8_plain", 0.125), "1-8_quant2": ("1-8_plain", 0.125),
+        "1_nonoise": ("1_plain", 1.0), "1_quant2": ("1_plain", 1.0)}
+    diff = semi["1-8_quant2"]["miou"]
+    assert diff.interval.values == (6.0, 8.0) and diff.interval.mean == 7.0
+    assert diff.interval.half_width == pytest.approx(12.7062 * 2 ** 0.5 / 2 ** 0.5, rel=1e-4)  # sd sqrt(2), n = 2
+    assert semi_rows([r for r in runs if r.group.startswith("1_")]) == []  # no fraction below 1: no such table

@@ -378,3 +378,43 @@ def test_table_of_run_directories_says_how_far_seeds_land(tmp_path, capsys):
     assert "demo-quant2 seed 0" in out and "demo-quant2 seed 1" in out and "demo-cyclegan seed" not in out
     assert ("seed spread: demo-quant2 at seeds 0, 1 lands 16.7 to 18.9 mIoU (2.2 points apart)" in out), out
     assert out.count("seed spread") == 1
+
+
+def _fake_watermark(run_dir: Path, gaps: tuple[float, float], share: float = 0.1, miou: float = 30.0) -> None:
+    """RUN/diagnose_val_training.json as `diagnose --along-training` writes it: two checkpoints, steps 60 and 120."""
+    points = [{"step": step, "checkpoint": f"epoch_{k:04d}.pt", "psnr_db": 15.0, "watermark_gap_db": gap + 1.0,
+               "class_mean_gap_db": gap, "sensitivity_psnr_db": {"30": 14.0}, "unexplained_share": share,
+               "miou": miou, "num_images": 4} for k, (step, gap) in enumerate(zip((60, 120), gaps), 1)]
+    (run_dir / "diagnose_val_training.json").write_text(json.dumps({"run": run_dir.parent.name, "points": points}))
+
+
+def test_watermark_along_training_gets_intervals_and_a_paired_difference(seeded_sweep):
+    """The report's watermark table on constructed diagnose files: nonoise ends at gaps 1, 2, 3 dB (mean 2, 95 %
+    half-width t(0.975, 2) / sqrt(3) = 2.484); quant2 at 0.0, 0.8, 1.9, (0.90 ± 4.3027 * 0.9539 / sqrt(3) = 2.37), so quant2 - nonoise, paired by seed, is
+    -1.0, -1.2, -1.1: mean -1.1, sd 0.1, half-width 4.3027 * 0.1 / sqrt(3) = 0.2484, which excludes 0."""
+    from cycleseg.report import group_runs, plot_watermark_training, watermark_rows, watermark_training
+
+    for seed, (end_n, end_q) in enumerate(zip((1.0, 2.0, 3.0), (0.0, 0.8, 1.9))):
+        _fake_watermark(seeded_sweep / "nonoise" / f"seed{seed}", (0.5, end_n), share=0.2 + seed / 100)
+        _fake_watermark(seeded_sweep / "quant2" / f"seed{seed}", (0.1, end_q))
+    curves = watermark_training(group_runs(collect_runs(seeded_sweep)))
+    assert sorted(curves) == ["nonoise", "quant2"] and sorted(curves["quant2"]) == [0, 1, 2]
+    rows = {r["run"]: r for r in watermark_rows(curves)}
+    nonoise, quant2 = rows["nonoise"], rows["quant2"]
+    assert nonoise["step"] == 120 and nonoise["seeds"] == 3
+    assert nonoise["class_mean_gap_db"].mean == pytest.approx(2.0)
+    assert nonoise["class_mean_gap_db"].half_width == pytest.approx(2.4841, abs=1e-4)
+    assert nonoise["unexplained_share"].mean == pytest.approx(21.0)  # shown in %
+    assert nonoise["class_mean_gap_vs_reference"] is None
+    diff = quant2["class_mean_gap_vs_reference"]
+    assert diff.seeds == (0, 1, 2) and diff.interval.mean == pytest.approx(-1.1)
+    assert diff.interval.half_width == pytest.approx(0.2484, abs=1e-4) and diff.excludes_zero
+    fig = plot_watermark_training(curves)
+    line = next(ln for ln in fig.axes[0].lines if ln.get_label().startswith("nonoise"))
+    assert list(line.get_xdata()) == [60, 120] and list(line.get_ydata()) == pytest.approx([0.5, 2.0])
+
+    md, _ = build_report(seeded_sweep)
+    text = md.read_text()
+    assert "## The watermark along training" in text and "watermark_training.png" in text
+    assert "| quant2 | 3 | 120 | 0.90 ± 2.37 (0.00, 0.80, 1.90) |" in text
+    assert "-1.10 ± 0.25 | [-1.35, -0.85] * |" in text

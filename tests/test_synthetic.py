@@ -61,3 +61,31 @@ def test_classes_and_appearance_vary(tmp_path):
     for c in (0, 2, 10, 13):  # road, building, sky, car
         colours = np.array(class_colours[c])
         assert len(colours) >= 3 and colours.std(axis=0).max() > 3.0
+
+
+def _sky_red_means(colour_spread: float, n: int = 40) -> np.ndarray:
+    """Mean red value of the sky of n scenes; the sky is one object: red = 120 + U(-35 k, 35 k) + shade + noise."""
+    from cycleseg.data.synthetic import SKY, render_scene
+
+    means = []
+    for i in range(n):
+        image, label = render_scene(32, 64, np.random.default_rng([0, 0, i]), colour_spread)
+        means.append(image[label == SKY][:, 0].astype(np.float64).mean())
+    return np.array(means)
+
+
+def test_colour_spread_scales_the_object_colour_deviation():
+    # U(-a, a) has standard deviation a / sqrt(3): 20.2 for the sky's a = 35, 60.6 at colour_spread 3 (120 +- 105
+    # stays inside 0..255, so nothing is clipped). The shading adds a few units whatever the spread.
+    spread0, spread1, spread3 = (_sky_red_means(k).std() for k in (0.0, 1.0, 3.0))
+    assert spread0 < 8.0
+    assert 14.0 < spread1 < 27.0
+    assert 45.0 < spread3 < 75.0
+    assert 2.3 < spread3 / spread1 < 3.5
+
+
+def test_colour_spread_one_is_the_default_city(tmp_path):
+    make_synthetic(tmp_path / "a", num_train=2, num_val=1, size=(32, 64), seed=3)
+    make_synthetic(tmp_path / "b", num_train=2, num_val=1, size=(32, 64), seed=3, colour_spread=1.0)
+    make_synthetic(tmp_path / "c", num_train=2, num_val=1, size=(32, 64), seed=3, colour_spread=3.0)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(tmp_path / "c")

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="cityscapes", choices=["cityscapes", "folder"],
                    help="cityscapes (default: leftImg8bit/, gtFine/) or folder (images/*.jpg, labels/*.png, "
                         "classes.yaml with 11 CamVid-like classes)")
+    p.add_argument("--colour-spread", type=float, default=1.0, metavar="K",
+                   help="scale each object's colour deviation from its class colour by K (default 1; the "
+                        "watermark study uses 3: detail the label map cannot predict)")
 
     p = sub.add_parser(
         parents=[quiet], name="train", help="train a model from a YAML config",
@@ -356,7 +359,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     if args.val < 0:
         raise ConfigError(f"--val {args.val}: must be at least 0 (the number of validation images)")
     summary = make_synthetic(args.out, num_train=args.train, num_val=args.val, size=(height, width), seed=args.seed,
-                             progress=_progress(args), fmt=args.format)
+                             progress=_progress(args), fmt=args.format, colour_spread=args.colour_spread)
     print(f"wrote {summary.get('train', args.train)} train and {summary.get('val', args.val)} val images "
           f"of {width}x{height} to {args.out}")
     return 0

@@ -61,7 +61,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["RunRecord", "build_report", "choose_runs", "collect_runs", "format_table", "group_runs",
-           "load_paper_table", "paired_rows", "table2_key", "table2_rows"]
+           "load_paper_table", "paired_rows", "plot_watermark_training", "semi_rows", "table2_key",
+           "table2_rows", "watermark_rows", "watermark_training"]
 
 FILES = "report_files"
 EVAL_CLASSES = CLASS_NAMES[:NUM_EVAL_CLASSES]  # mIoU is over the 19 Cityscapes classes
@@ -189,17 +190,43 @@ def table2_rows(runs: list[RunRecord], paper: list[dict[str, Any]]) -> list[dict
 
 
 def paired_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
-    """For each noise row (a cycle model with noise), its difference to the no-noise row (`nonoise`, else the
-    first cycle model without noise) paired by seed: {"run", "label", "reference", "miou", "psnr_db"} with
-    stats.PairedDifference values. Empty without a no-noise row."""
+    """For each noise row (a cycle model with noise), its difference to the no-noise row of the same labelled
+    fraction (`nonoise`, else the first cycle model without noise; every run of the paper's sweep has fraction 1)
+    paired by seed: {"run", "label", "reference", "miou", "psnr_db"} with stats.PairedDifference values."""
     groups = group_runs(runs)
-    plain_cycle = [g for g in groups if g.key == "none"]
-    reference = next((g for g in plain_cycle if g.name == "nonoise"), plain_cycle[0] if plain_cycle else None)
-    if reference is None:
+    rows = []
+    for g in groups:
+        if not g.is_cycle or g.key in ("none", "plain"):
+            continue
+        reference = _same_fraction(groups, g, lambda r: r.is_cycle and r.key == "none", "nonoise")
+        if reference is not None:
+            rows.append({"run": g.name, "label": noise_label(g.config), "reference": reference.name,
+                         **{m: paired_difference(g.per_seed(m), reference.per_seed(m)) for m in ("miou", "psnr_db")}})
+    return rows
+
+
+def semi_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
+    """What unlabelled images add (configs/semi-study/): each cycle model minus the plain ERFNet trained on the
+    same labelled images (same fraction; the same seed chooses the same images), mIoU paired by seed:
+    {"run", "label", "fraction", "reference", "miou"}. Empty unless some run has a labelled fraction below 1."""
+    groups = group_runs(runs)
+    if not any((labelled_fraction(g.config) or 1.0) < 1.0 for g in groups):
         return []
-    return [{"run": g.name, "label": noise_label(g.config), "reference": reference.name,
-             **{m: paired_difference(g.per_seed(m), reference.per_seed(m)) for m in ("miou", "psnr_db")}}
-            for g in groups if g.is_cycle and g.key not in ("none", "plain") and g is not reference]
+    rows = []
+    for g in groups:
+        reference = _same_fraction(groups, g, lambda r: r.key == "plain") if g.is_cycle else None
+        if reference is not None:
+            rows.append({"run": g.name, "label": noise_label(g.config), "fraction": labelled_fraction(g.config),
+                         "reference": reference.name, "miou": paired_difference(g.per_seed("miou"),
+                                                                              reference.per_seed("miou"))})
+    return rows
+
+
+def _same_fraction(groups: list[RunRecord], g: RunRecord, wanted, prefer: str | None = None) -> RunRecord | None:
+    """The group named `prefer`, else the first, among the `wanted` groups (not g) of g's labelled fraction."""
+    fraction = labelled_fraction(g.config)
+    candidates = [r for r in groups if r is not g and wanted(r) and labelled_fraction(r.config) == fraction]
+    return next((r for r in candidates if r.name == prefer), candidates[0] if candidates else None)
 
 
 def choose_runs(runs: list[RunRecord], names: list[str] | None = None) -> list[RunRecord]:
@@ -253,8 +280,12 @@ def format_table(paths: list[Path], split: str = "val") -> str:
                          f"{format_interval(g.interval('psnr_db'), 2):>14}  {per_seed}")
         paired = paired_rows(records)
         if paired:
-            lines += ["", (f"minus {paired[0]['reference']}, paired by seed (mean ± 95 % interval; * the interval "
-                          "excludes 0):"),
+            one = len({p["reference"] for p in paired}) == 1
+            if not one:  # several labelled fractions: each row names its own no-noise row
+                paired = [{**p, "run": f"{p['run']} − {p['reference']}"} for p in paired]
+            width = max([width] + [len(p["run"]) for p in paired])
+            lines += ["", (f"minus {paired[0]['reference'] if one else 'the no-noise row'}, paired by seed (mean ± "
+                           "95 % interval; * the interval excludes 0):"),
                       f"{'run':<{width}} {'noise':<22} {'seeds':>5} {'Δ mIoU %':>14} {'Δ PSNR dB':>16}"]
             for p in paired:
                 cells = [format_interval(p[m].interval, d, sign=True) + (" *" if p[m].excludes_zero else "  ")
@@ -299,10 +330,13 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
         elif g.log:
             figures[f"curves_{g.name}"] = save_figure(plot_curves(g), files / f"curves_{_slug(g.name)}.png")
 
+    curves = watermark_training(groups)
+    if curves:
+        figures["watermark_training"] = save_figure(plot_watermark_training(curves), files / "watermark_training.png")
     fraction_figure = plot_labelled_fraction(groups)
     if fraction_figure is not None:
         figures["labelled_fraction"] = save_figure(fraction_figure, files / "labelled_fraction.png")
-    sections = _sections(records, rows, chosen, figures, examples_note, sweep_dir, missing)
+    sections = _sections(records, rows, chosen, figures, examples_note, sweep_dir, missing, watermark_rows(curves))
     md_path, html_path = sweep_dir / "report.md", sweep_dir / "report.html"
     atomic_write(md_path, _markdown(sections, sweep_dir))
     atomic_write(html_path, _html(sections, sweep_dir))
@@ -447,6 +481,84 @@ def plot_labelled_fraction(groups: list[RunRecord]) -> Figure | None:
     return fig
 
 
+# What `diagnose --along-training` follows (RUN/diagnose_val_training.json), as the report shows it.
+WATERMARK_METRICS = (("class_mean_gap_db", "gap to class means", "dB", 2),
+                     ("watermark_gap_db", "gap to decision", "dB", 2),
+                     ("unexplained_share", "unexplained share", "%", 1),
+                     ("miou", "mIoU", "%", 1))
+
+
+def watermark_training(groups: list[RunRecord], split: str = "val") -> dict[str, dict[int | None, list[dict]]]:
+    """{config: {seed: points}} of every finished run with a diagnose_<split>_training.json (the watermark along
+    training); each point {"step", "class_mean_gap_db", ...} as diagnose_training wrote it."""
+    out: dict[str, dict[int | None, list[dict]]] = {}
+    for g in groups:
+        for m in g.members or [g]:
+            path = artifact(m.run_dir, "diagnose_training", split)
+            if path.is_file():
+                points = read_json(path).get("points") or []
+                if points:
+                    out.setdefault(g.name, {})[m.seed] = points
+    return out
+
+
+def _watermark_value(point: dict[str, Any], key: str) -> float | None:
+    value = point.get(key)
+    return None if value is None else 100.0 * value if key == "unexplained_share" else value
+
+
+def watermark_rows(curves: dict[str, dict[int | None, list[dict]]], reference: str = "nonoise"
+                   ) -> list[dict[str, Any]]:
+    """One row per config: each WATERMARK_METRICS value at the run's last checkpoint, as an Interval over the
+    seeds (with the per-seed values), and for the other configs the class-mean gap minus `reference`'s, paired
+    by seed (stats.PairedDifference; None without a `reference` config)."""
+    last = {name: {seed: points[-1] for seed, points in by_seed.items()} for name, by_seed in curves.items()}
+    rows = []
+    for name, by_seed in last.items():
+        row: dict[str, Any] = {"run": name, "seeds": len(by_seed),
+                               "step": max(p["step"] for p in by_seed.values())}
+        for key, *_ in WATERMARK_METRICS:
+            values = {seed: _watermark_value(p, key) for seed, p in by_seed.items()}
+            row[key] = mean_interval(values.values())
+            row[f"{key}_seeds"] = values
+        row["class_mean_gap_vs_reference"] = None if name == reference or reference not in last else (
+            paired_difference({s: p.get("class_mean_gap_db") for s, p in by_seed.items()},
+                              {s: p.get("class_mean_gap_db") for s, p in last[reference].items()}))
+        rows.append(row)
+    return rows
+
+
+def plot_watermark_training(curves: dict[str, dict[int | None, list[dict]]]) -> Figure:
+    """The watermark along training, one line per config: each WATERMARK_METRICS value per iteration, the mean
+    over the seeds that have that step and, with 2 or more, the band of its 95 % interval."""
+    fig = figure(13, 3.2)
+    axes = fig.subplots(1, len(WATERMARK_METRICS))
+    for index, (name, by_seed) in enumerate(curves.items()):
+        steps = sorted({p["step"] for points in by_seed.values() for p in points})
+        for ax, (key, title, unit, _) in zip(axes, WATERMARK_METRICS):
+            intervals = [mean_interval(_watermark_value(p, key) for points in by_seed.values() for p in points
+                                       if p["step"] == step) for step in steps]
+            xs = [s for s, iv in zip(steps, intervals) if iv.mean is not None]
+            kept = [iv for iv in intervals if iv.mean is not None]
+            colour = f"C{index % 10}"
+            ax.plot(xs, [iv.mean for iv in kept], "o-", color=colour, markersize=3,
+                    label=f"{name} ({len(by_seed)} seeds)" if len(by_seed) > 1 else name)
+            band = [(x, iv) for x, iv in zip(xs, kept) if iv.half_width is not None]
+            if band:
+                ax.fill_between([x for x, _ in band], [iv.low for _, iv in band], [iv.high for _, iv in band],
+                                color=colour, alpha=0.15, linewidth=0)
+    for ax, (key, title, unit, _) in zip(axes, WATERMARK_METRICS):
+        if unit == "dB":
+            ax.axhline(0, color="k", linewidth=0.6)
+        ax.set(xlabel="iteration", ylabel=unit, title=title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("The watermark along training (diagnose --along-training, val): mean over seeds, 95 % band",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_curves(run: RunRecord) -> Figure:
     """Training losses over iterations and validation mIoU over epochs of one run."""
     fig = figure(11, 3.2)
@@ -528,8 +640,8 @@ class _Section:
 
 
 def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list[RunRecord],
-              figures: dict[str, Path], examples_note: str, sweep_dir: Path, missing: list[str] = ()
-              ) -> list[_Section]:
+              figures: dict[str, Path], examples_note: str, sweep_dir: Path, missing: list[str] = (),
+              watermark: list[dict[str, Any]] = ()) -> list[_Section]:
     seeded = any(r["seeds"] > 1 for r in rows)
     sizes = sorted({f"{r.config['data']['width']}x{r.config['data']['height']}, {r.config['optim']['epochs']} epochs"
                     for r in records})
@@ -560,6 +672,9 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
     paired = paired_rows(records) if seeded else []
     if paired:
         reference = paired[0]["reference"]
+        if len({p["reference"] for p in paired}) > 1:  # several labelled fractions: each its own no-noise row
+            reference = "the no-noise row of the same labelled fraction"
+            paired = [{**p, "run": f"{p['run']} − {p['reference']}"} for p in paired]
         sections.append(_Section(
             f"Noise rows against {reference}, paired by seed",
             f"Each noise row minus the row {reference} (no noise), seed by seed (the same seed gives both the same "
@@ -596,6 +711,41 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
                                  "Each point a config's validation mIoU (with seeds: the mean and its 95 % interval), "
                                  "the fraction its data.labelled; 1 = every training image labelled.",
                                  figures=[figures["labelled_fraction"]]))
+    semi = semi_rows(records)
+    if semi:
+        sections.append(_Section(
+            "Semi-supervised: what the cycle adds to the same labels",
+            "Each cycle model minus the plain ERFNet trained on the same labelled images (the same fraction; the same "
+            "seed chooses the same images and initial weights), validation mIoU paired by seed: mean difference and "
+            "its 95 % interval (Student t); * marks an interval that excludes 0.",
+            table=(["run", "labelled", "noise", "minus", "seeds", "Δ mIoU %", "95 % interval"],
+                   [[r["run"], f"{r['fraction']:g}" if r["fraction"] is not None else "file", r["label"],
+                     r["reference"], str(len(r["miou"].seeds)),
+                     format_interval(r["miou"].interval, 1, sign=True, missing="–"), _bounds(r["miou"], 1)]
+                    for r in semi])))
+    if watermark:
+        header = ["run", "seeds", "iteration"] + [f"{title} {unit}" for _, title, unit, _ in WATERMARK_METRICS] + [
+            "Δ gap to class means dB", "95 % interval"]
+        body = []
+        for w in watermark:
+            cells = [w["run"], str(w["seeds"]), str(w["step"])]
+            for key, _, _, digits in WATERMARK_METRICS:
+                cells.append(_with_seeds({f"{key}_ci": w[key], f"{key}_seeds": w[f"{key}_seeds"]}, key, digits))
+            diff = w["class_mean_gap_vs_reference"]
+            cells += ["–", "–"] if diff is None else [format_interval(diff.interval, 2, sign=True, missing="–"),
+                                                      _bounds(diff, 2)]
+            body.append(cells)
+        sections.append(_Section(
+            "The watermark along training",
+            "From `cycleseg diagnose RUN --along-training` (RUN/diagnose_val_training.json) of every run that has it. "
+            "Gap to class means: PSNR of F(noise(G(x))) minus that of F fed each pixel's class-mean logits, the "
+            "detail F reads from G's scores beyond the decided classes; gap to decision: minus F fed the decision "
+            "one-hot; unexplained share: the logits' energy the class means do not explain. The table: the last "
+            "checkpoint, mean ± half-width of the 95 % interval over the seeds (each seed in brackets), and the "
+            "gap to class means minus that of nonoise, paired by seed (* : the interval excludes 0). The figure: "
+            "mean over the seeds per checkpoint, the band its 95 % interval.",
+            table=(header, body),
+            figures=[figures["watermark_training"]] if "watermark_training" in figures else []))
     diagnosed = [r for r in records if artifact(r.run_dir, "diagnose_md", "val").is_file()]
     if diagnosed:
         section = _Section("Diagnostics: the watermarks",

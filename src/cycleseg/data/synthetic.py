@@ -59,8 +59,9 @@ BASE_COLOURS = {
 class _Canvas:
     """A label map (H, W) uint8 and an image (H, W, 3) float32 painted together, object by object."""
 
-    def __init__(self, height: int, width: int, rng: np.random.Generator) -> None:
+    def __init__(self, height: int, width: int, rng: np.random.Generator, colour_spread: float = 1.0) -> None:
         self.h, self.w, self.rng = height, width, rng
+        self.colour_spread = colour_spread
         self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
         self.label = np.zeros((height, width), np.uint8)  # 0 = unlabeled until painted
         self.image = np.zeros((height, width, 3), np.float32)
@@ -70,6 +71,7 @@ class _Canvas:
         if not mask.any():
             return
         base, spread = BASE_COLOURS[label_id]
+        spread = spread * self.colour_spread
         colour = np.clip(np.asarray(base, np.float32) + self.rng.uniform(-spread, spread, 3), 0, 255)
         shade = self.rng.uniform(-25, 25) * (self.yy[mask] / self.h - 0.5)
         amount = self.rng.uniform(3, 14) if texture is None else texture
@@ -85,9 +87,14 @@ class _Canvas:
         return ((self.xx - cx) / max(rx, 0.5)) ** 2 + ((self.yy - cy) / max(ry, 0.5)) ** 2 <= 1.0
 
 
-def render_scene(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One street scene: (image (H, W, 3) uint8 RGB, labelIds (H, W) uint8)."""
-    c = _Canvas(height, width, rng)
+def render_scene(height: int, width: int, rng: np.random.Generator,
+                 colour_spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """One street scene: (image (H, W, 3) uint8 RGB, labelIds (H, W) uint8).
+
+    colour_spread scales how far each object's colour may stray from its class-typical colour (BASE_COLOURS):
+    above 1, the label map predicts less of the image, which gives a cycle model more detail worth hiding.
+    """
+    c = _Canvas(height, width, rng, colour_spread)
     h, w = height, width
     horizon = h * rng.uniform(0.35, 0.5)
     vx = w * rng.uniform(0.35, 0.65)  # vanishing point of the road
@@ -204,7 +211,7 @@ def _draw_object(c: _Canvas, kind: str, d: float, horizon: float, vx: float, rng
 
 
 def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, size: tuple[int, int] = (128, 256),
-                   seed: int = 0, progress: bool = False, fmt: str = "cityscapes") -> dict:
+                   seed: int = 0, progress: bool = False, fmt: str = "cityscapes", colour_spread: float = 1.0) -> dict:
     """Write the toy city into `root`; returns {"train": n, "val": n, "root": str}.
 
     fmt: "cityscapes" (leftImg8bit/, gtFine/ with labelIds) or "folder" (images/<split>/*.jpg,
@@ -215,6 +222,8 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
         num_train, num_val: images per split, spread over the split's cities (CITIES).
         size: (H, W) of the images.
         seed: the same seed writes byte-identical files.
+        colour_spread: scale of each object's deviation from its class colour (1 = the default city; 3 = objects
+            whose colour the label map barely predicts: the watermark study of docs/study.md).
 
     Raises ConfigError for a negative number of images, DataError naming the path when `root` (or a folder
     above it) is a file or cannot be written.
@@ -226,10 +235,12 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
             raise ConfigError(f"number of {split} images must be >= 0, got {count}")
     if fmt not in ("cityscapes", "folder"):
         raise ConfigError(f"format must be cityscapes or folder, got {fmt!r}")
+    if not (np.isfinite(colour_spread) and colour_spread >= 0):
+        raise ConfigError(f"colour spread must be a finite number >= 0 (1 = default), got {colour_spread}")
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder; choose another output folder")
     try:
-        _write_splits(root, {"train": num_train, "val": num_val}, height, width, seed, progress, fmt)
+        _write_splits(root, {"train": num_train, "val": num_val}, height, width, seed, progress, fmt, colour_spread)
     except OSError as e:
         raise DataError(f"{e.filename or root}: cannot write ({e.strerror or e}); choose another output folder "
                         "(not inside a file) or fix its permissions") from None
@@ -237,7 +248,7 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
 
 
 def _write_splits(root: Path, counts: dict[str, int], height: int, width: int, seed: int,
-                  progress: bool = False, fmt: str = "cityscapes") -> None:
+                  progress: bool = False, fmt: str = "cityscapes", colour_spread: float = 1.0) -> None:
     if fmt == "folder":
         root.mkdir(parents=True, exist_ok=True)
         lines = ["# The synthetic toy city as a folder dataset: 11 CamVid-like classes (cycleseg make-synthetic)",
@@ -252,7 +263,7 @@ def _write_splits(root: Path, counts: dict[str, int], height: int, width: int, s
                       dynamic_ncols=True, leave=False):
             city = cities[i % len(cities)]
             rng = np.random.default_rng([seed, split_index, i])
-            image, label = render_scene(height, width, rng)
+            image, label = render_scene(height, width, rng, colour_spread)
             stem = f"{city}_{i:06d}_000019"
             if fmt == "folder":  # CamVid-like: flat split folders, JPEG photos, label values 0..11
                 for folder in (root / "images" / split, root / "labels" / split):
