@@ -277,6 +277,8 @@ def test_table_split_without_eval_file(tmp_path, capsys):
     (["--train", "-1"], "--train -1"),
     (["--train", "0"], "--train 0"),
     (["--val", "-1"], "--val -1"),
+    (["--colour-spread", "-1"], "--colour-spread -1.0"),
+    (["--colour-spread", "nan"], "--colour-spread nan"),
 ])
 def test_make_synthetic_bad_counts(flags, needle, tmp_path, capsys):
     line = main_error(capsys, "make-synthetic", tmp_path / "d", "--size", "64x32", *flags)

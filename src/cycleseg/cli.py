@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -358,6 +359,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
         raise ConfigError(f"--train {args.train}: must be at least 1 (the number of training images)")
     if args.val < 0:
         raise ConfigError(f"--val {args.val}: must be at least 0 (the number of validation images)")
+    if not (math.isfinite(args.colour_spread) and args.colour_spread >= 0):
+        raise ConfigError(f"--colour-spread {args.colour_spread}: must be a finite number >= 0 (1 = the default city)")
     summary = make_synthetic(args.out, num_train=args.train, num_val=args.val, size=(height, width), seed=args.seed,
                              progress=_progress(args), fmt=args.format, colour_spread=args.colour_spread)
     print(f"wrote {summary.get('train', args.train)} train and {summary.get('val', args.val)} val images "
