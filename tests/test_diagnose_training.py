@@ -41,6 +41,7 @@ def test_curve_points_are_each_checkpoints_own_diagnosis(kept_run, tiny_data, tm
     first = curve["points"][0]
     assert first["watermark_gap_db"] == pytest.approx(single["watermark_gap"]["gap_db"]["decision"], abs=1e-9)
     assert first["class_mean_gap_db"] == pytest.approx(single["watermark_gap"]["gap_db"]["class_mean"], abs=1e-9)
+    assert first["split_mean_gap_db"] == pytest.approx(single["watermark_gap"]["gap_db"]["split_class_mean"], abs=1e-9)
     assert first["sensitivity_psnr_db"]["20"] == pytest.approx(single["sensitivity"]["points"][1]["psnr_db"], abs=1e-9)
     assert first["unexplained_share"] == pytest.approx(single["energy"]["logits"]["unexplained_share"], abs=1e-12)
     assert first["miou"] == pytest.approx(single["miou"], abs=1e-9)

@@ -13,6 +13,7 @@ from cycleseg.diagnose import diagnose_models
 from cycleseg.diagnostics import (
     add_noise_at_snr,
     class_mean_field,
+    class_sums,
     decision,
     energy_by_class,
     high_frequency_share,
@@ -22,6 +23,7 @@ from cycleseg.diagnostics import (
     project_on_one_hot,
     radial_power_spectrum,
     reconstruction_psnrs,
+    split_mean_field,
     unexplained_energy,
     watermark_inputs,
 )
@@ -115,6 +117,25 @@ def test_residual_is_every_score_but_the_decided_one():
     _, labels, logits, texture = constructed_case()
     _, residual = project_on_one_hot(logits, labels)
     assert torch.allclose(residual.sum(dim=1, keepdim=True), (S - 1) * EPS * texture, atol=1e-6)
+
+
+def test_split_class_means_remove_per_image_detail_that_image_class_means_keep():
+    """A per-image colour offset c_b (one object per class, like the sky) that G hides at amplitude EPS on every
+    score: the per-image class means keep it (F rebuilds the image), the split's class means do not."""
+    image, labels, logits, _ = constructed_case(batch=4)
+    offset = torch.tensor([-0.3, -0.1, 0.1, 0.3]).view(4, 1, 1, 1)
+    image, logits = PALETTE[labels].permute(0, 3, 1, 2) + offset, 6.0 * one_hot_of(labels, S) + EPS * offset
+
+    sums, counts = class_sums(logits[:2], labels[:2])  # the split in two batches
+    more_sums, more_counts = class_sums(logits[2:], labels[2:])
+    means = (sums + more_sums) / (counts + more_counts).unsqueeze(1)
+    assert torch.allclose(means.float(), 6.0 * torch.eye(S), atol=1e-6)  # the offsets average out (sum 0)
+    inputs = watermark_inputs(logits, logits, labels, split_means=means.float())
+    assert torch.allclose(inputs["split_class_mean"], split_mean_field(means, labels))
+    psnr = {k: v.mean().item() for k, v in reconstruction_psnrs(f_hidden, image, inputs).items()}
+    assert psnr["noisy"] > 60 and psnr["class_mean"] > 60  # the per-image mean holds c_b exactly
+    assert psnr["noisy"] - psnr["split_class_mean"] > 15  # c_b is gone: 0.2 on average
+    assert "split_class_mean" not in watermark_inputs(logits, logits, labels)
 
 
 def test_class_mean_field_replaces_pixels_by_their_class_mean():
@@ -243,8 +264,9 @@ def test_cli_diagnose_writes_json_markdown_and_figures(tiny_runs, tiny_data, cap
             "energy", "spectrum", "figures", "summary"} <= set(result)
     assert result["num_images"] == 4 and result["noise"] == "gaussian" and result["scale_to"] == "f_input"
     assert result["snr_db"] == pytest.approx(10, abs=0.1)
-    assert set(result["watermark_gap"]["psnr_db"]) == {"noisy", "decision", "class_mean", "ground_truth"}
-    assert set(result["watermark_gap"]["gap_db"]) == {"decision", "class_mean", "ground_truth"}
+    assert set(result["watermark_gap"]["psnr_db"]) == {"noisy", "decision", "class_mean", "split_class_mean",
+                                                       "ground_truth"}
+    assert set(result["watermark_gap"]["gap_db"]) == {"decision", "class_mean", "split_class_mean", "ground_truth"}
     assert [p["snr_target_db"] for p in result["sensitivity"]["points"]] == [20.0, 0.0]
     assert all({"snr_db", "psnr_db", "miou"} <= set(p) for p in result["sensitivity"]["points"])
     for space in ("logits", "f_input"):

@@ -383,7 +383,8 @@ def test_table_of_run_directories_says_how_far_seeds_land(tmp_path, capsys):
 def _fake_watermark(run_dir: Path, gaps: tuple[float, float], share: float = 0.1, miou: float = 30.0) -> None:
     """RUN/diagnose_val_training.json as `diagnose --along-training` writes it: two checkpoints, steps 60 and 120."""
     points = [{"step": step, "checkpoint": f"epoch_{k:04d}.pt", "psnr_db": 15.0, "watermark_gap_db": gap + 1.0,
-               "class_mean_gap_db": gap, "sensitivity_psnr_db": {"30": 14.0}, "unexplained_share": share,
+               "class_mean_gap_db": gap, "split_mean_gap_db": gap + 0.5, "sensitivity_psnr_db": {"30": 14.0},
+               "unexplained_share": share,
                "miou": miou, "num_images": 4} for k, (step, gap) in enumerate(zip((60, 120), gaps), 1)]
     (run_dir / "diagnose_val_training.json").write_text(json.dumps({"run": run_dir.parent.name, "points": points}))
 
@@ -416,5 +417,5 @@ def test_watermark_along_training_gets_intervals_and_a_paired_difference(seeded_
     md, _ = build_report(seeded_sweep)
     text = md.read_text()
     assert "## The watermark along training" in text and "watermark_training.png" in text
-    assert "| quant2 | 3 | 120 | 0.90 ± 2.37 (0.00, 0.80, 1.90) |" in text
+    assert "| quant2 | 3 | 120 | 0.90 ± 2.37 (0.00, 0.80, 1.90) | 1.40 ± 2.37 (0.50, 1.30, 2.40) |" in text
     assert "-1.10 ± 0.25 | [-1.35, -0.85] * |" in text

@@ -677,7 +677,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                                   snrs=chosen, progress=_progress(args))
         for point in curve["points"]:
             print(f"step {point['step']:>7}: watermark gap {fmt(point['watermark_gap_db'], 2)} dB, gap to class "
-                  f"means {fmt(point['class_mean_gap_db'], 2)} dB, mIoU {fmt(point['miou'], 1)} %")
+                  f"means {fmt(point['class_mean_gap_db'], 2)} dB (split's: {fmt(point.get('split_mean_gap_db'), 2)} "
+                  f"dB), mIoU {fmt(point['miou'], 1)} %")
         print(f"wrote {args.run_dir / ('diagnose_' + args.split + '_training.json')} and the .png beside it")
         return 0
     results = diagnose_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint,

@@ -44,6 +44,7 @@ from cycleseg.diagnostics import (
     SCALE_REFERENCES,
     add_noise_at_snr,
     class_mean_field,
+    class_sums,
     decision,
     energy_by_class,
     high_frequency_share,
@@ -68,6 +69,7 @@ HIGH_FREQUENCY_CUTOFF = 0.25  # cycles per pixel: half the Nyquist frequency
 SPECTRA = ("image", "logits_residual", "f_input_residual")
 FIGURES = ("sensitivity", "energy", "spectrum", "examples")  # diagnose_<split>/<name>.png
 INPUT_TITLES = {"noisy": "F(noise(G(x)))", "decision": "F(decision)", "class_mean": "F(class means)",
+                "split_class_mean": "F(split class means)",
                 "ground_truth": "F(ground truth)"}
 
 
@@ -94,16 +96,34 @@ def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
                        "the image from its class scores")
     acc = _Accumulator(models.num_classes, len(snrs), device, num_examples, classes)
     generator = torch.Generator(device=device).manual_seed(seed)
+    if iter(batches) is batches:  # a one-shot iterator: the split is read twice
+        batches = list(batches)
+    with seeded_inference(models, seed, device):  # the same noise draws as the pass below
+        split_means = _split_class_means(models, batches, device)
     with seeded_inference(models, seed, device):  # the run's own Gaussian noise injection, as in `evaluate`
-        _accumulate(models, batches, device, snrs, scale_to, generator, acc)
+        _accumulate(models, batches, device, snrs, scale_to, generator, acc, split_means)
     if acc.count == 0:
         raise RunError("no images to diagnose; the split is empty")
     results = acc.results(snrs, scale_to, seed)
     return results, {k: torch.cat(v)[:num_examples] for k, v in acc.examples.items()}
 
 
+def _split_class_means(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> Tensor:
+    """(S, S): row k the mean noise(G(x)) vector of the pixels decided as class k over all `batches` (0 if none)."""
+    s = models.num_classes
+    sums = torch.zeros(s, s, dtype=torch.float64, device=device)
+    counts = torch.zeros(s, dtype=torch.float64, device=device)
+    for image, _ in batches:
+        logits = models.G(image.to(device))
+        batch_sums, batch_counts = class_sums(models.noise(logits), decision(logits))
+        sums += batch_sums
+        counts += batch_counts
+    return (sums / counts.clamp(min=1).unsqueeze(1)).float()
+
+
 def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
-                snrs: Sequence[float], scale_to: str, generator: torch.Generator, acc: _Accumulator) -> None:
+                snrs: Sequence[float], scale_to: str, generator: torch.Generator, acc: _Accumulator,
+                split_means: Tensor | None = None) -> None:
     """The per-batch work of `diagnose_models`: every forward pass, summed into `acc`."""
     s = models.num_classes
     for image, labels in batches:
@@ -111,7 +131,7 @@ def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device
         logits = models.G(image)
         noisy = models.noise(logits)
         decided = decision(logits)
-        inputs = watermark_inputs(logits, noisy, labels, scale_to)
+        inputs = watermark_inputs(logits, noisy, labels, scale_to, split_means)
         outputs = {name: models.F(value) for name, value in inputs.items()}
         for name, out in outputs.items():
             acc.psnr[name].append(psnr_db(image, out).cpu())
@@ -307,6 +327,7 @@ def diagnose_training(run_dir: str | Path, data_root: str | Path, split: str = "
         gap, psnr = r["watermark_gap"]["gap_db"], r["watermark_gap"]["psnr_db"]
         points.append({"step": step, "checkpoint": name, "psnr_db": psnr.get("noisy"),
                        "watermark_gap_db": gap.get("decision"), "class_mean_gap_db": gap.get("class_mean"),
+                       "split_mean_gap_db": gap.get("split_class_mean"),
                        "sensitivity_psnr_db": {f"{p['snr_target_db']:g}": p["psnr_db"] for p in r["sensitivity"]["points"]},
                        "unexplained_share": r["energy"]["logits"]["unexplained_share"], "miou": r["miou"],
                        "num_images": r["num_images"]})
@@ -325,6 +346,7 @@ def _training_figure(results: dict[str, Any]):
     ax_gap, ax_sens, ax_share = fig.subplots(1, 3)
     ax_gap.plot(steps, [_nan(p["watermark_gap_db"]) for p in points], "o-", label="gap to decision")
     ax_gap.plot(steps, [_nan(p["class_mean_gap_db"]) for p in points], "s-", label="gap to class means")
+    ax_gap.plot(steps, [_nan(p.get("split_mean_gap_db")) for p in points], "^-", label="gap to split class means")
     ax_gap.axhline(0, color="k", linewidth=0.6)
     ax_gap.set(xlabel="iteration", ylabel="dB", title="watermark gap")
     ax_sens.plot(steps, [_nan(p["psnr_db"]) for p in points], "k--", label="no extra noise")
@@ -359,7 +381,8 @@ def _sensitivity_figure(results: dict[str, Any]):
     fig = figure(9, 3.4, layout="constrained")
     ax_psnr, ax_miou = fig.subplots(1, 2)
     ax_psnr.plot(snr, [_nan(p["psnr_db"]) for p in points], "o-", color="C0", label="F(noise(G(x) + extra))")
-    styles = {"noisy": ("C0", "--"), "decision": ("C3", ":"), "class_mean": ("C2", ":"), "ground_truth": ("C7", "-.")}
+    styles = {"noisy": ("C0", "--"), "decision": ("C3", ":"), "class_mean": ("C2", ":"),
+              "split_class_mean": ("C4", ":"), "ground_truth": ("C7", "-.")}
     for name, value in results["watermark_gap"]["psnr_db"].items():
         if value is not None:
             color, style = styles[name]
@@ -479,9 +502,9 @@ def format_markdown(r: dict[str, Any]) -> str:
         "",
         "## 1. Watermark gap",
         "",
-        ("PSNR of F's reconstruction of the image from four inputs. Only the first is what training sees; the "
+        ("PSNR of F's reconstruction of the image from five inputs. Only the first is what training sees; the "
          "others carry the segmentation decision (or the ground truth) and nothing else. One-hots are scaled to "
-         f"{scale}; none of the last three goes through the noise injection."),
+         f"{scale}; none of the last four goes through the noise injection."),
         "",
         "| F's input | PSNR dB | gap dB |",
         "|---|---|---|",
@@ -489,6 +512,7 @@ def format_markdown(r: dict[str, Any]) -> str:
     descriptions = {"noisy": "noise(G(x)), the training path",
                     "decision": "one-hot of the decision argmax G(x), scaled",
                     "class_mean": "each pixel's class-mean vector of noise(G(x)) (per image)",
+                    "split_class_mean": "each pixel's class-mean vector of noise(G(x)) over the whole split",
                     "ground_truth": "one-hot of the ground truth, scaled"}
     for name in INPUTS:
         if name in psnr:
@@ -498,7 +522,9 @@ def format_markdown(r: dict[str, Any]) -> str:
         "",
         ("gap = PSNR(noisy) - PSNR(that input): how much better F rebuilds the image from G's full class scores "
          "than from the decision alone. A large gap means F reads information that is not in the segmentation "
-         "decision (watermarks, or honest confidence information); a gap near 0 means it does not."),
+         "decision (watermarks, or honest confidence information); a gap near 0 means it does not. The class "
+         "means per image still carry per-image detail (the colour of this image's sky, one object); the split's "
+         "class means carry none, so a gap to them above the gap to per-image class means is detail of that kind."),
         "",
         "## 2. Sensitivity to extra Gaussian noise",
         "",
@@ -558,7 +584,8 @@ def format_summary(r: dict[str, Any], run_dir: Path) -> str:
     return "\n".join([
         f"{r['run']} ({r['noise_label']}), {r['num_images']} {r['split']} images",
         (f"PSNR dB: noisy {fmt(psnr.get('noisy'), 2)}, decision {fmt(psnr.get('decision'), 2)}, class means "
-         f"{fmt(psnr.get('class_mean'), 2)}, ground truth {fmt(psnr.get('ground_truth'), 2)}"),
+         f"{fmt(psnr.get('class_mean'), 2)}, split class means {fmt(psnr.get('split_class_mean'), 2)}, ground truth "
+         f"{fmt(psnr.get('ground_truth'), 2)}"),
         f"watermark gap {fmt(gap.get('decision'), 2)} dB (noisy - decision)",
         (f"residual energy share: G's logits {_pct(r['energy']['logits']['residual_share'])}, F's input "
          f"{_pct(r['energy']['f_input']['residual_share'])}"),

@@ -33,6 +33,7 @@ __all__ = [
     "SCALE_REFERENCES",
     "add_noise_at_snr",
     "class_mean_field",
+    "class_sums",
     "decision",
     "energy_by_class",
     "high_frequency_share",
@@ -42,12 +43,13 @@ __all__ = [
     "project_on_one_hot",
     "radial_power_spectrum",
     "reconstruction_psnrs",
+    "split_mean_field",
     "unexplained_energy",
     "watermark_inputs",
 ]
 
 # The inputs given to F for the watermark gap, in the order they are reported.
-INPUTS = ("noisy", "decision", "class_mean", "ground_truth")
+INPUTS = ("noisy", "decision", "class_mean", "split_class_mean", "ground_truth")
 # What the one-hot inputs are scaled against, per pixel: the values F sees in the forward cycle (the noise
 # injection's output), G's logits before the noise injection, or nothing (unit one-hots, as in the backward cycle).
 SCALE_REFERENCES = ("f_input", "logits", "unit")
@@ -119,6 +121,29 @@ def class_mean_field(values: Tensor, labels: Tensor) -> Tensor:
     return torch.einsum("bkhw,bks->bshw", member, sums / counts)
 
 
+def class_sums(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per label k, the sum of the vectors of the pixels labelled k and their count, over the whole batch; summed
+    over a split's batches, sums / counts are the split's class means (`split_mean_field`).
+
+    Args:
+        values: (B, S, H, W); labels: (B, H, W) class indices in [0, S).
+    Returns:
+        (sums (S, S) float64, row k the sum for label k; counts (S,) float64).
+    """
+    member = one_hot_of(labels, values.shape[1], torch.float64)
+    return torch.einsum("bkhw,bshw->ks", member, values.double()), member.sum(dim=(0, 2, 3))
+
+
+def split_mean_field(means: Tensor, labels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Each pixel gets the mean vector of its label over the whole split (`means` (S, S), row k for label k):
+    unlike `class_mean_field`, not even per-image information (the colour of this image's sky) is left.
+
+    Returns:
+        (B, S, H, W).
+    """
+    return torch.einsum("bkhw,ks->bshw", one_hot_of(labels, means.shape[0], dtype), means.to(dtype))
+
+
 def unexplained_energy(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Energy of values - class_mean_field(values, labels) and of values, summed per class like `energy_by_class`.
 
@@ -141,12 +166,14 @@ def _energy_per_class(x: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 
 
 def watermark_inputs(logits: Tensor, f_input: Tensor, labels: Tensor | None,
-                     scale_to: str = "f_input") -> dict[str, Tensor]:
+                     scale_to: str = "f_input", split_means: Tensor | None = None) -> dict[str, Tensor]:
     """The inputs of F whose reconstructions the watermark gap compares; each (B, S, H, W).
 
     - "noisy": `f_input` itself, the noise injection's output noise(G(x)), what F sees in training.
     - "decision": the one-hot of argmax G(x), scaled per pixel to the L2 norm of the reference (`scale_to`).
     - "class_mean": `class_mean_field(f_input, argmax G(x))`, only the decision, in F's usual value range.
+    - "split_class_mean": each pixel the split-wide mean f_input vector of its decided class (`split_means`,
+      (S, S), from `class_sums`): only the decision, without the per-image class means (left out when None).
     - "ground_truth": the one-hot of `labels`, scaled like "decision" (left out when labels is None).
 
     Args:
@@ -166,6 +193,8 @@ def watermark_inputs(logits: Tensor, f_input: Tensor, labels: Tensor | None,
         "decision": one_hot_of(decided, num_classes, f_input.dtype) * scale,
         "class_mean": class_mean_field(f_input, decided),
     }
+    if split_means is not None:
+        inputs["split_class_mean"] = split_mean_field(split_means, decided, f_input.dtype)
     if labels is not None:
         inputs["ground_truth"] = one_hot_of(labels, num_classes, f_input.dtype) * scale
     return inputs

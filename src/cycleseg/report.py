@@ -483,6 +483,7 @@ def plot_labelled_fraction(groups: list[RunRecord]) -> Figure | None:
 
 # What `diagnose --along-training` follows (RUN/diagnose_val_training.json), as the report shows it.
 WATERMARK_METRICS = (("class_mean_gap_db", "gap to class means", "dB", 2),
+                     ("split_mean_gap_db", "gap to split class means", "dB", 2),
                      ("watermark_gap_db", "gap to decision", "dB", 2),
                      ("unexplained_share", "unexplained share", "%", 1),
                      ("miou", "mIoU", "%", 1))
@@ -739,7 +740,9 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
             "The watermark along training",
             "From `cycleseg diagnose RUN --along-training` (RUN/diagnose_val_training.json) of every run that has it. "
             "Gap to class means: PSNR of F(noise(G(x))) minus that of F fed each pixel's class-mean logits, the "
-            "detail F reads from G's scores beyond the decided classes; gap to decision: minus F fed the decision "
+            "detail F reads from G's scores beyond the decided classes; gap to split class means: the same with "
+            "the class means over the whole split, so per-image detail (the colour of this image's sky) counts too; "
+            "gap to decision: minus F fed the decision "
             "one-hot; unexplained share: the logits' energy the class means do not explain. The table: the last "
             "checkpoint, mean ± half-width of the 95 % interval over the seeds (each seed in brackets), and the "
             "gap to class means minus that of nonoise, paired by seed (* : the interval excludes 0). The figure: "
