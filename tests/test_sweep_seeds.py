@@ -419,3 +419,16 @@ def test_watermark_along_training_gets_intervals_and_a_paired_difference(seeded_
     assert "## The watermark along training" in text and "watermark_training.png" in text
     assert "| quant2 | 3 | 120 | 0.90 ± 2.37 (0.00, 0.80, 1.90) | 1.40 ± 2.37 (0.50, 1.30, 2.40) |" in text
     assert "-1.10 ± 0.25 | [-1.35, -0.85] * |" in text
+
+
+def test_report_counts_finished_runs_while_later_seeds_are_pending(tmp_path):
+    """Seed 0 of two configs finished, seed 1 of both not started (in sweep.json, not on disk): 2 runs, not
+    2 - 2 pending = 0 (the count once subtracted every missing run from the runs on disk)."""
+    out = tmp_path / "sweep"
+    for name, miou in (("nonoise", 20.0), ("quant2", 22.0)):
+        _fake_run(out / name / "seed0", name, 0, miou, 15.0, 7.0 if name == "quant2" else None)
+    (out / "sweep.json").write_text(json.dumps({"runs": [f"{n}/seed{s}" for s in range(2) for n in ("nonoise", "quant2")],
+                                                "configs": ["nonoise", "quant2"], "seeds": 2, "state": {}}))
+    text = build_report(out)[0].read_text()
+    assert f"2 runs in {out}" in text
+    assert "nonoise/seed1 (pending)" in text and "quant2/seed1 (pending)" in text

@@ -655,7 +655,7 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
                  _fmt(r["miou"], 1), _fmt(r["paper_miou"], 1), _fmt(r["diff_miou"], 1, sign=True),
                  _fmt(r["psnr_db"], 2), _fmt(r["paper_psnr_db"], 2), _fmt(r["diff_psnr_db"], 2, sign=True)]
                 for r in rows]
-        count = len(records) - len(missing)
+        count = sum(r.results is not None for r in records)  # `missing` also names runs not on disk yet
         text = f"{count} runs in {sweep_dir} ({'; '.join(sizes)}); {about} Δ = ours − paper."
     else:
         header = ["run", "row of Table 2", "seeds", "SNR dB", "paper", "mIoU %", "paper", "Δ", "PSNR dB", "paper",
