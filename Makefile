@@ -1,4 +1,4 @@
-# Quick start:  make demo   (set up, synthetic data, train + evaluate three runs, print a Table 2)
+# Quick start:  make demo   (set up, synthetic data, train + evaluate four runs at 64x32, print a Table 2 with its seed spread)
 #               make test   (set up, run the whole test suite; make test-fast: all but the slow tests)
 PYTHON ?= python3
 VENV   := .venv
@@ -58,7 +58,7 @@ study: $(STAMP)
 	$(BIN)/cycleseg report runs/study --data $(STUDY_DATA)
 
 # The semi-supervised study (docs/semi-supervised.md): labelled fractions 1/8, 1/2 and 1, each with no noise,
-# 2-bit quantization and the plain ERFNet on the same labels, 3 seeds, 64x32; about 90 min on 2 cores, resumable.
+# 2-bit quantization and the plain ERFNet on the same labels, 3 seeds, 64x32; about 100 min on 2 cores, resumable.
 semi-study: $(STAMP) $(DATA)/leftImg8bit
 	$(BIN)/cycleseg prepare $(DATA) --size 64x32
 	$(BIN)/cycleseg sweep configs/semi-study --data $(DATA) --out runs/semi-study --seeds 3

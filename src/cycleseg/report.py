@@ -676,9 +676,10 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
         if len({p["reference"] for p in paired}) > 1:  # several labelled fractions: each its own no-noise row
             reference = "the no-noise row of the same labelled fraction"
             paired = [{**p, "run": f"{p['run']} − {p['reference']}"} for p in paired]
+        against = f"the row {reference} (no noise)" if reference in {p["reference"] for p in paired} else reference
         sections.append(_Section(
             f"Noise rows against {reference}, paired by seed",
-            f"Each noise row minus the row {reference} (no noise), seed by seed (the same seed gives both the same "
+            f"Each noise row minus {against}, seed by seed (the same seed gives both the same "
             "initial weights and data order), over the seeds both have: mean difference and its 95 % confidence "
             "interval (Student t). * marks an interval that excludes 0: a difference unlikely (at 5 %) to be the "
             "seeds' spread alone. One common seed gives the difference without an interval.",
