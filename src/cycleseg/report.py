@@ -25,6 +25,7 @@ import functools
 import html
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -222,11 +223,21 @@ def semi_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
     return rows
 
 
-def _same_fraction(groups: list[RunRecord], g: RunRecord, wanted, prefer: str | None = None) -> RunRecord | None:
+def _same_fraction(groups: list[RunRecord], g: RunRecord, wanted: Callable[[RunRecord], bool],
+                   prefer: str | None = None) -> RunRecord | None:
     """The group named `prefer`, else the first, among the `wanted` groups (not g) of g's labelled fraction."""
     fraction = labelled_fraction(g.config)
     candidates = [r for r in groups if r is not g and wanted(r) and labelled_fraction(r.config) == fraction]
     return next((r for r in candidates if r.name == prefer), candidates[0] if candidates else None)
+
+
+def _name_references(paired: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    """paired_rows for display: (rows, the one reference's name), or, when the rows have several references
+    (several labelled fractions), (rows whose "run" reads "quant2 − nonoise", None)."""
+    references = {p["reference"] for p in paired}
+    if len(references) == 1:
+        return paired, references.pop()
+    return [{**p, "run": f"{p['run']} − {p['reference']}"} for p in paired], None
 
 
 def choose_runs(runs: list[RunRecord], names: list[str] | None = None) -> list[RunRecord]:
@@ -280,11 +291,9 @@ def format_table(paths: list[Path], split: str = "val") -> str:
                          f"{format_interval(g.interval('psnr_db'), 2):>14}  {per_seed}")
         paired = paired_rows(records)
         if paired:
-            one = len({p["reference"] for p in paired}) == 1
-            if not one:  # several labelled fractions: each row names its own no-noise row
-                paired = [{**p, "run": f"{p['run']} − {p['reference']}"} for p in paired]
+            paired, reference = _name_references(paired)
             width = max([width] + [len(p["run"]) for p in paired])
-            lines += ["", (f"minus {paired[0]['reference'] if one else 'the no-noise row'}, paired by seed (mean ± "
+            lines += ["", (f"minus {reference or 'the no-noise row'}, paired by seed (mean ± "
                            "95 % interval; * the interval excludes 0):"),
                       f"{'run':<{width}} {'noise':<22} {'seeds':>5} {'Δ mIoU %':>14} {'Δ PSNR dB':>16}"]
             for p in paired:
@@ -672,13 +681,10 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
     sections = [_Section("Table 2: SNR, mIoU and PSNR beside the paper", text, table=(header, body))]
     paired = paired_rows(records) if seeded else []
     if paired:
-        reference = paired[0]["reference"]
-        if len({p["reference"] for p in paired}) > 1:  # several labelled fractions: each its own no-noise row
-            reference = "the no-noise row of the same labelled fraction"
-            paired = [{**p, "run": f"{p['run']} − {p['reference']}"} for p in paired]
-        against = f"the row {reference} (no noise)" if reference in {p["reference"] for p in paired} else reference
+        paired, reference = _name_references(paired)
+        against = f"the row {reference} (no noise)" if reference else "the no-noise row of the same labelled fraction"
         sections.append(_Section(
-            f"Noise rows against {reference}, paired by seed",
+            f"Noise rows against {reference or 'the no-noise row of the same labelled fraction'}, paired by seed",
             f"Each noise row minus {against}, seed by seed (the same seed gives both the same "
             "initial weights and data order), over the seeds both have: mean difference and its 95 % confidence "
             "interval (Student t). * marks an interval that excludes 0: a difference unlikely (at 5 %) to be the "
