@@ -6,6 +6,7 @@ The reference computes, from SPEC "Losses" and the paper's eqs. 1-7, on a copy o
     J_rec_x = mean |F(noise(G(x))) - x|      (eq. 3, over B, C, H, W)
     J_rec_y = CE(G(F(onehot(y))), y)         (eq. 4)
     J_gen   = gamma (alpha J_seg + (1 - alpha) J_rec_x) + (1 - gamma) (beta J_adv + (1 - beta) J_rec_y)
+            [+ w mean |F(onehot(y)) - x|      with loss.paired_f = w > 0 (Mondal et al. 2019)]
 with the noise on G's logits in the forward cycle only, its gradient the identity (straight-through).
 The gradients of G's and F's parameters come from autograd on these equations, one term at a time, and
 must equal the gradients the step computed and the update it made (plain SGD, lr = 1: update = -grad).
@@ -97,6 +98,9 @@ def _check_noise_values(kind, bits, logits, received):
         torch.testing.assert_close(received[clear], expected[clear], rtol=0, atol=1e-6)
         levels = torch.linspace(-1.0, 1.0, 2**bits)
         assert torch.isclose(received.unsqueeze(-1), levels, rtol=0, atol=1e-6).any(-1).all()
+    elif kind == "gaussian":  # the equal-SNR rule: each image's measured SNR is the target, 7.38 dB (S H W draws)
+        power = logits.pow(2).flatten(1).sum(1) / (received - logits).pow(2).flatten(1).sum(1)
+        assert torch.allclose(10 * torch.log10(power), torch.full_like(power, 7.38), atol=0.2)
     else:
         raise AssertionError(kind)
 
@@ -132,12 +136,15 @@ def _reference_terms(models, image, labels, received, one_hot, loss_cfg, class_w
         "adv": (models.D(fake) - 1.0).pow(2).mean(),
         "rec_y": _cross_entropy(models.G(fake), labels, class_weights, ignore),
     }
+    if loss_cfg.paired_f > 0:
+        terms["paired_f"] = (fake - image).abs().mean()
     return terms, logits.detach(), fake.detach()
 
 
 def _weights(loss_cfg):
     a, b, g = loss_cfg.alpha, loss_cfg.beta, loss_cfg.gamma
-    return {"seg": g * a, "rec_x": g * (1 - a), "adv": (1 - g) * b, "rec_y": (1 - g) * (1 - b)}
+    weights = {"seg": g * a, "rec_x": g * (1 - a), "adv": (1 - g) * b, "rec_y": (1 - g) * (1 - b)}
+    return weights | ({"paired_f": loss_cfg.paired_f} if loss_cfg.paired_f > 0 else {})
 
 
 def _term_gradients(terms, params):
@@ -165,6 +172,8 @@ CASES = {
                                 "noise.bits=2"],
     "class_weights_ignore_background_max_only": ["loss.ignore_background=true", "noise.kind=max_only",
                                                  "loss.alpha=0.6", "loss.beta=0.4", "loss.gamma=0.45"],
+    "paired_f_resnet_small_gaussian": ["loss.paired_f=0.7", "model.arch=resnet_small", "noise.kind=gaussian",
+                                       "noise.snr_db=7.38"],
 }
 
 
@@ -210,6 +219,7 @@ def test_generator_step_matches_the_equations(case):
     # The comparison can fail: beta and 1 - beta swapped give a clearly different gradient.
     a, b, g = cfg.loss.alpha, cfg.loss.beta, cfg.loss.gamma
     swapped = {"seg": g * a, "rec_x": g * (1 - a), "adv": (1 - g) * (1 - b), "rec_y": (1 - g) * b}
+    swapped |= {k: w for k, w in weights.items() if k == "paired_f"}
     wrong = _combine(grads, swapped)
     assert _relative_error(got, wrong) > 100 * GRAD_RTOL
 

@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colour-spread", type=float, default=1.0, metavar="K",
                    help="scale each object's colour deviation from its class colour by K (default 1; the "
                         "watermark study uses 3: detail the label map cannot predict)")
+    p.add_argument("--scene", default="city", choices=["city", "shapes"],
+                   help="city (default: street scenes) or shapes (discs, squares, triangles and rings on a "
+                        "background: the class is the shape; the laboratory of docs/mechanism.md)")
+    p.add_argument("--colour-mode", default="class", choices=["class", "independent"],
+                   help="class (default: each object's colour is its class colour plus a jitter) or independent "
+                        "(each object's colour uniform whatever its class: the label map predicts none of it)")
 
     p = sub.add_parser(
         parents=[quiet], name="train", help="train a model from a YAML config",
@@ -362,7 +368,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.colour_spread) and args.colour_spread >= 0):
         raise ConfigError(f"--colour-spread {args.colour_spread}: must be a finite number >= 0 (1 = the default city)")
     summary = make_synthetic(args.out, num_train=args.train, num_val=args.val, size=(height, width), seed=args.seed,
-                             progress=_progress(args), fmt=args.format, colour_spread=args.colour_spread)
+                             progress=_progress(args), fmt=args.format, colour_spread=args.colour_spread,
+                             scene=args.scene, colour_mode=args.colour_mode)
     print(f"wrote {summary.get('train', args.train)} train and {summary.get('val', args.val)} val images "
           f"of {width}x{height} to {args.out}")
     return 0

@@ -21,6 +21,7 @@ from cycleseg.errors import ConfigError
 from cycleseg.noise import NOISE_KINDS, SIGMA_RULES
 
 __all__ = [
+    "MODEL_ARCHS",
     "MODEL_KINDS",
     "RESUMABLE_KEYS",
     "Config",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 MODEL_KINDS = ("cyclegan", "plain")
+MODEL_ARCHS = ("erfnet", "resnet_small")  # networks.ARCHS (config imports no networks)
 CACHE_MODES = ("auto", "off", "require")
 DATA_FORMATS = ("auto", "cityscapes", "folder")  # data.source.FORMATS (config imports nothing from data)
 CHECK_MODES = ("fast", "full", "off")
@@ -87,6 +89,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     kind: str = "cyclegan"  # "cyclegan": G, F and D_X (Fig. 2); "plain": ERFNet G with J_seg alone
+    # G's and F's network: erfnet (the paper) | resnet_small (3 stride-1 residual blocks of 32 channels: the
+    # laboratory of docs/mechanism.md, where hiding is cheap to learn on a CPU)
+    arch: str = "erfnet"
     # S, the number of class scores: null = from the data (Cityscapes: 19 classes + background = 20; a folder
     # dataset: its classes.yaml, + 1 for void); a number is checked against the data
     num_classes: int | None = None
@@ -112,6 +117,9 @@ class LossConfig:
     # semi-supervised: weight of J_adv_Y, a second least-squares PatchGAN D_Y judging softmax(G(x_u)) of the
     # unlabelled images against one-hot label maps; default (1 - gamma) beta = 1/31, the weight of J_adv; 0 = no D_Y
     adv_y: float = 1 / 31
+    # weight w of a paired reconstruction loss for F on the labelled images, J_gen += w * mean |F(onehot(y)) - x|
+    # (Mondal et al. 2019); 0 = none (the paper)
+    paired_f: float = 0.0
 
 
 @dataclass
@@ -125,6 +133,9 @@ class OptimConfig:
     pool_size: int = 50  # image history buffer for D_X (and for D_Y of a semi-supervised run)
     unlabelled_batch_size: int | None = None  # semi-supervised: unlabelled images per iteration; null = batch_size
     kernel: str = "auto"  # Adam implementation: auto (fused) | fused | foreach | loop
+    # the first N iterations of the schedule train F alone on labels -> image, mean |F(onehot(y)) - x| (G and
+    # D_X untouched), so that F can use what G passes before the cycle starts; 0 = none (the paper)
+    f_warmup_iters: int = 0
 
 
 @dataclass
@@ -294,6 +305,17 @@ def _validate(cfg: Config, source: str) -> None:
         fail("data.cache_dir", "must be a folder or null (null: <data.root>/cycleseg_cache)")
     if m.kind not in MODEL_KINDS:
         fail("model.kind", f"must be one of {', '.join(MODEL_KINDS)}, got {m.kind!r}")
+    if m.arch not in MODEL_ARCHS:
+        fail("model.arch", f"must be one of {', '.join(MODEL_ARCHS)}, got {m.arch!r}")
+    if not (math.isfinite(lo.paired_f) and lo.paired_f >= 0.0):
+        fail("loss.paired_f", f"must be a finite number >= 0 (0: no paired loss for F), got {lo.paired_f}")
+    if o.f_warmup_iters < 0:
+        fail("optim.f_warmup_iters", f"must be >= 0 (0: no warm-up of F), got {o.f_warmup_iters}")
+    if m.kind != "cyclegan" and (lo.paired_f or o.f_warmup_iters):
+        fail("loss.paired_f" if lo.paired_f else "optim.f_warmup_iters",
+             "is only used by model.kind=cyclegan (the plain network has no F); remove it")
+    if lo.paired_f and uses_unlabelled(cfg):
+        fail("loss.paired_f", "is not implemented for semi-supervised runs (data.labelled below 1); remove it")
     if d.format not in DATA_FORMATS:
         fail("data.format", f"must be one of {', '.join(DATA_FORMATS)}, got {d.format!r}")
     if m.num_classes is not None and m.num_classes < 2:

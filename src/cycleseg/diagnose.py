@@ -20,6 +20,10 @@ What is measured (the tensor work is in `cycleseg.diagnostics`):
 3. Energy: share of the logits' energy outside the projection on the decision one-hot (the residual), per
    decided class and overall, for G's logits and for F's input; its spatial power spectrum beside the image's.
 4. Pictures: the first few images, their residual maps amplified to full range, and F's outputs.
+5. The reward for hiding (`diagnostics.colour_oracles`): PSNR of the image painted from its ground-truth label
+   map with each class's mean colour over the split (labels only) against painted with each class's mean colour
+   in this image (labels and the regions' colours). Their difference bounds what hiding can win; F's PSNR from
+   the split's class means is set beside the labels-only oracle.
 
 All randomness is seeded with the run's train.seed, so results repeat.
 """
@@ -45,6 +49,7 @@ from cycleseg.diagnostics import (
     add_noise_at_snr,
     class_mean_field,
     class_sums,
+    colour_oracles,
     decision,
     energy_by_class,
     high_frequency_share,
@@ -99,31 +104,39 @@ def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
     if iter(batches) is batches:  # a one-shot iterator: the split is read twice
         batches = list(batches)
     with seeded_inference(models, seed, device):  # the same noise draws as the pass below
-        split_means = _split_class_means(models, batches, device)
+        split_means, split_colours = _split_class_means(models, batches, device)
     with seeded_inference(models, seed, device):  # the run's own Gaussian noise injection, as in `evaluate`
-        _accumulate(models, batches, device, snrs, scale_to, generator, acc, split_means)
+        _accumulate(models, batches, device, snrs, scale_to, generator, acc, split_means, split_colours)
     if acc.count == 0:
         raise RunError("no images to diagnose; the split is empty")
     results = acc.results(snrs, scale_to, seed)
     return results, {k: torch.cat(v)[:num_examples] for k, v in acc.examples.items()}
 
 
-def _split_class_means(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> Tensor:
-    """(S, S): row k the mean noise(G(x)) vector of the pixels decided as class k over all `batches` (0 if none)."""
+def _split_class_means(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device
+                       ) -> tuple[Tensor, Tensor]:
+    """(S, S): row k the mean noise(G(x)) vector of the pixels decided as class k over all `batches` (0 if none);
+    (S, 3): row k the mean colour of the pixels labelled k (ground truth), for the labels-only oracle."""
     s = models.num_classes
     sums = torch.zeros(s, s, dtype=torch.float64, device=device)
     counts = torch.zeros(s, dtype=torch.float64, device=device)
-    for image, _ in batches:
-        logits = models.G(image.to(device))
+    colours = torch.zeros(s, 3, dtype=torch.float64, device=device)
+    colour_counts = torch.zeros(s, dtype=torch.float64, device=device)
+    for image, labels in batches:
+        image = image.to(device)
+        logits = models.G(image)
         batch_sums, batch_counts = class_sums(models.noise(logits), decision(logits))
         sums += batch_sums
         counts += batch_counts
-    return (sums / counts.clamp(min=1).unsqueeze(1)).float()
+        batch_sums, batch_counts = class_sums(image, labels.to(device), s)
+        colours += batch_sums
+        colour_counts += batch_counts
+    return (sums / counts.clamp(min=1).unsqueeze(1)).float(), (colours / colour_counts.clamp(min=1).unsqueeze(1)).float()
 
 
 def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
                 snrs: Sequence[float], scale_to: str, generator: torch.Generator, acc: _Accumulator,
-                split_means: Tensor | None = None) -> None:
+                split_means: Tensor | None = None, split_colours: Tensor | None = None) -> None:
     """The per-batch work of `diagnose_models`: every forward pass, summed into `acc`."""
     s = models.num_classes
     for image, labels in batches:
@@ -136,6 +149,9 @@ def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device
         for name, out in outputs.items():
             acc.psnr[name].append(psnr_db(image, out).cpu())
         acc.snr.append(snr_db(logits, noisy).cpu())
+        if split_colours is not None:
+            for name, value in colour_oracles(image, labels, split_colours).items():
+                acc.oracle[name].append(value.cpu())
         acc.conf += confusion_matrix(decided, labels, s)
         for k, target in enumerate(snrs):
             perturbed, measured = add_noise_at_snr(logits, target, generator)
@@ -182,6 +198,7 @@ class _Accumulator:
         self.num_classes = num_classes
         self.psnr: dict[str, list[Tensor]] = {name: [] for name in INPUTS}
         self.snr: list[Tensor] = []
+        self.oracle: dict[str, list[Tensor]] = {"labels_only": [], "image_colours": []}
         self.conf = conf()
         self.sweep_psnr: list[list[Tensor]] = [[] for _ in range(num_snrs)]
         self.sweep_snr: list[list[Tensor]] = [[] for _ in range(num_snrs)]
@@ -200,7 +217,10 @@ class _Accumulator:
     def results(self, snrs: Sequence[float], scale_to: str, seed: int) -> dict[str, Any]:
         psnr = {name: _mean(values) for name, values in self.psnr.items() if values}
         names = self.classes.names if self.classes is not None else _class_names(self.num_classes)
+        oracle = {f"{name}_psnr_db": _mean(values) for name, values in self.oracle.items()}
         return {
+            "oracle": oracle | {"reward_db": _difference(oracle["image_colours_psnr_db"],
+                                                         oracle["labels_only_psnr_db"])},
             "num_images": self.count,
             "seed": seed,
             "scale_to": scale_to,
@@ -330,9 +350,10 @@ def diagnose_training(run_dir: str | Path, data_root: str | Path, split: str = "
                        "split_mean_gap_db": gap.get("split_class_mean"),
                        "sensitivity_psnr_db": {f"{p['snr_target_db']:g}": p["psnr_db"] for p in r["sensitivity"]["points"]},
                        "unexplained_share": r["energy"]["logits"]["unexplained_share"], "miou": r["miou"],
-                       "num_images": r["num_images"]})
+                       "snr_db": r["snr_db"], "split_mean_psnr_db": psnr.get("split_class_mean"),
+                       "ground_truth_psnr_db": psnr.get("ground_truth"), "num_images": r["num_images"]})
     results = {"run": cfg.name, "split": split, "noise_label": noise_label(cfg), "snrs_db": list(snrs),
-               "points": points, "figure": runs.artifact(run_dir, "diagnose_training_png", split).name}
+               "oracle": r["oracle"], "points": points, "figure": runs.artifact(run_dir, "diagnose_training_png", split).name}
     save_figure(_training_figure(results), runs.artifact(run_dir, "diagnose_training_png", split))
     runs.write_json(runs.artifact(run_dir, "diagnose_training", split), results)
     return results
@@ -526,6 +547,19 @@ def format_markdown(r: dict[str, Any]) -> str:
          "means per image still carry per-image detail (the colour of this image's sky, one object); the split's "
          "class means carry none, so a gap to them above the gap to per-image class means is detail of that kind."),
         "",
+        "## The reward for hiding",
+        "",
+        ("PSNR of the image painted from its ground-truth label map: every pixel with its class's mean colour over "
+         "the split (labels only), or with its class's mean colour in this image (labels and the regions' colours). "
+         "The difference is what hiding detail in the class scores can win at most against an F that reads only "
+         "the labels; under about 3 dB there is little worth hiding."),
+        "",
+        "| oracle | PSNR dB |",
+        "|---|---|",
+        f"| labels only | {fmt(r['oracle']['labels_only_psnr_db'], 2)} |",
+        f"| labels and each image's class colours | {fmt(r['oracle']['image_colours_psnr_db'], 2)} |",
+        f"| reward (difference) | {fmt(r['oracle']['reward_db'], 2)} |",
+        "",
         "## 2. Sensitivity to extra Gaussian noise",
         "",
         ("Extra Gaussian noise at each target SNR is added to G's logits (sigma per image by the equal-SNR rule, so "
@@ -587,6 +621,9 @@ def format_summary(r: dict[str, Any], run_dir: Path) -> str:
          f"{fmt(psnr.get('class_mean'), 2)}, split class means {fmt(psnr.get('split_class_mean'), 2)}, ground truth "
          f"{fmt(psnr.get('ground_truth'), 2)}"),
         f"watermark gap {fmt(gap.get('decision'), 2)} dB (noisy - decision)",
+        (f"reward for hiding {fmt(r['oracle']['reward_db'], 2)} dB (oracles: labels only "
+         f"{fmt(r['oracle']['labels_only_psnr_db'], 2)}, with each image's class colours "
+         f"{fmt(r['oracle']['image_colours_psnr_db'], 2)})"),
         (f"residual energy share: G's logits {_pct(r['energy']['logits']['residual_share'])}, F's input "
          f"{_pct(r['energy']['f_input']['residual_share'])}"),
         "sensitivity PSNR dB: " + ", ".join(f"{p['snr_target_db']:g} dB -> {fmt(p['psnr_db'], 2)}"

@@ -11,6 +11,8 @@ G's class scores so that F can rebuild the image from it. These functions measur
 - `project_on_one_hot` splits each logit vector into its projection on the decision one-hot (the decided
   class's score) and the residual (all other class scores), whose energy `energy_by_class` sums per class;
 - `add_noise_at_snr` adds Gaussian noise at a target SNR with the equal-SNR rule of `noise.gaussian_sigma`;
+- `colour_oracles` measures the reward for hiding: how much better an image is rebuilt from the label map when
+  each region's own colour is known than from the label map alone;
 - `radial_power_spectrum` and `high_frequency_share` compare the residual's spatial frequency content with
   the image's; `principal_components` turns an (S, H, W) residual into 3 maps a person can look at.
 
@@ -34,6 +36,7 @@ __all__ = [
     "add_noise_at_snr",
     "class_mean_field",
     "class_sums",
+    "colour_oracles",
     "decision",
     "energy_by_class",
     "high_frequency_share",
@@ -103,45 +106,69 @@ def energy_by_class(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return _energy_per_class(residual, labels, values.shape[1]), _energy_per_class(values, labels, values.shape[1])
 
 
-def class_mean_field(values: Tensor, labels: Tensor) -> Tensor:
+def class_mean_field(values: Tensor, labels: Tensor, num_classes: int | None = None) -> Tensor:
     """Each pixel's vector replaced by the mean vector of the pixels of the same image with the same label.
 
     The result carries only the decision map (plus S x S numbers per image, the class means), in the value
     range F is used to: an input with no per-pixel hidden detail.
 
     Args:
-        values: (B, S, H, W); labels: (B, H, W) class indices in [0, S).
+        values: (B, C, H, W), usually C = S class scores (or an image, C = 3); labels: (B, H, W) class indices
+            in [0, num_classes); num_classes: default C.
     Returns:
-        (B, S, H, W).
+        (B, C, H, W).
     """
-    num_classes = values.shape[1]
+    num_classes = num_classes or values.shape[1]
     member = one_hot_of(labels, num_classes, values.dtype)  # (B, K, H, W), K = S labels
     sums = torch.einsum("bkhw,bshw->bks", member, values)
     counts = member.sum(dim=(2, 3)).clamp(min=1).unsqueeze(-1)  # (B, K, 1)
     return torch.einsum("bkhw,bks->bshw", member, sums / counts)
 
 
-def class_sums(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def class_sums(values: Tensor, labels: Tensor, num_classes: int | None = None) -> tuple[Tensor, Tensor]:
     """Per label k, the sum of the vectors of the pixels labelled k and their count, over the whole batch; summed
     over a split's batches, sums / counts are the split's class means (`split_mean_field`).
 
     Args:
-        values: (B, S, H, W); labels: (B, H, W) class indices in [0, S).
+        values: (B, C, H, W), usually C = S (or an image, C = 3); labels: (B, H, W) class indices in
+            [0, num_classes); num_classes: default C.
     Returns:
-        (sums (S, S) float64, row k the sum for label k; counts (S,) float64).
+        (sums (S, C) float64, row k the sum for label k; counts (S,) float64).
     """
-    member = one_hot_of(labels, values.shape[1], torch.float64)
+    member = one_hot_of(labels, num_classes or values.shape[1], torch.float64)
     return torch.einsum("bkhw,bshw->ks", member, values.double()), member.sum(dim=(0, 2, 3))
 
 
 def split_mean_field(means: Tensor, labels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Each pixel gets the mean vector of its label over the whole split (`means` (S, S), row k for label k):
+    """Each pixel gets the mean vector of its label over the whole split (`means` (S, C), row k for label k):
     unlike `class_mean_field`, not even per-image information (the colour of this image's sky) is left.
 
     Returns:
-        (B, S, H, W).
+        (B, C, H, W).
     """
     return torch.einsum("bkhw,ks->bshw", one_hot_of(labels, means.shape[0], dtype), means.to(dtype))
+
+
+def colour_oracles(image: Tensor, labels: Tensor, split_colours: Tensor) -> dict[str, Tensor]:
+    """PSNR (eq. 14) of two oracle reconstructions of `image` from its label map; their difference is the reward
+    for hiding, what a watermark could win at most against an F that reads only the labels.
+
+    - "labels_only": every pixel painted with its class's mean colour over the split (`split_colours`, from
+      `class_sums` of the images with their labels): the best a decoder of the label map alone can do pixel by
+      pixel in squared error, when the colours are those of the split.
+    - "image_colours": every pixel painted with the mean colour of its class in this image: the label map plus
+      the colour of each region (regions of one class in one image share one colour here, so this is a lower
+      bound of an oracle that knows each object's colour).
+
+    Args:
+        image: (B, 3, H, W) in [-1, 1]; labels: (B, H, W) class indices in [0, S) (the ground truth);
+        split_colours: (S, 3) mean colour of each class over the split (any row for a class with no pixel).
+    Returns:
+        {"labels_only": (B,), "image_colours": (B,)} in dB.
+    """
+    num_classes = split_colours.shape[0]
+    return {"labels_only": psnr_db(image, split_mean_field(split_colours, labels, image.dtype)),
+            "image_colours": psnr_db(image, class_mean_field(image, labels, num_classes))}
 
 
 def unexplained_energy(values: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -71,12 +71,13 @@ def enet_class_weights(pixel_counts: Tensor, c: float = 1.02) -> Tensor:
 
 
 class GeneratorTerms(NamedTuple):
-    """The four scalar generator losses of one batch."""
+    """The four scalar generator losses of one batch, and the optional paired loss of F (loss.paired_f)."""
 
     seg: Tensor
     rec_x: Tensor
     adv: Tensor
     rec_y: Tensor
+    paired_f: Tensor | None = None  # mean |F(onehot(y)) - x|, computed only when loss.paired_f > 0
 
 
 def generator_loss(terms: GeneratorTerms, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA) -> Tensor:

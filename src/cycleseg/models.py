@@ -25,8 +25,8 @@ class Models(nn.Module):
     """G (image -> logits); for kind "cyclegan" also F (segmentation -> image), D_X and the noise injection.
 
     Attributes:
-        G: ERFNet, (B, 3, H, W) -> (B, S, H, W).
-        F: ERFNet with tanh, (B, S, H, W) -> (B, 3, H, W); None for the plain ERFNet.
+        G: ERFNet (or model.arch's generator), (B, 3, H, W) -> (B, S, H, W).
+        F: ERFNet (or model.arch's) with tanh, (B, S, H, W) -> (B, 3, H, W); None for the plain ERFNet.
         D: PatchGAN, (B, 3, H, W) -> (B, 1, H/8 - 2, W/8 - 2); None for the plain ERFNet.
         noise: NoiseInjection applied to G's logits before F (forward cycle only).
         D_Y: PatchGAN on segmentations, (B, S, H, W) -> (B, 1, H/8 - 2, W/8 - 2): softmax(G(x)) of unlabelled
@@ -42,9 +42,9 @@ class Models(nn.Module):
         if isinstance(noise.snr_db, str):
             raise ConfigError(f"noise.snr_db {noise.snr_db!r} is not resolved to a number; run through `cycleseg "
                               "train` or `cycleseg sweep`, which read that run's measured SNR (cycleseg calibrate)")
-        self.G = segmentation_generator(self.num_classes)
+        self.G = segmentation_generator(self.num_classes, model.arch)
         self.noise = NoiseInjection(noise.kind, bits=noise.bits, snr_db=noise.snr_db, sigma_rule=noise.sigma_rule)
-        self.F = image_generator(self.num_classes) if model.kind == "cyclegan" else None
+        self.F = image_generator(self.num_classes, model.arch) if model.kind == "cyclegan" else None
         self.D = PatchDiscriminator() if model.kind == "cyclegan" else None
         self.D_Y: PatchDiscriminator | None = None  # build_models(..., d_y=True) adds it
 

@@ -1,7 +1,8 @@
 """The three networks of the framework: G (image -> segmentation), F (segmentation -> image) and D_X.
 
 G and F are ERFNet (Romera et al., 2018), built from the three blocks of the official implementation;
-D_X is the 70x70 PatchGAN of CycleGAN (Zhu et al., 2017) used as a least-squares GAN critic.
+D_X is the 70x70 PatchGAN of CycleGAN (Zhu et al., 2017) used as a least-squares GAN critic. `ResidualGenerator`
+is the laboratory's small stride-1 alternative for G and F (model.arch=resnet_small, docs/mechanism.md).
 Plain torch, no I/O.
 
 Shapes: images (B, 3, H, W) in [-1, 1]; logits (B, S, H, W) with S = 20 classes; H and W multiples of 8.
@@ -14,10 +15,13 @@ import torch.nn.functional as F_
 from torch import Tensor, nn
 
 __all__ = [
+    "ARCHS",
     "DownsamplerBlock",
     "ERFNet",
     "NonBottleneck1d",
     "PatchDiscriminator",
+    "ResidualBlock",
+    "ResidualGenerator",
     "UpsamplerBlock",
     "image_generator",
     "init_weights",
@@ -160,15 +164,81 @@ class PatchDiscriminator(nn.Module):
         return self.model(x)
 
 
-def segmentation_generator(num_classes: int = 20) -> ERFNet:
-    """G: the official ERFNet, image (B, 3, H, W) -> logits (B, num_classes, H, W)."""
+class ResidualBlock(nn.Module):
+    """conv3x3 (dilated) -> BN -> ReLU -> conv3x3 (dilated) -> BN, + input, ReLU. (B, C, H, W) -> same."""
+
+    def __init__(self, chans: int, dilation: int = 1) -> None:
+        super().__init__()
+        d = dilation
+        self.conv1 = nn.Conv2d(chans, chans, 3, padding=d, dilation=d, bias=False)
+        self.bn1 = nn.BatchNorm2d(chans)
+        self.conv2 = nn.Conv2d(chans, chans, 3, padding=d, dilation=d, bias=False)
+        self.bn2 = nn.BatchNorm2d(chans)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F_.relu(self.bn1(self.conv1(x)))
+        return F_.relu(self.bn2(self.conv2(out)) + x)
+
+
+class ResidualGenerator(nn.Module):
+    """A small stride-1 residual generator, (B, in_chans, H, W) -> (B, out_chans, H, W), any H, W.
+
+    conv3x3 (in -> width) -> BN -> ReLU, `blocks` ResidualBlocks at full resolution, conv3x3 (width -> out).
+    No down-sampling: every pixel keeps its own `width` features from input to output, the kind of generator in
+    which Chu et al. (2017, "CycleGAN, a master of steganography") found image detail hidden in the output.
+    The blocks' dilations 1, 2, 4, ... widen the receptive field (to 33 pixels with 3 blocks) without striding,
+    so that a region's class can be read from its shape.
+
+    Args:
+        in_chans, out_chans: 3 and S for G, S and 3 for F.
+        width: channels of every hidden layer (32).
+        blocks: number of residual blocks (3).
+        output_activation: None for logits (G) or "tanh" for images in [-1, 1] (F).
+    """
+
+    def __init__(self, in_chans: int = 3, out_chans: int = 20, width: int = 32, blocks: int = 3,
+                 output_activation: str | None = None) -> None:
+        super().__init__()
+        if output_activation not in (None, "tanh"):
+            raise ValueError(f"output_activation must be None or 'tanh', got {output_activation!r}")
+        self.in_chans, self.out_chans = in_chans, out_chans
+        self.output_activation = output_activation
+        self.head = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.blocks = nn.Sequential(*[ResidualBlock(width, dilation=2**i) for i in range(blocks)])
+        self.output_conv = nn.Conv2d(width, out_chans, 3, padding=1, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"ResidualGenerator input: expected (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        out = self.output_conv(self.blocks(self.head(x)))
+        return torch.tanh(out) if self.output_activation == "tanh" else out
+
+
+ARCHS = ("erfnet", "resnet_small")  # model.arch: the paper's ERFNet, the laboratory's small residual generator
+
+
+def segmentation_generator(num_classes: int = 20, arch: str = "erfnet") -> nn.Module:
+    """G: image (B, 3, H, W) -> logits (B, num_classes, H, W); the official ERFNet, or ResidualGenerator."""
+    if arch == "resnet_small":
+        return ResidualGenerator(in_chans=3, out_chans=num_classes)
+    _check_arch(arch)
     return ERFNet(in_chans=3, out_chans=num_classes, first_width=16)
 
 
-def image_generator(num_classes: int = 20) -> ERFNet:
-    """F: ERFNet with a S -> 32 first downsampler and tanh, segmentation (B, S, H, W) -> image (B, 3, H, W)."""
+def image_generator(num_classes: int = 20, arch: str = "erfnet") -> nn.Module:
+    """F: segmentation (B, S, H, W) -> image (B, 3, H, W) with tanh; ERFNet with a S -> 32 first downsampler, or
+    ResidualGenerator."""
+    if arch == "resnet_small":
+        return ResidualGenerator(in_chans=num_classes, out_chans=3, output_activation="tanh")
+    _check_arch(arch)
     first_width = 32 if num_classes < 32 else 2 * num_classes  # SPEC: 32 for S = 20; must exceed S
     return ERFNet(in_chans=num_classes, out_chans=3, first_width=first_width, output_activation="tanh")
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:

@@ -36,8 +36,8 @@ from cycleseg.models import Models, one_hot
 from cycleseg.pool import ImagePool
 from cycleseg.precision import FP32, Precision
 
-__all__ = ["BF16_RTOL", "NonFiniteError", "bf16_agrees", "discriminator_step", "discriminator_y_step", "generator_step",
-           "generator_terms", "lr_factor", "plain_step", "semi_generator_step", "unlabelled_rec_weight"]
+__all__ = ["BF16_RTOL", "NonFiniteError", "bf16_agrees", "discriminator_step", "discriminator_y_step",
+           "f_warmup_step", "generator_step", "generator_terms", "generator_total", "lr_factor", "plain_step", "semi_generator_step", "unlabelled_rec_weight"]
 
 
 def lr_factor(epoch: int, epochs: int, decay_start_epoch: int) -> float:
@@ -61,6 +61,9 @@ def generator_terms(models: Models, image: Tensor, labels: Tensor, loss: LossCon
                     backward_labels: Tensor | None = None) -> tuple[GeneratorTerms, Tensor]:
     """Table 1 steps 2-3: both cycles and the four terms of J_gen (eqs. 1-4), and x = F(y_bar) (B, 3, H, W).
 
+    With loss.paired_f > 0 also the paired term mean |F(onehot(y)) - x| of the batch's own labels and images
+    (the backward cycle's F(onehot(y)) when it runs on them).
+
     backward_labels: the label maps y_bar of the backward cycle, (B', H, W), when they are not the batch's own
     (data.unpaired_labels); None: `labels`, the paper's paired batch.
     """
@@ -75,7 +78,18 @@ def generator_terms(models: Models, image: Tensor, labels: Tensor, loss: LossCon
             adv=adversarial_loss(models.D(fake).float()),
             rec_y=segmentation_reconstruction_loss(logits_rec, y_b, ignore, class_weights),
         )
+        if loss.paired_f > 0:
+            painted = fake if backward_labels is None else models.F(one_hot(labels, models.num_classes)).float()
+            terms = terms._replace(paired_f=image_reconstruction_loss(painted, image))
     return terms, fake
+
+
+def generator_total(terms: GeneratorTerms, loss: LossConfig) -> Tensor:
+    """J_gen (eq. 7), plus loss.paired_f * mean |F(onehot(y)) - x| when that weight is set (Mondal et al. 2019)."""
+    total = generator_loss(terms, loss.alpha, loss.beta, loss.gamma)
+    if terms.paired_f is not None:
+        total = total + loss.paired_f * terms.paired_f
+    return total
 
 
 # How far bf16's loss terms may lie from fp32's on one batch (tests/test_precision.py measures up to 7e-4 on
@@ -99,7 +113,7 @@ def bf16_agrees(models: Models, image: Tensor, labels: Tensor, loss: LossConfig,
             torch.manual_seed(0)
             if models.is_cycle:
                 terms, _ = generator_terms(probe, image, labels, loss, class_weights, amp)
-                total = generator_loss(terms, loss.alpha, loss.beta, loss.gamma)
+                total = generator_total(terms, loss)
                 values[amp.name] = {"seg": float(terms.seg), "rec_x": float(terms.rec_x),
                                     "rec_y": float(terms.rec_y), "total": float(total)}
             else:
@@ -132,7 +146,7 @@ def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, 
     models.D.requires_grad_(False)  # D_X is fixed during the generator update (Table 1, step 4)
     try:
         terms, fake = generator_terms(models, image, labels, loss, class_weights, amp, backward_labels)
-        total = generator_loss(terms, loss.alpha, loss.beta, loss.gamma)
+        total = generator_total(terms, loss)
         _check_loss(total, "J_gen")
         _backward(total, opt_g, amp)
     finally:  # a skipped (non-finite) step must not leave D frozen for the discriminator step
@@ -141,7 +155,29 @@ def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, 
 
     logged = {"loss/G/total": total, "loss/G/seg": terms.seg, "loss/G/rec_x": terms.rec_x,
               "loss/G/adv": terms.adv, "loss/G/rec_y": terms.rec_y}
+    if terms.paired_f is not None:
+        logged["loss/G/paired_f"] = terms.paired_f
     return {k: v.detach() for k, v in logged.items()}, fake.detach()
+
+
+def f_warmup_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,
+                  amp: Precision = FP32) -> dict[str, Tensor]:
+    """One iteration of F's warm-up (optim.f_warmup_iters): an update of F alone on
+
+        J_warmup = mean |F(onehot(y)) - x|          (labels -> image, the paired backward cycle)
+
+    G is not run and gets no gradient, so the optimizer leaves it (and its Adam moments) untouched; D_X and
+    its image pool are not touched either.
+
+    Args:
+        image: x (B, 3, H, W) in [-1, 1]; labels: y (B, H, W) class indices.
+    """
+    with amp.autocast():
+        warmup = image_reconstruction_loss(models.F(one_hot(labels, models.num_classes)).float(), image)
+    _check_loss(warmup, "J_warmup")
+    _backward(warmup, opt_g, amp)
+    _step(warmup, opt_g, "J_warmup", amp)
+    return {"loss/F/warmup": warmup.detach()}
 
 
 def discriminator_step(models: Models, opt_d: torch.optim.Optimizer, image: Tensor, fake: Tensor,

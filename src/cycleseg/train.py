@@ -54,6 +54,7 @@ from cycleseg.steps import (
     bf16_agrees,
     discriminator_step,
     discriminator_y_step,
+    f_warmup_step,
     generator_step,
     plain_step,
     semi_generator_step,
@@ -202,6 +203,8 @@ def _iteration(state: TrainState, image: Tensor, labels: Tensor, cfg: Config, cl
             if segmentation is not None:
                 losses |= discriminator_y_step(models, state.opt_dy, labels if backward is None else backward,
                                                segmentation, state.pool_y, state.amp)
+        elif models.is_cycle and p.step < cfg.optim.f_warmup_iters:  # F alone on labels -> image first
+            losses = f_warmup_step(models, state.opt_g, image, labels, state.amp)
         elif models.is_cycle:
             losses, fake = generator_step(models, state.opt_g, image, labels, cfg.loss, class_weights, state.amp,
                                           backward)

@@ -20,7 +20,13 @@ from tqdm import tqdm
 from cycleseg.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
 from cycleseg.errors import ConfigError, DataError
 
-__all__ = ["CAMVID_CLASSES", "CITIES", "make_synthetic", "render_scene"]
+__all__ = ["CAMVID_CLASSES", "CITIES", "COLOUR_MODES", "SCENES", "SHAPE_CLASSES", "make_synthetic", "render_scene",
+           "render_shapes"]
+
+SCENES = ("city", "shapes")
+# class: each object's colour is its class colour plus a jitter (the label map predicts much of the image);
+# independent: each object's colour is uniform on [0, 255]^3 whatever its class (the label map predicts none of it)
+COLOUR_MODES = ("class", "independent")
 
 CITIES = {"train": ("toyberg", "pixelstadt", "gridham"), "val": ("rendermund", "polyburg")}
 
@@ -59,9 +65,10 @@ BASE_COLOURS = {
 class _Canvas:
     """A label map (H, W) uint8 and an image (H, W, 3) float32 painted together, object by object."""
 
-    def __init__(self, height: int, width: int, rng: np.random.Generator, colour_spread: float = 1.0) -> None:
+    def __init__(self, height: int, width: int, rng: np.random.Generator, colour_spread: float = 1.0,
+                 colour_mode: str = "class") -> None:
         self.h, self.w, self.rng = height, width, rng
-        self.colour_spread = colour_spread
+        self.colour_spread, self.colour_mode = colour_spread, colour_mode
         self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
         self.label = np.zeros((height, width), np.uint8)  # 0 = unlabeled until painted
         self.image = np.zeros((height, width, 3), np.float32)
@@ -70,9 +77,12 @@ class _Canvas:
         """Paint `mask` with this object's own colour: class colour + jitter + vertical shading + noise."""
         if not mask.any():
             return
-        base, spread = BASE_COLOURS[label_id]
-        spread = spread * self.colour_spread
-        colour = np.clip(np.asarray(base, np.float32) + self.rng.uniform(-spread, spread, 3), 0, 255)
+        if self.colour_mode == "independent":  # the same draw for every class: colour tells nothing of the class
+            colour = self.rng.uniform(0, 255, 3).astype(np.float32)
+        else:
+            base, spread = BASE_COLOURS[label_id]
+            spread = spread * self.colour_spread
+            colour = np.clip(np.asarray(base, np.float32) + self.rng.uniform(-spread, spread, 3), 0, 255)
         shade = self.rng.uniform(-25, 25) * (self.yy[mask] / self.h - 0.5)
         amount = self.rng.uniform(3, 14) if texture is None else texture
         noise = self.rng.normal(0, amount, (int(mask.sum()), 1)) + self.rng.normal(0, amount / 3,
@@ -88,13 +98,14 @@ class _Canvas:
 
 
 def render_scene(height: int, width: int, rng: np.random.Generator,
-                 colour_spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                 colour_spread: float = 1.0, colour_mode: str = "class") -> tuple[np.ndarray, np.ndarray]:
     """One street scene: (image (H, W, 3) uint8 RGB, labelIds (H, W) uint8).
 
     colour_spread scales how far each object's colour may stray from its class-typical colour (BASE_COLOURS):
     above 1, the label map predicts less of the image, which gives a cycle model more detail worth hiding.
+    colour_mode "independent" draws every object's colour uniformly whatever its class (COLOUR_MODES).
     """
-    c = _Canvas(height, width, rng, colour_spread)
+    c = _Canvas(height, width, rng, colour_spread, colour_mode)
     h, w = height, width
     horizon = h * rng.uniform(0.35, 0.5)
     vx = w * rng.uniform(0.35, 0.65)  # vanishing point of the road
@@ -154,6 +165,38 @@ def render_scene(height: int, width: int, rng: np.random.Generator,
     return image, c.label
 
 
+# The shapes scene: the class of an object is its shape (Cityscapes labelIds, so the scene uses the same layout).
+SHAPE_CLASSES = {"background": ROAD, "disc": CAR, "square": BUILDING, "triangle": PERSON, "ring": SIGN}
+
+
+def render_shapes(height: int, width: int, rng: np.random.Generator, colour_spread: float = 1.0,
+                  colour_mode: str = "class") -> tuple[np.ndarray, np.ndarray]:
+    """A flat scene of 3 to 6 shapes on a background: (image (H, W, 3) uint8 RGB, labelIds (H, W) uint8).
+
+    Each shape's class is its outline (SHAPE_CLASSES: disc, square, triangle, ring; the background is road);
+    half-widths 15-35 % of the shorter side, later shapes cover earlier ones. With colour_mode "independent" every
+    region's colour is uniform on [0, 255]^3, so only the shape tells the class, and the label map predicts
+    none of the colours: the laboratory of docs/mechanism.md.
+    """
+    c = _Canvas(height, width, rng, colour_spread, colour_mode)
+    side = min(height, width)
+    c.paint(np.ones((height, width), bool), SHAPE_CLASSES["background"], texture=rng.uniform(1, 4))
+    for _ in range(rng.integers(3, 7)):
+        kind = rng.choice(["disc", "square", "triangle", "ring"])
+        r = side * rng.uniform(0.15, 0.35)  # half the width of the shape
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        if kind == "disc":
+            mask = c.ellipse(cx, cy, r, r)
+        elif kind == "square":
+            mask = c.rect(cx - r, cy - r, cx + r, cy + r)
+        elif kind == "triangle":  # apex up: inside the band under the apex, between the two sloped sides
+            mask = (c.yy <= cy + r) & (np.abs(c.xx - cx) <= (c.yy - (cy - r)) / 2)
+        else:
+            mask = c.ellipse(cx, cy, r, r) & ~c.ellipse(cx, cy, r * 0.55, r * 0.55)
+        c.paint(mask, SHAPE_CLASSES[kind], texture=rng.uniform(1, 4))
+    return np.clip(c.image, 0, 255).astype(np.uint8), c.label
+
+
 def _draw_object(c: _Canvas, kind: str, d: float, horizon: float, vx: float, rng: np.random.Generator) -> None:
     """Draw one object whose base sits at depth d (0 horizon, 1 bottom); sizes shrink with distance."""
     h, w = c.h, c.w
@@ -211,7 +254,8 @@ def _draw_object(c: _Canvas, kind: str, d: float, horizon: float, vx: float, rng
 
 
 def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, size: tuple[int, int] = (128, 256),
-                   seed: int = 0, progress: bool = False, fmt: str = "cityscapes", colour_spread: float = 1.0) -> dict:
+                   seed: int = 0, progress: bool = False, fmt: str = "cityscapes", colour_spread: float = 1.0,
+                   scene: str = "city", colour_mode: str = "class") -> dict:
     """Write the toy city into `root`; returns {"train": n, "val": n, "root": str}.
 
     fmt: "cityscapes" (leftImg8bit/, gtFine/ with labelIds) or "folder" (images/<split>/*.jpg,
@@ -224,6 +268,9 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
         seed: the same seed writes byte-identical files.
         colour_spread: scale of each object's deviation from its class colour (1 = the default city; 3 = objects
             whose colour the label map barely predicts: the watermark study of docs/study.md).
+        scene: "city" (the street scenes) or "shapes" (`render_shapes`: the class is the shape).
+        colour_mode: "class" (class colour + jitter) or "independent" (each object's colour uniform, whatever
+            its class; colour_spread is then unused).
 
     Raises ConfigError for a negative number of images, DataError naming the path when `root` (or a folder
     above it) is a file or cannot be written.
@@ -237,10 +284,15 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
         raise ConfigError(f"format must be cityscapes or folder, got {fmt!r}")
     if not (np.isfinite(colour_spread) and colour_spread >= 0):
         raise ConfigError(f"colour spread must be a finite number >= 0 (1 = default), got {colour_spread}")
+    if scene not in SCENES:
+        raise ConfigError(f"scene must be one of {', '.join(SCENES)}, got {scene!r}")
+    if colour_mode not in COLOUR_MODES:
+        raise ConfigError(f"colour mode must be one of {', '.join(COLOUR_MODES)}, got {colour_mode!r}")
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder; choose another output folder")
     try:
-        _write_splits(root, {"train": num_train, "val": num_val}, height, width, seed, progress, fmt, colour_spread)
+        _write_splits(root, {"train": num_train, "val": num_val}, height, width, seed, progress, fmt, colour_spread,
+                      scene, colour_mode)
     except OSError as e:
         raise DataError(f"{e.filename or root}: cannot write ({e.strerror or e}); choose another output folder "
                         "(not inside a file) or fix its permissions") from None
@@ -248,7 +300,9 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
 
 
 def _write_splits(root: Path, counts: dict[str, int], height: int, width: int, seed: int,
-                  progress: bool = False, fmt: str = "cityscapes", colour_spread: float = 1.0) -> None:
+                  progress: bool = False, fmt: str = "cityscapes", colour_spread: float = 1.0, scene: str = "city",
+                  colour_mode: str = "class") -> None:
+    render = render_shapes if scene == "shapes" else render_scene
     if fmt == "folder":
         root.mkdir(parents=True, exist_ok=True)
         lines = ["# The synthetic toy city as a folder dataset: 11 CamVid-like classes (cycleseg make-synthetic)",
@@ -263,7 +317,7 @@ def _write_splits(root: Path, counts: dict[str, int], height: int, width: int, s
                       dynamic_ncols=True, leave=False):
             city = cities[i % len(cities)]
             rng = np.random.default_rng([seed, split_index, i])
-            image, label = render_scene(height, width, rng, colour_spread)
+            image, label = render(height, width, rng, colour_spread, colour_mode)
             stem = f"{city}_{i:06d}_000019"
             if fmt == "folder":  # CamVid-like: flat split folders, JPEG photos, label values 0..11
                 for folder in (root / "images" / split, root / "labels" / split):
