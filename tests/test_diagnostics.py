@@ -198,6 +198,7 @@ class ConstructedModels(nn.Module):
         self.num_classes, self.is_cycle, self.F = S, True, f
         self.G = lambda image: logits
         self.noise = NoiseInjection(noise)
+        self.to_f_input = lambda noisy: noisy
 
 
 @pytest.mark.parametrize("f, large", [(f_hidden, True), (f_argmax, False)])

@@ -15,7 +15,7 @@ from cycleseg.errors import ConfigError
 from cycleseg.models import build_models, one_hot
 from cycleseg.networks import ResidualGenerator, image_generator, segmentation_generator
 from cycleseg.noise import NoiseInjection
-from cycleseg.steps import f_warmup_step
+from cycleseg.steps import f_warmup_step, semi_generator_step
 
 torch.set_num_threads(1)
 
@@ -68,6 +68,7 @@ def test_model_arch_builds_the_small_generators_and_keeps_erfnet_as_default():
     (["optim.f_warmup_iters=-2"], "optim.f_warmup_iters"),
     (["model.kind=plain", "loss.paired_f=0.5"], "loss.paired_f"),
     (["model.kind=plain", "optim.f_warmup_iters=10"], "optim.f_warmup_iters"),
+    (["model.f_input=probabilities"], "model.f_input"),
 ])
 def test_new_options_are_validated(overrides, key):
     with pytest.raises(ConfigError) as e:
@@ -78,6 +79,22 @@ def test_new_options_are_validated(overrides, key):
 def test_new_options_default_to_the_paper():
     cfg = load_config(None, [])
     assert (cfg.model.arch, cfg.loss.paired_f, cfg.optim.f_warmup_iters) == ("erfnet", 0.0, 0)
+    assert cfg.model.f_input == "scores"
+
+
+@pytest.mark.parametrize("f_input", ["scores", "softmax"])
+def test_f_input_is_the_noisy_scores_or_their_softmax(f_input):
+    cfg = load_config(None, ["model.num_classes=4", "model.arch=resnet_small", f"model.f_input={f_input}",
+                             "noise.kind=quantize", "noise.bits=2"])
+    models = build_models(cfg.model, cfg.noise).eval()
+    seen = []
+    models.F.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    image = torch.rand(2, 3, 8, 8) * 2 - 1
+    _, noisy, _ = models.forward_cycle(image)
+    levels = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])  # the 2-bit quantizer's output, whatever F reads
+    assert torch.isclose(noisy.unsqueeze(-1), levels, atol=1e-6).any(-1).all()
+    expected = noisy.exp() / noisy.exp().sum(dim=1, keepdim=True) if f_input == "softmax" else noisy
+    torch.testing.assert_close(seen[0], expected.detach())
 
 
 # ------------------------------------------------------------------------------------ the shapes scene
@@ -144,6 +161,7 @@ class _Constant(torch.nn.Module):
         self.G = lambda image: logits
         self.F = lambda values: torch.zeros(values.shape[0], 3, *values.shape[2:])
         self.noise = NoiseInjection("none")
+        self.to_f_input = lambda noisy: noisy
 
 
 def test_diagnose_reports_the_reward_with_the_splits_colours():
@@ -187,3 +205,24 @@ def test_f_warmup_step_updates_f_alone_on_labels_to_image():
         torch.testing.assert_close(p0.detach() - p.detach(), g, rtol=1e-4, atol=1e-6)
     assert all(torch.equal(p, p0) for p, p0 in zip(models.G.parameters(), g_before, strict=True))
     assert all(p.grad is None for p in [*models.G.parameters(), *models.D.parameters()])
+
+
+def test_paired_f_in_a_semi_supervised_step_adds_its_term():
+    """J_semi with loss.paired_f = 0.5 is J_semi without it plus 0.5 mean |F(onehot(y_l)) - x_l|, computed here."""
+    torch.manual_seed(0)
+    image, unlabelled = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    labels = torch.randint(0, 4, (2, 32, 32))
+    totals = {}
+    for w in (0.0, 0.5):
+        cfg = load_config(None, ["model.num_classes=4", "model.arch=resnet_small", "data.labelled=0.5",
+                                 f"loss.paired_f={w}"])
+        torch.manual_seed(1)
+        models = build_models(cfg.model, cfg.noise, d_y=True).eval()
+        opt = torch.optim.SGD([*models.G.parameters(), *models.F.parameters()], lr=0.0)
+        with torch.no_grad():
+            paired = (models.F(torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float()) - image).abs().mean()
+        losses, _, _ = semi_generator_step(models, opt, image, labels, unlabelled, cfg.loss)
+        totals[w] = losses["loss/G/total"].item()
+        assert ("loss/G/paired_f" in losses) == (w > 0)
+    assert totals[0.5] - totals[0.0] == pytest.approx(0.5 * paired.item(), rel=1e-5)
+    assert paired.item() > 0.1  # the term is not negligible: the comparison can fail

@@ -21,6 +21,7 @@ from cycleseg.errors import ConfigError
 from cycleseg.noise import NOISE_KINDS, SIGMA_RULES
 
 __all__ = [
+    "F_INPUTS",
     "MODEL_ARCHS",
     "MODEL_KINDS",
     "RESUMABLE_KEYS",
@@ -42,6 +43,7 @@ __all__ = [
 
 MODEL_KINDS = ("cyclegan", "plain")
 MODEL_ARCHS = ("erfnet", "resnet_small")  # networks.ARCHS (config imports no networks)
+F_INPUTS = ("scores", "softmax")
 CACHE_MODES = ("auto", "off", "require")
 DATA_FORMATS = ("auto", "cityscapes", "folder")  # data.source.FORMATS (config imports nothing from data)
 CHECK_MODES = ("fast", "full", "off")
@@ -92,6 +94,9 @@ class ModelConfig:
     # G's and F's network: erfnet (the paper) | resnet_small (3 stride-1 residual blocks of 32 channels: the
     # laboratory of docs/mechanism.md, where hiding is cheap to learn on a CPU)
     arch: str = "erfnet"
+    # what F reads in the forward cycle: scores (the paper: the noise injection's output) | softmax (its softmax,
+    # the class probabilities, as in Mondal et al. 2019; D_Y always judges softmax(G(x)))
+    f_input: str = "scores"
     # S, the number of class scores: null = from the data (Cityscapes: 19 classes + background = 20; a folder
     # dataset: its classes.yaml, + 1 for void); a number is checked against the data
     num_classes: int | None = None
@@ -305,6 +310,8 @@ def _validate(cfg: Config, source: str) -> None:
         fail("data.cache_dir", "must be a folder or null (null: <data.root>/cycleseg_cache)")
     if m.kind not in MODEL_KINDS:
         fail("model.kind", f"must be one of {', '.join(MODEL_KINDS)}, got {m.kind!r}")
+    if m.f_input not in F_INPUTS:
+        fail("model.f_input", f"must be one of {', '.join(F_INPUTS)}, got {m.f_input!r}")
     if m.arch not in MODEL_ARCHS:
         fail("model.arch", f"must be one of {', '.join(MODEL_ARCHS)}, got {m.arch!r}")
     if not (math.isfinite(lo.paired_f) and lo.paired_f >= 0.0):
@@ -314,8 +321,6 @@ def _validate(cfg: Config, source: str) -> None:
     if m.kind != "cyclegan" and (lo.paired_f or o.f_warmup_iters):
         fail("loss.paired_f" if lo.paired_f else "optim.f_warmup_iters",
              "is only used by model.kind=cyclegan (the plain network has no F); remove it")
-    if lo.paired_f and uses_unlabelled(cfg):
-        fail("loss.paired_f", "is not implemented for semi-supervised runs (data.labelled below 1); remove it")
     if d.format not in DATA_FORMATS:
         fail("data.format", f"must be one of {', '.join(DATA_FORMATS)}, got {d.format!r}")
     if m.num_classes is not None and m.num_classes < 2:

@@ -125,7 +125,7 @@ def _split_class_means(models: Models, batches: Iterable[tuple[Tensor, Tensor]],
     for image, labels in batches:
         image = image.to(device)
         logits = models.G(image)
-        batch_sums, batch_counts = class_sums(models.noise(logits), decision(logits))
+        batch_sums, batch_counts = class_sums(models.to_f_input(models.noise(logits)), decision(logits))
         sums += batch_sums
         counts += batch_counts
         batch_sums, batch_counts = class_sums(image, labels.to(device), s)
@@ -143,8 +143,9 @@ def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device
         image, labels = image.to(device), labels.to(device)
         logits = models.G(image)
         noisy = models.noise(logits)
+        f_input = models.to_f_input(noisy)  # what F reads: noisy, or its softmax (model.f_input)
         decided = decision(logits)
-        inputs = watermark_inputs(logits, noisy, labels, scale_to, split_means)
+        inputs = watermark_inputs(logits, f_input, labels, scale_to, split_means)
         outputs = {name: models.F(value) for name, value in inputs.items()}
         for name, out in outputs.items():
             acc.psnr[name].append(psnr_db(image, out).cpu())
@@ -155,11 +156,11 @@ def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device
         acc.conf += confusion_matrix(decided, labels, s)
         for k, target in enumerate(snrs):
             perturbed, measured = add_noise_at_snr(logits, target, generator)
-            acc.sweep_psnr[k].append(psnr_db(image, models.F(models.noise(perturbed))).cpu())
+            acc.sweep_psnr[k].append(psnr_db(image, models.F(models.to_f_input(models.noise(perturbed)))).cpu())
             acc.sweep_snr[k].append(measured.cpu())
             acc.sweep_conf[k] += confusion_matrix(decision(perturbed), labels, s)
         residuals = {}
-        for space, values in (("logits", logits), ("f_input", noisy)):
+        for space, values in (("logits", logits), ("f_input", f_input)):
             res, tot = energy_by_class(values, decided)
             acc.residual[space] += res
             acc.total[space] += tot

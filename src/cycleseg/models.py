@@ -39,6 +39,7 @@ class Models(nn.Module):
         # null num_classes is "from the data" (data.resolve_classes sets it before training); without data at
         # hand, the paper's S
         self.kind, self.num_classes = model.kind, model.num_classes or DEFAULT_NUM_CLASSES
+        self.f_input = model.f_input
         if isinstance(noise.snr_db, str):
             raise ConfigError(f"noise.snr_db {noise.snr_db!r} is not resolved to a number; run through `cycleseg "
                               "train` or `cycleseg sweep`, which read that run's measured SNR (cycleseg calibrate)")
@@ -53,13 +54,18 @@ class Models(nn.Module):
         return self.F is not None
 
     def forward_cycle(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x -> logits = G(x) -> noisy = noise(logits) -> x_rec = F(noisy); returns (logits, noisy, x_rec).
+        """x -> logits = G(x) -> noisy = noise(logits) -> x_rec = F(noisy) (F(softmax(noisy)) with
+        model.f_input=softmax); returns (logits, noisy, x_rec).
 
         Network outputs are cast to fp32 (a no-op without autocast): the noise and the losses stay fp32.
         """
         logits = self.G(image).float()
         noisy = self.noise(logits)
-        return logits, noisy, self.F(noisy).float()
+        return logits, noisy, self.F(self.to_f_input(noisy)).float()
+
+    def to_f_input(self, noisy: Tensor) -> Tensor:
+        """What F reads of the noise injection's output (B, S, H, W): itself, or its softmax over the S classes."""
+        return torch.softmax(noisy, dim=1) if self.f_input == "softmax" else noisy
 
     def backward_cycle(self, labels: Tensor) -> tuple[Tensor, Tensor]:
         """y -> x_fake = F(one_hot(y)) -> logits_rec = G(x_fake); returns (x_fake, logits_rec)."""

@@ -55,15 +55,38 @@ from cycleseg.runs import (
     run_classes,
     seeded_inference,
 )
-from cycleseg.stats import Interval, format_interval, mean_interval, paired_difference
+from cycleseg.stats import (
+    Interval,
+    detectable_effect,
+    format_interval,
+    holm,
+    mean_interval,
+    paired_difference,
+    t_p_value,
+)
 from cycleseg.sweep import expand_runs, find_runs, run_status, seed_dir, sweep_status
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["RunRecord", "build_report", "choose_runs", "collect_runs", "format_table", "group_runs",
-           "load_paper_table", "paired_rows", "plot_watermark_training", "semi_rows", "table2_key",
-           "table2_rows", "watermark_rows", "watermark_training"]
+__all__ = [
+    "RunRecord",
+    "build_report",
+    "choose_runs",
+    "collect_runs",
+    "format_table",
+    "group_runs",
+    "load_paper_table",
+    "mechanism_contrasts",
+    "paired_rows",
+    "plot_watermark_training",
+    "reward_rows",
+    "semi_rows",
+    "table2_key",
+    "table2_rows",
+    "watermark_rows",
+    "watermark_training",
+]
 
 FILES = "report_files"
 EVAL_CLASSES = CLASS_NAMES[:NUM_EVAL_CLASSES]  # mIoU is over the 19 Cityscapes classes
@@ -345,7 +368,8 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
     fraction_figure = plot_labelled_fraction(groups)
     if fraction_figure is not None:
         figures["labelled_fraction"] = save_figure(fraction_figure, files / "labelled_fraction.png")
-    sections = _sections(records, rows, chosen, figures, examples_note, sweep_dir, missing, watermark_rows(curves))
+    sections = _sections(records, rows, chosen, figures, examples_note, sweep_dir, missing, watermark_rows(curves),
+                         reward_rows(groups, curves), mechanism_contrasts(groups, curves))
     md_path, html_path = sweep_dir / "report.md", sweep_dir / "report.html"
     atomic_write(md_path, _markdown(sections, sweep_dir))
     atomic_write(html_path, _html(sections, sweep_dir))
@@ -494,8 +518,14 @@ def plot_labelled_fraction(groups: list[RunRecord]) -> Figure | None:
 WATERMARK_METRICS = (("class_mean_gap_db", "gap to class means", "dB", 2),
                      ("split_mean_gap_db", "gap to split class means", "dB", 2),
                      ("watermark_gap_db", "gap to decision", "dB", 2),
+                     ("psnr_db", "F's PSNR", "dB", 2),
+                     ("sensitivity_drop_db", "PSNR lost to extra 20 dB noise", "dB", 2),
                      ("unexplained_share", "unexplained share", "%", 1),
                      ("miou", "mIoU", "%", 1))
+# The paired contrasts of the mechanism study (mechanism_contrasts): (key, title, unit, digits, where from)
+CONTRAST_METRICS = (("split_mean_gap_db", "gap to split class means", "dB", 2, "diagnose"),
+                    ("psnr_db", "F's PSNR", "dB", 2, "diagnose"),
+                    ("miou", "mIoU", "%", 1, "evaluate"))
 
 
 def watermark_training(groups: list[RunRecord], split: str = "val") -> dict[str, dict[int | None, list[dict]]]:
@@ -513,6 +543,9 @@ def watermark_training(groups: list[RunRecord], split: str = "val") -> dict[str,
 
 
 def _watermark_value(point: dict[str, Any], key: str) -> float | None:
+    if key == "sensitivity_drop_db":  # how much of F's PSNR a little extra noise (20 dB) takes away
+        extra = (point.get("sensitivity_psnr_db") or {}).get("20")
+        return None if extra is None or point.get("psnr_db") is None else point["psnr_db"] - extra
     value = point.get(key)
     return None if value is None else 100.0 * value if key == "unexplained_share" else value
 
@@ -535,6 +568,59 @@ def watermark_rows(curves: dict[str, dict[int | None, list[dict]]], reference: s
             paired_difference({s: p.get("class_mean_gap_db") for s, p in by_seed.items()},
                               {s: p.get("class_mean_gap_db") for s, p in last[reference].items()}))
         rows.append(row)
+    return rows
+
+
+def mechanism_contrasts(groups: list[RunRecord], curves: dict[str, dict[int | None, list[dict]]],
+                        reference: str = "nonoise") -> list[dict[str, Any]]:
+    """Every config against `reference`, paired by seed, on CONTRAST_METRICS: the gap to the split's class means
+    and F's PSNR at the last diagnosed checkpoint (diagnose --along-training), the final mIoU (evaluate). Per
+    contrast: the PairedDifference, the paired t test's p, Holm's adjusted p over all contrasts of the table, and
+    the smallest difference the seeds could have detected (80 % power at 5 %, from the differences' SD).
+    Empty without a `reference` config."""
+    by_name = {g.name: g for g in groups}
+    if reference not in by_name:
+        return []
+
+    def per_seed(name: str, key: str, source: str) -> dict[int | None, float | None]:
+        if source == "evaluate":
+            return by_name[name].per_seed(key)
+        return {seed: _watermark_value(points[-1], key) for seed, points in curves.get(name, {}).items()}
+
+    rows = []
+    for g in groups:
+        if g.name == reference:
+            continue
+        for key, title, unit, digits, source in CONTRAST_METRICS:
+            diff = paired_difference(per_seed(g.name, key, source), per_seed(reference, key, source))
+            if diff.interval.mean is None:
+                continue
+            rows.append({"run": g.name, "reference": reference, "metric": key, "title": title, "unit": unit,
+                         "digits": digits, "difference": diff, "p": t_p_value(diff.interval),
+                         "detectable": detectable_effect(diff.interval),
+                         "per_seed": dict(zip(diff.seeds, diff.interval.values, strict=True))})
+    adjusted = holm({f"{r['run']}:{r['metric']}": r["p"] for r in rows})
+    for r in rows:
+        r["p_holm"] = adjusted[f"{r['run']}:{r['metric']}"]
+    return rows
+
+
+def reward_rows(groups: list[RunRecord], curves: dict[str, dict[int | None, list[dict]]], split: str = "val"
+                ) -> list[dict[str, Any]]:
+    """Per cycle config with diagnose --along-training: the oracles of the data (labels only; labels and each
+    image's class colours; the reward, their difference) and, at the last checkpoint, F's PSNR from the split's
+    class-mean scores and from the ground-truth one-hot, each an Interval over the seeds."""
+    rows = []
+    for g in groups:
+        if g.name not in curves:
+            continue
+        oracles = [read_json(artifact(m.run_dir, "diagnose_training", split)).get("oracle") or {}
+                   for m in g.members or [g] if artifact(m.run_dir, "diagnose_training", split).is_file()]
+        last = [points[-1] for points in curves[g.name].values()]
+        rows.append({"run": g.name, **{key: mean_interval(o.get(key) for o in oracles) for key in
+                                       ("labels_only_psnr_db", "image_colours_psnr_db", "reward_db")},
+                     "f_split_means_psnr_db": mean_interval(p.get("split_mean_psnr_db") for p in last),
+                     "f_ground_truth_psnr_db": mean_interval(p.get("ground_truth_psnr_db") for p in last)})
     return rows
 
 
@@ -651,7 +737,8 @@ class _Section:
 
 def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list[RunRecord],
               figures: dict[str, Path], examples_note: str, sweep_dir: Path, missing: list[str] = (),
-              watermark: list[dict[str, Any]] = ()) -> list[_Section]:
+              watermark: list[dict[str, Any]] = (), rewards: list[dict[str, Any]] = (),
+              contrasts: list[dict[str, Any]] = ()) -> list[_Section]:
     seeded = any(r["seeds"] > 1 for r in rows)
     sizes = sorted({f"{r.config['data']['width']}x{r.config['data']['height']}, {r.config['optim']['epochs']} epochs"
                     for r in records})
@@ -756,6 +843,35 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
             "mean over the seeds per checkpoint, the band its 95 % interval.",
             table=(header, body),
             figures=[figures["watermark_training"]] if "watermark_training" in figures else []))
+    if rewards:
+        sections.append(_Section(
+            "The reward for hiding",
+            "From the oracles of `cycleseg diagnose` (val): PSNR of the image painted from its ground-truth label map "
+            "with each class's mean colour over the split (labels only), and with each class's mean colour in this "
+            "image (labels and colours); the reward is their difference, what hiding can win at most. Beside them, "
+            "F's PSNR at the last checkpoint fed each pixel's split class-mean scores and fed the ground-truth one-hot "
+            "(how close F gets to the labels-only oracle). Mean ± 95 % interval over the seeds.",
+            table=(["run", "labels-only oracle dB", "labels + colours oracle dB", "reward dB",
+                    "F(split class means) dB", "F(ground truth) dB"],
+                   [[r["run"]] + [format_interval(r[k], 2, missing="–") for k in
+                                  ("labels_only_psnr_db", "image_colours_psnr_db", "reward_db",
+                                   "f_split_means_psnr_db", "f_ground_truth_psnr_db")] for r in rewards])))
+    if contrasts:
+        sections.append(_Section(
+            f"Paired contrasts against {contrasts[0]['reference']}",
+            "Each config minus the reference, seed by seed: the gap to the split's class means and F's PSNR at the "
+            "last diagnosed checkpoint, the final mIoU (evaluate). Mean ± 95 % interval (Student t), each seed's "
+            "difference, the paired t test's p and Holm's adjusted p over every row of this table (* : adjusted p "
+            "< 0.05), and the smallest true difference these seeds detect with 80 % power at 5 % (two-sided), "
+            "from the differences' SD: a null is informative only about effects above it.",
+            table=(["run", "metric", "seeds", "Δ", "95 % interval", "per seed", "p", "Holm p", "detectable ±"],
+                   [[c["run"], f"{c['title']} {c['unit']}", str(len(c["difference"].seeds)),
+                     format_interval(c["difference"].interval, c["digits"], sign=True, missing="–"),
+                     _bounds(c["difference"], c["digits"]),
+                     ", ".join(f"{v:+.{c['digits']}f}" for v in c["per_seed"].values()),
+                     _fmt(c["p"], 4), _fmt(c["p_holm"], 4) + (" *" if c["p_holm"] is not None and c["p_holm"] < 0.05
+                                                              else ""),
+                     _fmt(c["detectable"], c["digits"])] for c in contrasts])))
     diagnosed = [r for r in records if artifact(r.run_dir, "diagnose_md", "val").is_file()]
     if diagnosed:
         section = _Section("Diagnostics: the watermarks",

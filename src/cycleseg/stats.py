@@ -21,8 +21,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Interval", "PairedDifference", "format_interval", "mean_interval", "paired_difference", "t_cdf",
-           "t_quantile"]
+__all__ = ["Interval", "PairedDifference", "detectable_effect", "format_interval", "holm", "mean_interval",
+           "paired_difference", "t_cdf", "t_p_value", "t_quantile"]
 
 CONFIDENCE = 0.95
 
@@ -173,6 +173,39 @@ def paired_difference(a: Mapping[int, float | None], b: Mapping[int, float | Non
     Student-t interval of their mean (a paired t interval)."""
     seeds = tuple(sorted(s for s in a if s in b and _finite(a[s]) and _finite(b[s])))
     return PairedDifference(seeds, mean_interval([a[s] - b[s] for s in seeds], confidence))
+
+
+def t_p_value(interval: Interval) -> float | None:
+    """Two-sided p-value of the one-sample t test of mean 0 (for a PairedDifference's interval: the paired t
+    test); None with fewer than 2 values; 0 when every value is the same non-zero number."""
+    if interval.sd is None or interval.mean is None:
+        return None
+    if interval.sd == 0:
+        return 1.0 if interval.mean == 0 else 0.0
+    t = interval.mean / (interval.sd / math.sqrt(interval.n))
+    return 2.0 * t_cdf(-abs(t), interval.n - 1)
+
+
+def detectable_effect(interval: Interval, power: float = 0.8, alpha: float = 1 - CONFIDENCE) -> float | None:
+    """The smallest true mean a two-sided t test at level `alpha` finds with probability `power`, with n values
+    of this interval's SD: (t_{1 - alpha/2, n-1} + t_{power, n-1}) sd / sqrt(n) (the usual approximation of the
+    noncentral t). For 5 seeds, 80 % power: (2.776 + 0.941) sd / sqrt(5) = 1.66 sd. None with fewer than 2 values."""
+    if interval.sd is None:
+        return None
+    df = interval.n - 1
+    return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * interval.sd / math.sqrt(interval.n)
+
+
+def holm(p_values: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Holm's step-down adjustment of several p-values (family-wise error): the k-th smallest of m is multiplied
+    by m - k + 1, then made non-decreasing and capped at 1. None stays None and does not count in m."""
+    known = sorted((p, name) for name, p in p_values.items() if p is not None)
+    adjusted: dict[str, float | None] = {name: None for name in p_values}
+    running = 0.0
+    for k, (p, name) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - k) * p))
+        adjusted[name] = running
+    return adjusted
 
 
 def format_interval(interval: Interval, digits: int, sign: bool = False, missing: str = "-") -> str:

@@ -201,7 +201,8 @@ def semi_generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Ten
                         ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
     """Table 1 steps 2-4 of a semi-supervised iteration: one update of G and F with D_X and D_Y frozen, on
 
-        J_semi = J_gen(x_l, y_l)                                   (eq. 7 on the labelled batch, unchanged)
+        J_semi = J_gen(x_l, y_l)                                   (eq. 7 on the labelled batch, unchanged;
+                                                                 + loss.paired_f * mean |F(onehot(y_l)) - x_l|)
                + lambda_u * J_rec_X(x_u)                           lambda_u = gamma (1 - alpha)
                + loss.adv_y * J_adv_Y(x_u)                         (only with D_Y)
         J_rec_X(x_u) = mean |F(noise(G(x_u))) - x_u|               (eq. 3 on the unlabelled batch, through the noise)
@@ -227,7 +228,7 @@ def semi_generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Ten
             rec_x_u = image_reconstruction_loss(reconstruction_u, unlabelled)
             segmentation_u = torch.softmax(logits_u.float(), dim=1)  # (B_u, S, H, W), in fp32 like the losses
             adv_y = adversarial_loss(models.D_Y(segmentation_u).float()) if models.D_Y is not None else None
-        total = generator_loss(terms, loss.alpha, loss.beta, loss.gamma) + unlabelled_rec_weight(loss) * rec_x_u
+        total = generator_total(terms, loss) + unlabelled_rec_weight(loss) * rec_x_u
         if adv_y is not None:
             total = total + loss.adv_y * adv_y
         _check_loss(total, "J_semi")
@@ -239,6 +240,8 @@ def semi_generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Ten
 
     logged = {"loss/G/total": total, "loss/G/seg": terms.seg, "loss/G/rec_x": terms.rec_x,
               "loss/G/adv": terms.adv, "loss/G/rec_y": terms.rec_y, "loss/G/rec_x_u": rec_x_u}
+    if terms.paired_f is not None:
+        logged["loss/G/paired_f"] = terms.paired_f
     if adv_y is not None:
         logged["loss/G/adv_y"] = adv_y
     detached = segmentation_u.detach() if adv_y is not None else None
