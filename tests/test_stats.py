@@ -81,3 +81,21 @@ def test_paired_difference_removes_the_shared_seed_effect():
     worse = paired_difference({0: 1.0, 1: 3.0}, {0: 2.0, 1: 2.0})  # -1 and +1
     assert worse.interval.mean == 0.0 and not worse.excludes_zero
     assert paired_difference({0: None}, {0: 1.0}).interval.n == 0
+
+
+def test_paired_t_p_value_detectable_effect_and_holm_by_hand():
+    from cycleseg.stats import detectable_effect, holm, t_p_value
+
+    # [1, 2, 3, 4, 5]: mean 3, sd sqrt(2.5), t = 3 / (sqrt(2.5) / sqrt(5)) = 3 sqrt(2) = 4.2426, df 4;
+    # two-sided p = 2 P(T4 > 4.2426) = 0.013236 (closed form for df 4: P(T > t) = 1/2 - x (1 + (1 - x^2) / 2) / 2
+    # with x = t / sqrt(t^2 + 4)); the 97.5 % and 80 % quantiles of t4 are 2.776445 and 0.940965
+    iv = mean_interval([1, 2, 3, 4, 5])
+    t = 3 * math.sqrt(2)
+    x = t / math.sqrt(t * t + 4)
+    assert t_p_value(iv) == pytest.approx(2 * (0.5 - x * (1 + (1 - x * x) / 2) / 2), rel=1e-9)
+    assert t_p_value(iv) == pytest.approx(0.013236, abs=1e-6)
+    assert detectable_effect(iv) == pytest.approx((2.776445 + 0.940965) * math.sqrt(2.5) / math.sqrt(5), rel=1e-5)
+    assert t_p_value(mean_interval([2.0])) is None and detectable_effect(mean_interval([2.0])) is None
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None}) == pytest.approx(
+        {"a": 0.03, "b": 0.06, "c": 0.06, "d": None})  # 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)
+    assert holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}  # capped at 1
