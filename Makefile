@@ -66,14 +66,16 @@ semi-study: $(STAMP) $(DATA)/leftImg8bit
 
 # The mechanism laboratory (docs/mechanism.md): the small stride-1 residual G and F on 32x32 shapes whose colours are
 # independent of their class; no noise, Gaussian at 7.38 and 21.02 dB, 2-bit quantization and the plain network,
-# fp32, 5 seeds, 1,000 iterations each; then every cycle run diagnosed along training (and seed 0 in full, with
-# pictures), then the report. About 1 hour on an idle 2-core CPU (MECH_JOBS runs at a time, 1 thread each).
+# fp32, 5 seeds, 1,000 iterations each. First the reward for hiding (cycleseg reward), then the runs, every cycle run
+# diagnosed along training (and seed 0 in full, with pictures), then the report. About 1 hour on an idle 2-core CPU (MECH_JOBS runs at a time, 1 thread each).
 # Resumable: after an interruption run it again; finished runs and their diagnoses are kept.
 MECH_DATA := data/mechanism
 MECH_JOBS ?= 2
 mechanism: $(STAMP)
 	@test -f $(MECH_DATA)/.complete || { $(BIN)/cycleseg make-synthetic $(MECH_DATA) --scene shapes \
 	  --colour-mode independent --size 32x32 --train 1000 --val 200 && touch $(MECH_DATA)/.complete; }
+	@mkdir -p runs/mechanism
+	$(BIN)/cycleseg reward --data $(MECH_DATA) --size 32x32 | tee runs/mechanism/reward.txt
 	$(BIN)/cycleseg sweep configs/mechanism --data $(MECH_DATA) --out runs/mechanism --seeds 5 --launcher local \
 	  --jobs $(MECH_JOBS) --threads 1
 	@ls -d runs/mechanism/*/seed* | xargs -P $(MECH_JOBS) -I RUN sh -c '\

@@ -226,3 +226,31 @@ def test_paired_f_in_a_semi_supervised_step_adds_its_term():
         assert ("loss/G/paired_f" in losses) == (w > 0)
     assert totals[0.5] - totals[0.0] == pytest.approx(0.5 * paired.item(), rel=1e-5)
     assert paired.item() > 0.1  # the term is not negligible: the comparison can fail
+
+
+def test_cli_reward_measures_the_oracles_of_a_dataset(tmp_path, capsys):
+    """`cycleseg reward` against colour_oracles computed here from the PNGs of a tiny shapes dataset."""
+    import json
+
+    from PIL import Image
+
+    from cycleseg.cli import main
+    from cycleseg.data import LABEL_ID_TO_TRAIN_ID, list_samples
+    from cycleseg.data.synthetic import make_synthetic
+
+    make_synthetic(tmp_path / "d", num_train=1, num_val=6, size=(32, 32), scene="shapes", colour_mode="independent")
+    assert main(["reward", "--data", str(tmp_path / "d"), "--size", "32x32", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    samples = list_samples(tmp_path / "d", "val")
+    image = torch.stack([torch.from_numpy(np.asarray(Image.open(s.image_path), np.float32)).permute(2, 0, 1)
+                         for s in samples]) / 127.5 - 1
+    train_ids = torch.from_numpy(np.stack([np.asarray(LABEL_ID_TO_TRAIN_ID)[np.asarray(Image.open(s.label_path))]
+                                           for s in samples]).astype(np.int64))
+    labels = torch.where(train_ids == 255, 19, train_ids)  # background is class 19 (SPEC)
+    colours = torch.stack([image.permute(1, 0, 2, 3)[:, labels == c].mean(dim=1) if (labels == c).any()
+                           else torch.zeros(3) for c in range(20)])
+    expected = colour_oracles(image, labels, colours)
+    assert r["num_images"] == 6 and r["classes"] == 20
+    assert r["labels_only_psnr_db"] == pytest.approx(expected["labels_only"].mean().item(), abs=1e-3)
+    assert r["image_colours_psnr_db"] == pytest.approx(expected["image_colours"].mean().item(), abs=1e-3)
+    assert r["reward_db"] > 3  # independent colours: the labels predict little of the image

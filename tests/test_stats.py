@@ -99,3 +99,16 @@ def test_paired_t_p_value_detectable_effect_and_holm_by_hand():
     assert holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None}) == pytest.approx(
         {"a": 0.03, "b": 0.06, "c": 0.06, "d": None})  # 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)
     assert holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}  # capped at 1
+
+
+def test_t_power_is_the_tests_size_at_zero_and_matches_a_simulation():
+    from cycleseg.stats import t_power
+
+    assert t_power(0.0, 1.0, 5) == pytest.approx(0.05, abs=1e-6)  # at no effect, the level itself
+    assert t_power(0.0, 1.0, 2) == pytest.approx(0.05, abs=1e-4)  # df = 1: the pole of V's density at 0
+    # 2,000,000 draws of (Z + d) / sqrt(V / df) (numpy, seed 0) gave 0.2252 (n = 3) and 0.8152 (n = 8) for an
+    # effect of 5.7 with SD 4.831 (docs/study.md's 2-bit mIoU differences); binomial SE 0.0003
+    sd = 12.0 * math.sqrt(3) / 4.302653
+    assert t_power(5.7, sd, 3) == pytest.approx(0.2252, abs=0.0015)
+    assert t_power(5.7, sd, 8) == pytest.approx(0.8152, abs=0.0015)
+    assert t_power(-5.7, sd, 8) == pytest.approx(t_power(5.7, sd, 8), abs=1e-12)  # two-sided

@@ -309,6 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "the unexplained share as curves, in RUN_DIR/diagnose_<split>_training.{json,png}")
 
     p = sub.add_parser(
+        "reward", parents=[quiet], help="measure what hiding detail could win on a dataset (the oracles)",
+        description="Before any training: the PSNR of each image painted from its label map with each class's mean "
+                    "colour over the split (labels only) and with each class's mean colour in that image (labels and "
+                    "colours). Their difference, the reward, is what a watermark could win at most against an F "
+                    "that reads only the labels (docs/mechanism.md); under about 3 dB there is little worth hiding. "
+                    "Also the PSNR of a constant grey image and of the split's mean colour, for reference.",
+        epilog="example:\n  cycleseg reward --data data/mechanism --size 32x32",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (Cityscapes layout or a folder dataset)")
+    p.add_argument("--size", default="512x256", help="WIDTHxHEIGHT the images are resized to (default 512x256)")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split (default val)")
+    p.add_argument("--max-images", type=int, metavar="N", help="use only the first N images of the split")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+
+    p = sub.add_parser(
         parents=[quiet], name="export", help="export G of a run to ONNX, checked with ONNX Runtime",
         description="Write the segmentation network G of RUN_DIR as an ONNX file (image (B,3,H,W) in [-1,1] -> "
                     "logits (B,S,H,W); batch, height and width dynamic) and compare ONNX Runtime's logits with "
@@ -695,6 +710,25 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reward(args: argparse.Namespace) -> int:
+    from cycleseg.diagnose import data_reward
+
+    width, height = _parse_size(args.size)
+    if args.max_images is not None and args.max_images < 1:
+        raise ConfigError(f"--max-images {args.max_images}: must be at least 1")
+    r = data_reward(args.data, args.split, (height, width), max_images=args.max_images)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{r['data']}, {r['split']} split, {r['num_images']} images at {r['size']}:")
+    print(f"  PSNR of the labels-only oracle (class mean colours of the split): {fmt(r['labels_only_psnr_db'], 2)} dB")
+    print(f"  PSNR of the labels + colours oracle (class mean colours per image): {fmt(r['image_colours_psnr_db'], 2)} dB")
+    print(f"  reward for hiding: {fmt(r['reward_db'], 2)} dB")
+    print(f"  references: constant grey {fmt(r['grey_psnr_db'], 2)} dB, the split's mean colour "
+          f"{fmt(r['mean_colour_psnr_db'], 2)} dB")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from cycleseg.export import export_onnx
 
@@ -710,7 +744,7 @@ COMMANDS = {"make-synthetic": cmd_make_synthetic, "train": cmd_train, "evaluate"
             "table": cmd_table, "calibrate": cmd_calibrate, "sweep": cmd_sweep, "sweep-status": cmd_sweep_status,
             "report": cmd_report,
             "diagnose": cmd_diagnose, "check-data": cmd_check_data, "prepare": cmd_prepare, "predict": cmd_predict,
-            "segment": cmd_segment,
+            "segment": cmd_segment, "reward": cmd_reward,
             "export": cmd_export}
 
 

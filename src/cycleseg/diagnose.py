@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from cycleseg import runs
-from cycleseg.data import CITYSCAPES, CLASS_NAMES, ClassTable, open_source, open_split
+from cycleseg.config import Config
+from cycleseg.data import CITYSCAPES, CLASS_NAMES, ClassTable, open_source, open_split, resolve_classes
 from cycleseg.diagnostics import (
     INPUTS,
     SCALE_REFERENCES,
@@ -65,8 +66,8 @@ from cycleseg.metrics import confusion_matrix, psnr_db, snr_db
 from cycleseg.models import Models, resolve_device
 from cycleseg.runs import LAST, load_run, seeded_inference
 
-__all__ = ["DEFAULT_SNRS", "TRAINING_SNRS", "diagnose_models", "diagnose_run", "diagnose_training", "format_summary",
-           "training_checkpoints"]
+__all__ = ["DEFAULT_SNRS", "TRAINING_SNRS", "data_reward", "diagnose_models", "diagnose_run", "diagnose_training",
+           "format_summary", "training_checkpoints"]
 
 DEFAULT_SNRS = (40.0, 30.0, 20.0, 10.0, 5.0, 0.0, -5.0, -10.0)  # dB, the sensitivity sweep
 TRAINING_SNRS = (30.0, 20.0, 10.0)  # dB, the sensitivity points followed along training (diagnose_training)
@@ -150,6 +151,7 @@ def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device
         for name, out in outputs.items():
             acc.psnr[name].append(psnr_db(image, out).cpu())
         acc.snr.append(snr_db(logits, noisy).cpu())
+        acc.logit_power.append(logits.double().pow(2).flatten(1).mean(dim=1).cpu())
         if split_colours is not None:
             for name, value in colour_oracles(image, labels, split_colours).items():
                 acc.oracle[name].append(value.cpu())
@@ -199,6 +201,7 @@ class _Accumulator:
         self.num_classes = num_classes
         self.psnr: dict[str, list[Tensor]] = {name: [] for name in INPUTS}
         self.snr: list[Tensor] = []
+        self.logit_power: list[Tensor] = []  # per image, mean over S H W of logits^2
         self.oracle: dict[str, list[Tensor]] = {"labels_only": [], "image_colours": []}
         self.conf = conf()
         self.sweep_psnr: list[list[Tensor]] = [[] for _ in range(num_snrs)]
@@ -227,6 +230,9 @@ class _Accumulator:
             "scale_to": scale_to,
             "miou": iou_results(self.conf, self.classes)["miou"],
             "snr_db": _mean(self.snr),
+            # the scale a quantizer on [-1, 1] sees: the root of the mean square of G's logits over the split
+            "logit_rms": finite_or_none(math.sqrt(torch.cat(self.logit_power).mean().item())) if self.logit_power
+            else None,
             "watermark_gap": {
                 "psnr_db": psnr,
                 "gap_db": {name: _difference(psnr["noisy"], value) for name, value in psnr.items() if name != "noisy"},
@@ -302,6 +308,39 @@ def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
     return results
 
 
+def data_reward(data_root: str | Path, split: str = "val", size: tuple[int, int] = (256, 512), fmt: str = "auto",
+                max_images: int | None = None, batch_size: int = 16) -> dict[str, Any]:
+    """The reward for hiding in a dataset, before any training (`cycleseg reward`): the oracles of
+    `diagnostics.colour_oracles` on `split` at `size` (H, W), and two references, the PSNR of a constant grey
+    image (0 in [-1, 1]) and of the split's mean colour everywhere. All in dB, means over the images."""
+    cfg = Config()
+    cfg.data.root, cfg.data.format, (cfg.data.height, cfg.data.width) = str(data_root), fmt, size
+    classes = resolve_classes(cfg, data_root)
+    dataset = open_split(cfg, split, root=data_root)
+    if max_images is not None and max_images < len(dataset):
+        dataset = Subset(dataset, range(max_images))
+    if len(dataset) == 0:
+        raise RunError(f"{data_root}: the {split} split has no images")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    s = cfg.model.num_classes
+    sums, counts = torch.zeros(s, 3, dtype=torch.float64), torch.zeros(s, dtype=torch.float64)
+    for image, labels in loader:
+        batch_sums, batch_counts = class_sums(image, labels, s)
+        sums, counts = sums + batch_sums, counts + batch_counts
+    colours = (sums / counts.clamp(min=1).unsqueeze(1)).float()
+    mean_colour = (sums.sum(dim=0) / counts.sum()).float().view(1, 3, 1, 1)
+    values: dict[str, list[Tensor]] = {"labels_only": [], "image_colours": [], "grey": [], "mean_colour": []}
+    for image, labels in loader:
+        for name, value in colour_oracles(image, labels, colours).items():
+            values[name].append(value)
+        values["grey"].append(psnr_db(image, torch.zeros_like(image)))
+        values["mean_colour"].append(psnr_db(image, mean_colour.expand_as(image)))
+    psnr = {f"{name}_psnr_db": _mean(v) for name, v in values.items()}
+    return {"data": str(data_root), "split": split, "size": f"{size[1]}x{size[0]}", "num_images": len(dataset),
+            "classes": classes.num_classes, **psnr,
+            "reward_db": _difference(psnr["image_colours_psnr_db"], psnr["labels_only_psnr_db"])}
+
+
 def training_checkpoints(run_dir: Path) -> list[tuple[int, str]]:
     """(step, file name) of every checkpoint a run kept along training: its epoch_NNNN.pt copies
     (train.keep_checkpoints) and last.pt, in step order, one per step."""
@@ -351,7 +390,8 @@ def diagnose_training(run_dir: str | Path, data_root: str | Path, split: str = "
                        "split_mean_gap_db": gap.get("split_class_mean"),
                        "sensitivity_psnr_db": {f"{p['snr_target_db']:g}": p["psnr_db"] for p in r["sensitivity"]["points"]},
                        "unexplained_share": r["energy"]["logits"]["unexplained_share"], "miou": r["miou"],
-                       "snr_db": r["snr_db"], "split_mean_psnr_db": psnr.get("split_class_mean"),
+                       "snr_db": r["snr_db"], "logit_rms": r["logit_rms"],
+                       "split_mean_psnr_db": psnr.get("split_class_mean"),
                        "ground_truth_psnr_db": psnr.get("ground_truth"), "num_images": r["num_images"]})
     results = {"run": cfg.name, "split": split, "noise_label": noise_label(cfg), "snrs_db": list(snrs),
                "oracle": r["oracle"], "points": points, "figure": runs.artifact(run_dir, "diagnose_training_png", split).name}

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = ["Interval", "PairedDifference", "detectable_effect", "format_interval", "holm", "mean_interval",
-           "paired_difference", "t_cdf", "t_p_value", "t_quantile"]
+           "paired_difference", "t_cdf", "t_p_value", "t_power", "t_quantile"]
 
 CONFIDENCE = 0.95
 
@@ -194,6 +194,39 @@ def detectable_effect(interval: Interval, power: float = 0.8, alpha: float = 1 -
         return None
     df = interval.n - 1
     return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * interval.sd / math.sqrt(interval.n)
+
+
+def t_power(effect: float, sd: float, n: int, alpha: float = 1 - CONFIDENCE, steps: int = 4000) -> float:
+    """Power of the two-sided one-sample (paired) t test at level `alpha` with n values of SD `sd` when the true
+    mean is `effect`: P(|T'| > t_{1 - alpha/2, n-1}) for the noncentral t T' = (Z + d) / sqrt(V / df),
+    d = effect sqrt(n) / sd, V chi-square with df = n - 1 degrees of freedom. Computed exactly up to quadrature:
+    the normal tail averaged over V (Simpson's rule in u = sqrt(V), which keeps df = 1 free of its pole at 0).
+    E.g. 3 seeds, SD 4.83, effect 5.7: 0.22; 8 seeds: 0.82."""
+    if n < 2 or sd <= 0:
+        raise ValueError(f"need n >= 2 values and sd > 0, got n={n}, sd={sd}")
+    df = n - 1
+    c, d = t_quantile(1 - alpha / 2, df), effect * math.sqrt(n) / sd
+    log_norm = (df / 2) * math.log(2) + math.lgamma(df / 2)
+
+    def integrand(u: float) -> float:  # 2u f_V(u^2) P(|T'| > c | V = u^2)
+        if u == 0.0:
+            return 0.0 if df > 1 else 2 * math.exp(-log_norm) * _normal_tails(c * 0.0, d)
+        v = u * u
+        density = math.exp((df / 2 - 1) * math.log(v) - v / 2 - log_norm)
+        return 2 * u * density * _normal_tails(c * math.sqrt(v / df), d)
+
+    top = math.sqrt(df + 12 * math.sqrt(2 * df) + 40)  # V beyond top^2 has negligible probability
+    h = top / steps
+    total = integrand(0.0) + integrand(top)
+    total += sum((4 if k % 2 else 2) * integrand(k * h) for k in range(1, steps))
+    return min(1.0, total * h / 3)
+
+
+def _normal_tails(x: float, shift: float) -> float:
+    """P(Z + shift > x) + P(Z + shift < -x) for a standard normal Z."""
+    def phi(z: float) -> float:
+        return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    return (1 - phi(x - shift)) + phi(-x - shift)
 
 
 def holm(p_values: Mapping[str, float | None]) -> dict[str, float | None]:
