@@ -414,8 +414,25 @@ def test_watermark_along_training_gets_intervals_and_a_paired_difference(seeded_
     line = next(ln for ln in fig.axes[0].lines if ln.get_label().startswith("nonoise"))
     assert list(line.get_xdata()) == [60, 120] and list(line.get_ydata()) == pytest.approx([0.5, 2.0])
 
+    # the mechanism contrasts: the split-mean gap differs by the same -1.0, -1.2, -1.1 (t = -1.1 / (0.1 / sqrt(3)),
+    # df 2: P(T < t) = 1/2 + t / (2 sqrt(2 + t^2)), p twice that); detectable (4.3027 + 1.0607) 0.1 / sqrt(3)
+    from cycleseg.report import mechanism_contrasts
+
+    contrasts = {(c["run"], c["metric"]): c for c in mechanism_contrasts(group_runs(collect_runs(seeded_sweep)), curves)}
+    split = contrasts[("quant2", "split_mean_gap_db")]
+    t = -1.1 / (0.1 / 3 ** 0.5)
+    assert split["difference"].interval.mean == pytest.approx(-1.1)
+    assert split["p"] == pytest.approx(2 * (0.5 + t / (2 * (2 + t * t) ** 0.5)), rel=1e-4)
+    assert split["detectable"] == pytest.approx((4.302653 + 1.060660) * 0.1 / 3 ** 0.5, rel=1e-5)
+    assert contrasts[("quant2", "psnr_db")]["p"] == 1.0  # every seed's F PSNR 15.0 in both: no difference at all
+    family = sum(c["p"] is not None for c in contrasts.values())  # one seed (gauss_7.38) gives no p
+    assert family >= 3 and split["p"] <= split["p_holm"] <= family * split["p"] + 1e-12
+    assert ("plain", "miou") in contrasts and all(run != "nonoise" for run, _ in contrasts)  # nonoise: the reference
+    assert contrasts[("plain", "miou")]["difference"].interval.mean == pytest.approx(-18.0)  # (1, 2, 3) - (10, 20, 30)
+
     md, _ = build_report(seeded_sweep)
     text = md.read_text()
+    assert "## Paired contrasts against nonoise" in text
     assert "## The watermark along training" in text and "watermark_training.png" in text
     assert "| quant2 | 3 | 120 | 0.90 ± 2.37 (0.00, 0.80, 1.90) | 1.40 ± 2.37 (0.50, 1.30, 2.40) |" in text
     assert "-1.10 ± 0.25 | [-1.35, -0.85] * |" in text
