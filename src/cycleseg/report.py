@@ -521,7 +521,9 @@ WATERMARK_METRICS = (("class_mean_gap_db", "gap to class means", "dB", 2),
                      ("psnr_db", "F's PSNR", "dB", 2),
                      ("sensitivity_drop_db", "PSNR lost to extra 20 dB noise", "dB", 2),
                      ("unexplained_share", "unexplained share", "%", 1),
-                     ("miou", "mIoU", "%", 1))
+                     ("miou", "mIoU", "%", 1),
+                     ("snr_db", "SNR of the run's noise", "dB", 2),
+                     ("logit_rms", "logit RMS", "", 2))
 # The paired contrasts of the mechanism study (mechanism_contrasts): (key, title, unit, digits, where from)
 CONTRAST_METRICS = (("split_mean_gap_db", "gap to split class means", "dB", 2, "diagnose"),
                     ("psnr_db", "F's PSNR", "dB", 2, "diagnose"),
@@ -627,8 +629,12 @@ def reward_rows(groups: list[RunRecord], curves: dict[str, dict[int | None, list
 def plot_watermark_training(curves: dict[str, dict[int | None, list[dict]]]) -> Figure:
     """The watermark along training, one line per config: each WATERMARK_METRICS value per iteration, the mean
     over the seeds that have that step and, with 2 or more, the band of its 95 % interval."""
-    fig = figure(13, 3.2)
-    axes = fig.subplots(1, len(WATERMARK_METRICS))
+    columns = 5
+    rows = -(-len(WATERMARK_METRICS) // columns)
+    fig = figure(15, 3.0 * rows)
+    axes = fig.subplots(rows, columns).ravel()
+    for ax in axes[len(WATERMARK_METRICS):]:
+        ax.set_visible(False)
     for index, (name, by_seed) in enumerate(curves.items()):
         steps = sorted({p["step"] for points in by_seed.values() for p in points})
         for ax, (key, title, unit, _) in zip(axes, WATERMARK_METRICS):
