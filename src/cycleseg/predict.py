@@ -54,7 +54,16 @@ from cycleseg.formats import finite_or_none, iou_results, to_rgb
 from cycleseg.metrics import confusion_matrix
 from cycleseg.models import Models, resolve_device
 from cycleseg.precision import Precision, resolve_precision
-from cycleseg.runs import LAST, artifact, load_run, run_classes, seeded_inference, write_json
+from cycleseg.runs import (
+    LAST,
+    artifact,
+    inside_run,
+    load_run,
+    run_classes,
+    seeded_inference,
+    write_json,
+    writes_into_run,
+)
 
 __all__ = [
     "Prediction",
@@ -164,6 +173,7 @@ def _save(image: Image.Image, path: Path) -> None:
         raise RunError(f"{path}: cannot write the prediction ({e.strerror or e}); choose another --out") from None
 
 
+@writes_into_run(lambda a: inside_run(a["out"], a["run_dir"]))
 def predict_run(run_dir: str | Path, data_root: str | Path, split: str, out: str | Path, checkpoint: str = LAST,
                 device: str = "auto", reconstruction: bool = False, batch_size: int | None = None,
                 progress: bool = False, precision: str = "auto") -> dict[str, Any]:

@@ -25,14 +25,20 @@ the checkpoint's own config: only `config.RESUMABLE_KEYS` may differ.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
+import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import torch
 import yaml
@@ -59,10 +65,13 @@ __all__ = [
     "CONFIG",
     "LABELLED",
     "LAST",
+    "LOCK",
     "LOG",
     "METRICS",
     "STATUS",
     "VERSIONS",
+    "RunInUse",
+    "RunLock",
     "artifact",
     "atomic_write",
     "check_compatible",
@@ -72,6 +81,7 @@ __all__ = [
     "create_run",
     "finished",
     "init_weights",
+    "inside_run",
     "load_checkpoint",
     "load_run",
     "read_json",
@@ -83,12 +93,15 @@ __all__ = [
     "require_same_classes",
     "resume_config",
     "run_classes",
+    "run_in_use",
+    "run_lock",
     "save_checkpoint",
     "seeded_inference",
     "set_status",
     "write_json",
     "write_labelled",
     "write_yaml",
+    "writes_into_run",
 ]
 
 CONFIG = "config.yaml"
@@ -149,8 +162,20 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[BinaryIO], obje
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise RunError(f"{path}: could not write ({e.strerror or e}); free disk space or fix permissions, "
-                       "the previous file is intact") from None
+        raise RunError(f"{path}: could not write ({e.strerror or e}); {_write_fix(e, path)}, the previous file is "
+                       "intact") from None
+
+
+def _write_fix(error: OSError, path: Path) -> str:
+    """What to do about a failed write, by its cause (errno): a full disk and a missing folder need other fixes."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk (or quota) of {path.parent} is full: free space there"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write in {path.parent}: fix its permissions or choose another folder"
+    if error.errno == errno.ENOENT:
+        return (f"{path.parent} or the temporary file was removed while writing (by another process?): check that "
+                "no other command works on this folder")
+    return "check the folder and the disk"
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -327,7 +352,7 @@ def require_new_run(run_dir: str | Path, overwrite: bool) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir}: exists and is not a folder; choose another --out")
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+    if not run_dir.is_dir() or not any(p.name != LOCK for p in run_dir.iterdir()):  # .lock: a run being created
         return
     if not any((run_dir / m).is_file() for m in _RUN_MARKERS):
         raise RunError(f"{run_dir}: folder is not empty and holds no run (no {STATUS} or {LAST}); choose another "
@@ -358,7 +383,7 @@ def create_run(run_dir: str | Path, cfg: Config, overwrite: bool = False, fields
     write_json(run_dir / VERSIONS, software_versions())
     write_json(run_dir / STATUS, {"state": "running", "config_sha256": config_hash(cfg), "step": 0,
                                   "created": _now(), "updated": _now(), "message": None, "evaluations": {},
-                                  **(fields or {})})
+                                  _IN_USE: _holder_of(run_dir), **(fields or {})})
     return run_dir
 
 
@@ -507,3 +532,262 @@ def _fsync_dir(directory: Path) -> None:
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+# ------------------------------------------------------------------------------ one process per run: the lock
+#
+# Two processes writing into one run directory file one run's results under the other's config (a resume beside
+# a running trainer, --overwrite under it, a requeued job beside a resume by hand). Every command that writes
+# into a run holds RUN/.lock with an exclusive flock for as long as it works on the run; a second writer is
+# refused before it writes or removes anything. The kernel drops a flock when its process dies (SIGKILL, OOM,
+# a lost node's lease on NFS), so no lock outlives its holder. The file itself is never removed (--overwrite
+# keeps it): a lock on a removed and re-created file would not exclude anyone.
+
+LOCK = ".lock"  # RUN/.lock: flock'ed by the process that writes into the run; JSON of its holder inside
+LOCK_ENV = "CYCLESEG_RUN_LOCK"  # "off": no locking, for file systems without flock (the guarantee is then gone)
+_IN_USE = "in_use"  # run.json: the holder while a writer works on the run (None once it let go)
+_RETRIES = 5  # a reader's probe holds the lock for microseconds: a writer tries a few times before refusing
+_F = TypeVar("_F", bound=Callable[..., Any])
+_held: dict[str, list[Any]] = {}  # resolved run directory -> [descriptor, holders in this process, holder record]
+
+
+class RunInUse(RunError):
+    """Another process holds the run's lock: `holder` is what it wrote into RUN/.lock (pid, host, command, since;
+    {} when that could not be read)."""
+
+    def __init__(self, message: str, holder: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+    @staticmethod
+    def describe(run_dir: str | Path, holder: dict[str, Any]) -> str:
+        """The one line a refused writer sees: who holds the run since when, and what to do."""
+        return _in_use_message(Path(run_dir), holder)
+
+
+class RunLock:
+    """The lock of one run directory for this process: `acquire()` (idempotent) takes it or raises RunInUse naming
+    the holder, `release()` lets go; `with RunLock(run)` does both. Nested holders in one process share it (a
+    sweep's run_one holds it across train and evaluate), the lock goes when the last one lets go.
+
+    `command` describes this process to a refused writer (default: the command line); `sweep` is the sweep folder
+    when a sweep launcher works on the run (`cycleseg sweep status` then shows the run as its own, not as in use
+    elsewhere). `enabled=False` makes every call a no-op (the ranks > 0 of torchrun: rank 0 holds it for all).
+    """
+
+    def __init__(self, run_dir: str | Path, command: str | None = None, sweep: str | Path | None = None,
+                 enabled: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.command, self.sweep = command, sweep
+        self.enabled = enabled and os.environ.get(LOCK_ENV, "").lower() not in ("off", "0", "no", "false")
+        self.locked = False
+
+    def acquire(self, create: bool = False) -> RunLock:
+        """Take the lock (RunInUse if another process holds it). A folder that does not exist holds no run and is
+        not locked, unless `create`: then it is made (a new run's folder) and locked."""
+        if self.locked or not self.enabled:
+            return self
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunError(f"{self.run_dir}: exists and is not a folder; choose another --out")
+        if not self.run_dir.is_dir():
+            if not create:
+                return self
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RunError(f"{self.run_dir}: cannot create the run folder ({e.strerror}); choose another --out") \
+                    from None
+        key = _lock_key(self.run_dir)
+        if key not in _held:
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command or _command_line(),
+                      "since": _now(), **({"sweep": str(Path(self.sweep).resolve())} if self.sweep else {})}
+            _held[key] = [_take(self.run_dir, holder), 0, holder]
+            _note_in_use(self.run_dir, holder)
+        _held[key][1] += 1
+        self.locked = True
+        return self
+
+    def release(self) -> None:
+        if not self.locked:
+            return
+        self.locked = False
+        key = _lock_key(self.run_dir)
+        entry = _held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        try:
+            with contextlib.suppress(RunError, OSError):  # never hide the error that ends the holder
+                _note_in_use(self.run_dir, None)
+        finally:
+            del _held[key]
+            with contextlib.suppress(OSError):
+                fcntl.flock(entry[0], fcntl.LOCK_UN)  # for forked children too, which share the open file
+            os.close(entry[0])
+
+    def __enter__(self) -> RunLock:  # noqa: PYI034
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def run_lock(run_dir: str | Path, command: str | None = None, create: bool = False,
+             sweep: str | Path | None = None) -> contextlib.AbstractContextManager[RunLock]:
+    """`with run_lock(RUN, "cycleseg evaluate"):` the block runs holding RUN's lock (RunInUse, before anything
+    is written, while another process holds it); `create`: make the folder of a new run first."""
+    lock = RunLock(run_dir, command, sweep)
+
+    @contextlib.contextmanager
+    def held() -> Iterator[RunLock]:
+        lock.acquire(create=create)
+        try:
+            yield lock
+        finally:
+            lock.release()
+
+    return held()
+
+
+def writes_into_run(when: Callable[[dict[str, Any]], bool] | None = None) -> Callable[[_F], _F]:
+    """Decorator of a command that writes into the run directory given as its `run_dir` argument: it runs holding
+    that run's lock (RunInUse before it reads or writes anything while another process holds it). `when`, given
+    the call's arguments by name, says whether this call writes into the run at all (predict into another folder
+    does not)."""
+    def decorate(func: _F) -> _F:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with RunLock(bound.arguments["run_dir"], enabled=when is None or when(bound.arguments)):
+                return func(*args, **kwargs)
+        return locked  # type: ignore[return-value]
+    return decorate
+
+
+def inside_run(path: str | Path, run_dir: str | Path) -> bool:
+    """Whether `path` is in (or is) the run directory `run_dir`."""
+    return Path(path).resolve().is_relative_to(Path(run_dir).resolve())
+
+
+def run_in_use(run_dir: str | Path) -> dict[str, Any] | None:
+    """The holder of RUN's lock (pid, host, command, since; {} when its record cannot be read), or None when no
+    process holds it. A non-blocking probe for readers (`sweep status`): it never waits and takes nothing that a
+    writer would notice but for a moment it retries over."""
+    run_dir = Path(run_dir)
+    entry = _held.get(_lock_key(run_dir)) if run_dir.is_dir() else None
+    if entry is not None:
+        return dict(entry[2])
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: never locked (a run from before the lock, or no run)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(run_dir)
+        except OSError:
+            return None  # a file system without locks: cannot tell
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _take(run_dir: Path, holder: dict[str, Any]) -> int:
+    """Open RUN/.lock, flock it exclusively, write `holder` into it; the descriptor. RunInUse when it is held."""
+    path = run_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunError(f"{path}: cannot open the run's lock file ({e.strerror}); fix the folder's permissions") \
+            from None
+    try:
+        for attempt in range(_RETRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == _RETRIES - 1:
+                    other = _read_holder(run_dir)
+                    raise RunInUse(_in_use_message(run_dir, other), other) from None
+                time.sleep(0.05)
+            except OSError as e:
+                raise RunError(f"{path}: this file system refuses locks ({e.strerror}); mount it with locking "
+                               f"(Lustre: -o flock; NFS: without -o nolock), keep runs on a local disk, or set "
+                               f"{LOCK_ENV}=off and make sure yourself that one process works on a run") from None
+        os.ftruncate(fd, 0)  # written in place: replacing the file would make a second, unlocked one
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_holder(run_dir: Path) -> dict[str, Any]:
+    """The holder record in RUN/.lock; {} while it is being written or when it is not ours."""
+    for _ in range(_RETRIES):
+        with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
+            holder = json.loads((run_dir / LOCK).read_text())
+            if isinstance(holder, dict):
+                return holder
+        time.sleep(0.02)  # the holder truncates, then writes: an empty file for a moment
+    return {}
+
+
+def _in_use_message(run_dir: Path, holder: dict[str, Any]) -> str:
+    """The one line a refused writer sees: who holds the run since when, and what to do."""
+    if not holder.get("pid"):
+        return (f"{run_dir}: in use by another process (its lock file {LOCK} names none); wait until it ends, "
+                "then try again")
+    pid, host = holder["pid"], holder.get("host", "?")
+    command = " ".join(str(holder.get("command", "?")).split())
+    where = "" if host == socket.gethostname() else f" on {host}"
+    return (f"{run_dir}: in use by `{command}` (pid {pid} on {host}, since {holder.get('since', '?')}); wait until "
+            f"it ends, or stop it (kill {pid}{where}) and try again")
+
+
+def _note_in_use(run_dir: Path, holder: dict[str, Any] | None) -> None:
+    """run.json's note of the writer at work (readers see the run is in use); removed when it lets go. A run
+    created under the lock gets it from create_run."""
+    status = read_status(run_dir)
+    if not status or status.get(_IN_USE) == holder:
+        return
+    if holder is None and (status.get(_IN_USE) or {}).get("pid") != os.getpid():
+        return
+    status[_IN_USE] = holder
+    write_json(run_dir / STATUS, status)
+
+
+def _holder_of(run_dir: Path) -> dict[str, Any] | None:
+    """The holder record of this process's lock on `run_dir`, or None."""
+    entry = _held.get(_lock_key(run_dir)) if run_dir.is_dir() else None
+    return entry[2] if entry else None
+
+
+def _lock_key(run_dir: Path) -> str:
+    return str(Path(run_dir).resolve())
+
+
+def _command_line() -> str:
+    """This process's command line, shortened, for a refused writer's message."""
+    argv = list(sys.argv) or ["python"]
+    name = Path(argv[0]).name
+    name = "cycleseg" if name in ("cycleseg", "__main__.py") else name
+    return " ".join([name, *argv[1:]])[:200]
+
+
+def _forget_locks_after_fork() -> None:
+    """A forked child (a DataLoader worker) holds no lock of its own: only its parent lets go of them."""
+    for fd, _, _ in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_after_fork)

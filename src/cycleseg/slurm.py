@@ -63,6 +63,7 @@ JOBS_FILE = "jobs.json"  # FOLDER/slurm/jobs.json: run name -> the Slurm job tha
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
          "OUT_OF_MEMORY", "REVOKED"}
 _STOP_WAIT_S = 300  # after SIGTERM, how long the job process waits for Slurm to end it
+_EXIT_IN_USE = 75  # a task's child found its run locked by another process (as sweep.EXIT_IN_USE)
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,8 @@ class SlurmRun(Checkpointable):
         run_dir = Path(task.run_dir)
         record = runs.read_status(run_dir)
         if job_id and record.get("state") == "finished" and status != "done":  # which job trained it
-            runs.set_status(run_dir, "finished", message=record.get("message"), slurm_job=job_id)
+            with contextlib.suppress(runs.RunInUse), runs.RunLock(run_dir, f"Slurm job {job_id}: {task.name}"):
+                runs.set_status(run_dir, "finished", message=record.get("message"), slurm_job=job_id)
         result = runs.read_json(runs.artifact(run_dir, "eval", "val"))
         say(f"done: mIoU {result.get('miou')}")
         return {"name": task.name, "run_dir": str(run_dir), "status_before": status, "job_id": job_id,
@@ -370,6 +372,9 @@ class SlurmRun(Checkpointable):
         code = self._child.returncode
         if code == 0:
             return
+        if code == _EXIT_IN_USE:  # another process works on the run: it is left alone, never trained twice
+            raise RunError(f"{task.name}: the run is in use elsewhere (who holds it: the line above); this job left "
+                           "it alone; submit the sweep again once that process is done")
         if self._stop_signal is not None:  # any exit code: torchrun, for one, exits with 1 on SIGTERM
             # Slurm preempts, requeues or cancels this job: it ends it shortly (SIGKILL after KillWait). No result is
             # written meanwhile, so that submitit does not take a requeued job for finished.
@@ -452,7 +457,7 @@ def _run_worker(payload: dict[str, Any], prefix: str, status_file: str | None) -
     task = _task(payload)
     cfg = load_config(task.config, task.all_overrides())
     status = run_one(cfg, Path(task.run_dir), Path(task.base_dir or Path(task.run_dir).parent), task.retrain, prefix,
-                     log=lambda line: print(line, flush=True))
+                     log=lambda line: print(line, flush=True), command=f"Slurm job {_job_id()}: {task.name}")
     if status_file:
         Path(status_file).write_text(status)
 
@@ -572,8 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cycleseg slurm: {' '.join(str(e).splitlines())}", file=sys.stderr, flush=True)
         return 128 + e.signum
     except CycleSegError as e:
+        from cycleseg.runs import RunInUse
+
         print(f"cycleseg slurm: error: {' '.join(str(e).splitlines())}", file=sys.stderr, flush=True)
-        return 2
+        return _EXIT_IN_USE if isinstance(e, RunInUse) else 2
     return 0
 
 
