@@ -483,6 +483,8 @@ def set_status(run_dir: str | Path, state: str, step: int | None = None, message
         raise ValueError(f"unknown run state {state!r}")
     status = read_status(run_dir)
     status.update(state=state, updated=_now(), message=message, **fields)
+    if _holder_of(Path(run_dir)) is not None:  # the writer at work, for readers (removed when it lets go)
+        status[_IN_USE] = _holder_of(Path(run_dir))
     if step is not None:
         status["step"] = step
     write_json(Path(run_dir) / STATUS, status)
@@ -602,7 +604,6 @@ class RunLock:
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command or _command_line(),
                       "since": _now(), **({"sweep": str(Path(self.sweep).resolve())} if self.sweep else {})}
             _held[key] = [_take(self.run_dir, holder), 0, holder]
-            _note_in_use(self.run_dir, holder)
         _held[key][1] += 1
         self.locked = True
         return self
@@ -753,8 +754,9 @@ def _in_use_message(run_dir: Path, holder: dict[str, Any]) -> str:
 
 
 def _note_in_use(run_dir: Path, holder: dict[str, Any] | None) -> None:
-    """run.json's note of the writer at work (readers see the run is in use); removed when it lets go. A run
-    created under the lock gets it from create_run."""
+    """run.json's note of the writer at work: create_run and set_status write it while this process holds the
+    lock (readers see the run is in use); removed here when it lets go (a killed holder leaves it: the lock
+    itself, `run_in_use`, is what counts)."""
     status = read_status(run_dir)
     if not status or status.get(_IN_USE) == holder:
         return
