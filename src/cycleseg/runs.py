@@ -779,8 +779,13 @@ def _lock_key(run_dir: Path) -> str:
 def _command_line() -> str:
     """This process's command line, shortened, for a refused writer's message."""
     argv = list(sys.argv) or ["python"]
-    name = Path(argv[0]).name
-    name = "cycleseg" if name in ("cycleseg", "__main__.py") else name
+    path = Path(argv[0])
+    if path.name == "cycleseg" or (path.parent.name == "cycleseg" and path.stem in ("cli", "__main__")):
+        name = "cycleseg"
+    elif path.parent.name == "cycleseg":
+        name = f"python -m cycleseg.{path.stem}"
+    else:
+        name = path.name
     return " ".join([name, *argv[1:]])[:200]
 
 
