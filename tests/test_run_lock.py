@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from cycleseg import runs
 from cycleseg.cli import main
@@ -174,6 +175,11 @@ def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "cycleseg.cli", *map(str, args)]
 
 
+# The trainers compute with the reference's number of threads (conftest sets it): sums over another number of
+# threads round differently, and bit-identical would not hold for reasons of no concern here.
+THREADS = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
 def _logged_step(run_dir: Path) -> int:
     try:
         lines = (run_dir / "log.jsonl").read_text().splitlines()
@@ -186,7 +192,7 @@ def _start_trainer(out: Path, data: Path, *extra) -> subprocess.Popen:
     """A trainer of test_resume's run (12 iterations, a checkpoint after each), stopped once it trained a step
     (SIGSTOP: it keeps its lock, as a trainer busy in a long epoch does)."""
     proc = subprocess.Popen(_cli("train", CYCLEGAN_YAML, "--data", data, "--out", out, *TINY, *extra),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=THREADS)
     deadline = time.time() + 120
     while _logged_step(out) < 1:
         assert proc.poll() is None, proc.stderr.read()
@@ -244,7 +250,8 @@ def test_a_killed_holder_leaves_no_lock_and_a_resume_ends_bit_identical(tiny_dat
     trainer.wait()
     assert run_in_use(out) is None  # the kernel let go of the lock with the process: no stale lock
     assert runs.read_status(out)["in_use"]["pid"] == trainer.pid  # run.json keeps the dead holder's note ...
-    done = subprocess.run(_cli("train", "--resume", out), capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(_cli("train", "--resume", out), capture_output=True, text=True, timeout=120, check=False,
+                          env=THREADS)
     assert done.returncode == 0, done.stderr  # ... which refuses no one
     assert_same_state(load_checkpoint(out / LAST), reference)
     assert runs.read_status(out)["in_use"] is None
