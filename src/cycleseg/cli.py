@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-synthetic", parents=[quiet], help="generate the synthetic 'toy city' dataset in the Cityscapes layout",
                        description="Write procedural street scenes with real Cityscapes labelIds into OUT, in "
                                    "the Cityscapes folder layout (leftImg8bit/, gtFine/), train and val splits.")
-    p.add_argument("out", type=Path, help="output folder (created)")
+    p.add_argument("out", type=Path, help="output folder (created; a folder holding other files is refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into OUT even when it holds files that make-synthetic did not write")
     p.add_argument("--train", type=int, default=240, help="number of training images (default 240)")
     p.add_argument("--val", type=int, default=60, help="number of validation images (default 60)")
     p.add_argument("--size", default="256x128", help="image size WIDTHxHEIGHT (default 256x128)")
@@ -362,7 +364,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.colour_spread) and args.colour_spread >= 0):
         raise ConfigError(f"--colour-spread {args.colour_spread}: must be a finite number >= 0 (1 = the default city)")
     summary = make_synthetic(args.out, num_train=args.train, num_val=args.val, size=(height, width), seed=args.seed,
-                             progress=_progress(args), fmt=args.format, colour_spread=args.colour_spread)
+                             progress=_progress(args), fmt=args.format, colour_spread=args.colour_spread,
+                             overwrite=args.overwrite)
     print(f"wrote {summary.get('train', args.train)} train and {summary.get('val', args.val)} val images "
           f"of {width}x{height} to {args.out}")
     return 0
@@ -602,11 +605,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _submit_to_slurm(args: argparse.Namespace, only: list[str] | None) -> int:
     """`sweep --launcher slurm`: one job array of the runs not finished nor queued yet; returns at once."""
     from cycleseg.slurm import submit_sweep, sweep_tasks
-    from cycleseg.sweep import find_configs
+    from cycleseg.sweep import check_request, find_configs
 
-    if args.seeds is not None and args.seeds < 1:
-        raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
-    tasks = sweep_tasks(find_configs(args.configs, only), args.out, args.overrides,
+    entries = find_configs(args.configs, only)
+    check_request(entries, args.overrides + ([f"data.root={args.data.absolute()}"] if args.data else []), args.seeds)
+    tasks = sweep_tasks(entries, args.out, args.overrides,
                         data_root=args.data, seeds=range(args.seeds) if args.seeds else None, retrain=args.retrain)
     done = submit_sweep(tasks, args.out, partition=args.partition, gpus_per_run=args.gpus_per_run,
                         cpus_per_run=args.cpus_per_run, time=args.time, max_parallel=args.max_parallel)
