@@ -29,8 +29,8 @@ SUBCOMMAND_EXAMPLES = {
     "make-synthetic": ["cycleseg make-synthetic data/synthetic",
                        "cycleseg make-synthetic data/camvid-like --format folder --train 40 --val 10"],
     "train": ["cycleseg train configs/demo/quant2.yaml --data data/synthetic --out runs/q2",
-              "cycleseg train configs/cyclegan.yaml --data data/synthetic --out runs/g7 noise.kind=gaussian "
-              "noise.snr_db=7.38",
+              ("cycleseg train configs/cyclegan.yaml --data data/synthetic --out runs/g7 noise.kind=gaussian "
+               "noise.snr_db=7.38"),
               "cycleseg train --resume runs/q2"],
     "evaluate": ["cycleseg evaluate runs/demo/quant2 --data data/synthetic",
                  "cycleseg evaluate runs/q2 --data /data/cityscapes --checkpoint best.pt --official --full-res"],
@@ -42,8 +42,8 @@ SUBCOMMAND_EXAMPLES = {
     "table": ["cycleseg table runs/demo/erfnet runs/demo/cyclegan runs/demo/quant2", "cycleseg table runs/sweep"],
     "calibrate": ["cycleseg calibrate runs/demo/quant2 --data data/synthetic",
                   "cycleseg calibrate runs/demo/cyclegan --data data/synthetic kind=quantize bits=1"],
-    "sweep": ["cycleseg sweep configs/paper --data data/synthetic --out runs/sweep --only plain,nonoise,quant2 \\\n"
-              "      data.height=64 data.width=128 optim.epochs=4 optim.decay_start_epoch=2",
+    "sweep": [("cycleseg sweep configs/paper --data data/synthetic --out runs/sweep --only plain,nonoise,quant2 \\\n"
+               "      data.height=64 data.width=128 optim.epochs=4 optim.decay_start_epoch=2"),
               "cycleseg sweep configs/paper --data data/synthetic --out runs/sweep --seeds 3 --launcher local --jobs 2"],
     "sweep-status": ["cycleseg sweep status runs/sweep", "cycleseg sweep status runs/sweep --json"],
     "report": ["cycleseg report runs/sweep", "cycleseg report runs/sweep --runs plain,nonoise,quant2 --examples 5"],
