@@ -85,9 +85,9 @@ lint: $(STAMP)
 
 # The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, anchor or API reference.
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 docs-serve: $(STAMP)
-	$(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 clean:
 	rm -rf $(VENV) $(DATA) $(STUDY_DATA) $(RUNS) runs/sweep-demo runs/study runs/semi-study build site src/*.egg-info

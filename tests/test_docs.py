@@ -111,7 +111,7 @@ def _runnable_blocks() -> list[tuple[str, str]]:
     blocks = []
     for page in _nav_pages():
         text = (DOCS / page).read_text()
-        for match in re.finditer(r"^```bash (.*)\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
+        for match in re.finditer(r"^```bash ([^\n]*)\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
             if RUNNABLE in match.group(1):
                 blocks.append((page, match.group(2)))
     return blocks

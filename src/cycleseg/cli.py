@@ -267,8 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=["inprocess", "local", "slurm"], default=None,
                    help="inprocess (default): one run after another in this process; local: each run in its own "
                         "subprocess, --jobs at once (implied by --jobs > 1 or --gpus); slurm: one Slurm job array "
-                        "through submitit, one task per run, requeued on preemption (README 'Sweeps on a Slurm "
-                        "cluster')")
+                        "through submitit, one task per run, requeued on preemption (docs/guide/slurm-multi-gpu.md)")
     p.add_argument("--jobs", type=int, metavar="N",
                    help="with --launcher local: runs at once (default 1, or the number of --gpus), each with CPU "
                         "cores // N torch threads; the rest wait in the queue")
