@@ -128,7 +128,7 @@ def load_classes(path: str | Path) -> ClassTable:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: class table not found; a folder dataset needs a {CLASSES_FILE} naming each class "
-                        "and its label value(s) (see README 'Your own dataset')")
+                        "and its label value(s) (see docs/guide/own-data.md)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
