@@ -255,3 +255,23 @@ def test_a_killed_holder_leaves_no_lock_and_a_resume_ends_bit_identical(tiny_dat
     assert done.returncode == 0, done.stderr  # ... which refuses no one
     assert_same_state(load_checkpoint(out / LAST), reference)
     assert runs.read_status(out)["in_use"] is None
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_stops_when_rank_0_is_refused(run):
+    """Rank 0 holds the lock for all ranks; refused, it tells the others (no rank waits for it in a collective)."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not found")
+    fd = _hold(run)
+    before = _files(run)
+    try:
+        proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "cycleseg.cli", "train",
+                               "--resume", run, "train.max_iters=3"], capture_output=True, text=True, timeout=300,
+                              check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        os.close(fd)
+    assert proc.returncode != 0
+    assert f"{run}: in use by `cycleseg train --resume RUN` (pid 4242 on node7" in proc.stderr, proc.stderr[-2000:]
+    assert f"{run}: rank 0 could not lock the run" in proc.stderr, proc.stderr[-2000:]  # rank 1's own line
+    assert _files(run) == before
