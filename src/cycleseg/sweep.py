@@ -171,7 +171,9 @@ def run_one(cfg: Config, run_dir: Path, sweep_dir: Path, retrain: bool, prefix: 
 
     The whole of it holds the run's lock (`command` describes this process to others): a run that another
     process works on is left alone, runs.RunInUse ("in use elsewhere") before anything is read or written."""
-    with runs.RunLock(run_dir, command or f"cycleseg sweep {sweep_dir} (run {run_dir.name})", sweep=sweep_dir):
+    # create: a new run's folder is made now, so that this process (and its sweep) is named as the holder
+    with runs.run_lock(run_dir, command or f"cycleseg sweep {sweep_dir} (run {run_dir.name})", create=True,
+                       sweep=sweep_dir):
         return _run_one(cfg, run_dir, sweep_dir, retrain, prefix, log)
 
 
