@@ -652,8 +652,8 @@ def _submit_to_slurm(args: argparse.Namespace, only: list[str] | None) -> int:
     done = submit_sweep(tasks, args.out, partition=args.partition, gpus_per_run=args.gpus_per_run,
                         cpus_per_run=args.cpus_per_run, time=args.time, max_parallel=args.max_parallel)
     submitted = sum(s.state == "submitted" for s in done)
-    print(f"{submitted} of {len(tasks)} runs submitted to Slurm (the rest finished or already queued); follow them "
-          f"with `cycleseg sweep status {args.out}`, logs in {args.out}/slurm/")
+    print(f"{submitted} of {len(tasks)} runs submitted to Slurm (the rest finished, already queued or in use "
+          f"elsewhere); follow them with `cycleseg sweep status {args.out}`, logs in {args.out}/slurm/")
     return 0
 
 

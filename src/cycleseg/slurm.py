@@ -140,7 +140,8 @@ class Submitted:
     """What `submit_sweep` did with one task."""
 
     task: SlurmTask
-    state: str  # "submitted", "queued" (already in Slurm's queue: not submitted again) or "finished"
+    state: str  # "submitted", "queued" (already in Slurm's queue: not submitted again), "finished" or "in use"
+    # (another process holds the run's lock: not submitted)
     job_id: str | None = None
     job: Any = None  # the submitit Job, for a task submitted by this call
 
@@ -179,6 +180,7 @@ def submit_sweep(tasks: Sequence[SlurmTask], folder: str | Path, partition: str 
         dup = sorted({v for v in values if values.count(v) > 1})
         if dup:
             raise ConfigError(f"tasks with the same {what} {', '.join(dup)}: each run needs its own")
+    from cycleseg import runs
     from cycleseg.sweep import run_status
 
     slurm_dir = Path(folder) / "slurm"
@@ -196,6 +198,9 @@ def submit_sweep(tasks: Sequence[SlurmTask], folder: str | Path, partition: str 
                 outcome[task.name] = Submitted(task, "queued", job_id)
                 log(f"{task.name}: already in the queue as job {job_id} ({states.get(job_id, 'UNKNOWN')}), "
                     "not submitted again")
+            elif (holder := runs.run_in_use(task.run_dir)) is not None:  # never a second trainer on a run
+                outcome[task.name] = Submitted(task, "in use", job_id)
+                log(f"{task.name}: in use elsewhere, not submitted: {runs.RunInUse.describe(task.run_dir, holder)}")
             elif _done(task, run_status(Path(task.run_dir))):
                 outcome[task.name] = Submitted(task, "finished", job_id)
                 log(f"{task.name}: finished, skipped")
