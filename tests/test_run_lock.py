@@ -30,17 +30,20 @@ from cycleseg.errors import RunError
 from cycleseg.runs import LAST, LOCK, RunLock, load_checkpoint, run_in_use
 from cycleseg.sweep import EXIT_IN_USE, IN_USE, sweep_status
 from cycleseg.train import train
-from test_resume import CYCLEGAN_YAML, TINY, _cfg, assert_same_state
+from test_resume import CYCLEGAN_YAML, _cfg, assert_same_state
+from test_resume import TINY as RESUME_TINY
 
+# test_resume's run (a checkpoint after every iteration, Gaussian noise: the RNG matters) in 2 epochs, 8 iterations
+TINY = [*RESUME_TINY, "optim.epochs=2", "optim.decay_start_epoch=1"]
 WORKER = "import sys; from cycleseg.sweep import worker_main; sys.exit(worker_main(sys.argv[1:]))"
 HOLDER = {"pid": 4242, "host": "node7", "command": "cycleseg train --resume RUN", "since": "2026-12-02T10:00:00+0000"}
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_data, tmp_path_factory):
-    """test_resume's run (12 iterations), uninterrupted: its last.pt."""
+    """The run of TINY, uninterrupted: its last.pt."""
     out = tmp_path_factory.mktemp("reference")
-    train(_cfg(tiny_data), out)
+    train(_cfg(tiny_data, *TINY[len(RESUME_TINY):]), out)
     return load_checkpoint(out / LAST)
 
 
@@ -189,8 +192,8 @@ def _logged_step(run_dir: Path) -> int:
 
 
 def _start_trainer(out: Path, data: Path, *extra) -> subprocess.Popen:
-    """A trainer of test_resume's run (12 iterations, a checkpoint after each), stopped once it trained a step
-    (SIGSTOP: it keeps its lock, as a trainer busy in a long epoch does)."""
+    """A trainer of TINY's run (8 iterations, a checkpoint after each), returned once it trained a step; the
+    caller stops it (SIGSTOP: it keeps its lock, as a trainer busy in a long epoch does) or kills it."""
     proc = subprocess.Popen(_cli("train", CYCLEGAN_YAML, "--data", data, "--out", out, *TINY, *extra),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=THREADS)
     deadline = time.time() + 120

@@ -23,7 +23,7 @@ import torch
 
 from cycleseg.cli import main
 from cycleseg.errors import RunError
-from cycleseg.runs import LAST, METRICS, artifact, load_checkpoint, run_in_use
+from cycleseg.runs import LAST, METRICS, RunLock, artifact, load_checkpoint, run_in_use
 from cycleseg.slurm import (
     ENDED,
     SlurmTask,
@@ -222,6 +222,10 @@ def test_a_requeued_job_racing_a_resume_by_hand_trains_the_run_once(slurm_cluste
         assert job.result()["status_before"] == "interrupted", _log(job)
     assert _steps(run) == list(range(1, 17))  # trained once: no step twice, none lost
     assert json.loads((run / METRICS).read_text())["iterations"] == 16 and run_in_use(run) is None
+    _wait(lambda: set(job_states([job.job_id]).values()) <= ENDED, 30, "Slurm to see the job end")
+    with RunLock(run, "a resume by hand"):  # submitting while another process holds the run: nothing submitted
+        [again] = submit_sweep([task], folder, log=lambda text: None, **SUBMIT)
+    assert again.state == "in use" and again.job is None
 
 
 def _assert_same(a, b, where: str) -> None:
