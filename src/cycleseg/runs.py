@@ -51,7 +51,7 @@ from cycleseg.config import (
 )
 from cycleseg.data.cityscapes import CITYSCAPES
 from cycleseg.data.classes import ClassTable
-from cycleseg.errors import ConfigError, RunError
+from cycleseg.errors import ConfigError, RunError, UnsafeCheckpoint
 from cycleseg.models import Models, build_models
 from cycleseg.precision import FP32, Precision
 from cycleseg.version import __version__
@@ -305,11 +305,11 @@ def _refusal(path: Path, trust: bool) -> RunError:
     if not found:
         return RunError(f"{path}: not a readable checkpoint (UnpicklingError); it may be truncated or corrupt")
     if set(found) <= set(_V1_GLOBALS) and not trust:
-        return RunError(f"{path}: a checkpoint of cycleseg 0.1.0 (its RNG state is pickled NumPy data), not read "
+        return UnsafeCheckpoint(f"{path}: a checkpoint of cycleseg 0.1.0 (its RNG state is pickled NumPy data), not read "
                         f"unless you trust its source; if you do, rewrite it in the safe format with `cycleseg "
                         f"upgrade {path} --trust-checkpoint` (Python: trust=True)")
     names = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-    return RunError(f"{path}: refused: it holds pickled objects that no cycleseg checkpoint holds ({names}), which "
+    return UnsafeCheckpoint(f"{path}: refused: it holds pickled objects that no cycleseg checkpoint holds ({names}), which "
                     "could run code when loaded; delete it, or ask its sender for the run's checkpoints again")
 
 
@@ -333,9 +333,12 @@ def _require_plain(value: Any, where: str) -> None:
 
 
 def checkpoint_step(path: str | Path) -> int | None:
-    """The training step a checkpoint was saved at (memory-mapped: its tensors are not read)."""
+    """The training step a checkpoint was saved at (memory-mapped: its tensors are not read); None when it is
+    missing or unreadable. UnsafeCheckpoint when the safe load refuses it: that is never read as "no checkpoint"."""
     try:
         return load_checkpoint(path, mmap=True)["progress"]["step"]
+    except UnsafeCheckpoint:
+        raise
     except (RunError, KeyError):  # an unreadable file has no step; load_checkpoint reports why where it matters
         return None
 
