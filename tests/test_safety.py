@@ -267,3 +267,15 @@ def test_yaml_files_of_a_run_or_dataset_are_read_safely(tmp_path):
     with pytest.raises(DataError, match=r"classes\.yaml:1:10: not valid YAML"):
         load_classes(tmp_path / "classes.yaml")
     assert not marker.exists()
+
+
+def test_a_planted_symlink_never_redirects_a_write(tmp_path):
+    """A run folder may bring `eval_val.json.tmp -> ~/.bashrc`: the write replaces the link, not the file."""
+    victim = tmp_path / "victim"
+    victim.write_text("the user's file\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval_val.json.tmp").symlink_to(victim)
+    runs.write_json(run / "eval_val.json", {"miou": 1.0})
+    assert victim.read_text() == "the user's file\n"
+    assert runs.read_json(run / "eval_val.json") == {"miou": 1.0} and not (run / "eval_val.json.tmp").exists()

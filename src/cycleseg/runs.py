@@ -151,7 +151,10 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[BinaryIO], obje
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        if tmp.is_symlink():  # a shared run folder may bring one, pointing at a file of the user's: never write through
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with open(fd, "wb") as f:
             if callable(data):
                 data(f)
             else:
