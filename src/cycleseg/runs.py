@@ -151,7 +151,7 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[BinaryIO], obje
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        if tmp.is_symlink():  # a shared run folder may bring one, pointing at a file of the user's: never write through
+        if tmp.is_symlink():  # a shared run folder may bring one, pointing at a user's file: never write through it
             tmp.unlink()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
         with open(fd, "wb") as f:
@@ -308,12 +308,13 @@ def _refusal(path: Path, trust: bool) -> RunError:
     if not found:
         return RunError(f"{path}: not a readable checkpoint (UnpicklingError); it may be truncated or corrupt")
     if set(found) <= set(_V1_GLOBALS) and not trust:
-        return UnsafeCheckpoint(f"{path}: a checkpoint of cycleseg 0.1.0 (its RNG state is pickled NumPy data), not read "
-                        f"unless you trust its source; if you do, rewrite it in the safe format with `cycleseg "
-                        f"upgrade {path} --trust-checkpoint` (Python: trust=True)")
+        return UnsafeCheckpoint(f"{path}: a checkpoint of cycleseg 0.1.0 (its RNG state is pickled NumPy data), "
+                                f"not read unless you trust its source; if you do, rewrite it in the safe format "
+                                f"with `cycleseg upgrade {path} --trust-checkpoint` (Python: trust=True)")
     names = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-    return UnsafeCheckpoint(f"{path}: refused: it holds pickled objects that no cycleseg checkpoint holds ({names}), which "
-                    "could run code when loaded; delete it, or ask its sender for the run's checkpoints again")
+    return UnsafeCheckpoint(f"{path}: refused: it holds pickled objects that no cycleseg checkpoint holds ({names}), "
+                            "which could run code when loaded; delete it, or ask its sender for the run's checkpoints "
+                            "again")
 
 
 def _require_plain(value: Any, where: str) -> None:
