@@ -408,6 +408,11 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
         models.load_state_dict(state["models"])
     except (KeyError, RuntimeError, ConfigError) as e:
         raise RunError(f"{path}: checkpoint does not match its config ({_first_line(e)})") from None
+    classes = run_classes(run_dir)
+    if classes.num_classes != models.num_classes:  # a checkpoint copied in from another run
+        raise RunError(f"{path}: holds a model of {models.num_classes} classes, but the run's {CLASSES} has "
+                       f"{classes.num_classes}; this checkpoint comes from another run: copy that run's "
+                       f"{checkpoint} here or point at that run")
     return models.to(device).eval(), cfg
 
 

@@ -37,6 +37,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,6 +164,10 @@ def submit_sweep(tasks: Sequence[SlurmTask], folder: str | Path, partition: str 
         import submitit
     except ImportError:
         raise RunError("Slurm sweeps need submitit: pip install 'cycleseg[slurm]'") from None
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:  # submitit would stop with a traceback ('Could not detect "srun"')
+        raise RunError(f"--launcher slurm: no Slurm on this machine ({' and '.join(missing)} not found on PATH); "
+                       "submit from a Slurm login node, or use --launcher local")
     if gpus_per_run < 0 or cpus_per_run < 1 or max_parallel < 1:
         raise ConfigError(f"gpus_per_run {gpus_per_run}, cpus_per_run {cpus_per_run}, max_parallel {max_parallel}: "
                           "need gpus >= 0, cpus >= 1, max_parallel >= 1")

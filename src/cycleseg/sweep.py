@@ -31,7 +31,7 @@ import yaml
 
 from cycleseg import runs
 from cycleseg.config import RESUMABLE_KEYS, Config, config_from_dict, flat_items, load_config
-from cycleseg.errors import ConfigError, CycleSegError, Interrupted, RunError, user_message
+from cycleseg.errors import ConfigError, CycleSegError, DataError, Interrupted, RunError, user_message
 from cycleseg.monitor import StopSignals
 from cycleseg.runs import LAST, write_json
 
@@ -42,6 +42,7 @@ SWEEP_FILE = "sweep.json"
 LOCK_FILE = "sweep.lock"
 LOGS = "logs"  # SWEEP_DIR/logs/<config>[.seed<k>].log: the console output of each run started by the local launcher
 LAUNCHERS = ("inprocess", "local")
+MAX_SEEDS = 1000  # a larger --seeds is a typo, not a study: refused before any planning
 _SEED_DIR = re.compile(r"seed(\d+)")
 _WORKER = "import sys; from cycleseg.sweep import worker_main; sys.exit(worker_main(sys.argv[1:]))"
 
@@ -138,18 +139,15 @@ def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] =
         raise ConfigError(f"--launcher {launcher!r}: choose from {', '.join(LAUNCHERS)}")
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be at least 1")
-    if seeds is not None and seeds < 1:
-        raise ConfigError(f"--seeds {seeds}: must be at least 1")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads {threads}: must be at least 1")
     if launcher == "inprocess" and (jobs > 1 or gpus or threads):
         raise ConfigError("--jobs, --gpus and --threads need --launcher local (runs in subprocesses)")
     overrides = list(overrides)
-    if seeds is not None and any(o.partition("=")[0].strip() == "train.seed" for o in overrides):
-        raise ConfigError("--seeds sets train.seed of each run (0..N-1); drop the train.seed override")
     sweep_dir = Path(sweep_dir)
     entries = _ordered(find_configs(sources, only), overrides)
     extra = overrides + ([f"data.root={data_root}"] if data_root else [])
+    check_request(entries, extra, seeds)
     planned = _plan(entries, extra, sweep_dir, seeds)  # every config checked before any training
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise RunError(f"{sweep_dir}: exists and is not a folder; choose another --out")
@@ -189,6 +187,20 @@ def run_one(cfg: Config, run_dir: Path, sweep_dir: Path, retrain: bool, prefix: 
     log(f"{prefix} evaluating on val")
     evaluate_run(run_dir, cfg.data.root, "val", device=cfg.train.device, progress=cfg.train.progress)
     return status
+
+
+def check_request(entries: list[SweepEntry], overrides: list[str], seeds: int | None) -> None:
+    """What every launcher checks before planning (which loads every config once per seed): the number of seeds,
+    no train.seed override beside --seeds, and the first config's data folder (its data.root, or --data)."""
+    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"--seeds {seeds}: must be 1 to {MAX_SEEDS} (each seed trains every config once more)")
+    if seeds is not None and any(o.partition("=")[0].strip() == "train.seed" for o in overrides):
+        raise ConfigError("--seeds sets train.seed of each run (0..N-1); drop the train.seed override")
+    if entries:
+        root = Path(load_config(entries[0].config, overrides).data.root)
+        if not root.is_dir():
+            raise DataError(f"{root}: data folder not found; pass the dataset with --data (e.g. `cycleseg "
+                            "make-synthetic data/synthetic` first) or set data.root in the configs")
 
 
 def _plan(entries: list[SweepEntry], extra: list[str], sweep_dir: Path, seeds: int | None) -> list[_Job]:
