@@ -50,6 +50,7 @@ SUBCOMMAND_EXAMPLES = {
     "diagnose": ["cycleseg diagnose runs/demo/cyclegan --data data/synthetic --max-images 60",
                  "cycleseg diagnose runs/study/nonoise/seed0 --data data/synthetic-detail --along-training"],
     "export": ["cycleseg export runs/demo/quant2 --onnx g.onnx"],
+    "upgrade": ["cycleseg upgrade runs/q2", "cycleseg upgrade runs/ --trust-checkpoint"],
 }
 
 
@@ -349,6 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="ONNX file to write")
     p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR (default last.pt)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
+
+    p = sub.add_parser(
+        parents=[quiet], name="upgrade", help="rewrite checkpoints of cycleseg 0.1.0 in the safe format",
+        description="Checkpoints are read without unpickling anything but tensors and plain data, so a shared run "
+                    "never runs code. A last.pt of cycleseg 0.1.0 keeps NumPy's RNG state as a pickled array, which "
+                    "that safe load refuses: with --trust-checkpoint this command reads such files (NumPy's array "
+                    "and nothing else beyond the safe set: a planted object is refused even then) and rewrites "
+                    "them in the safe format, atomically, with the same contents (a resume stays bit-identical). "
+                    "A folder: every *.pt below it. Exit code 0: every file is in the safe format; 1: some were "
+                    "not rewritten (each named on stderr).")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH|RUN_DIR",
+                   help="checkpoint files, run folders or sweep folders")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="read 0.1.0 checkpoints (pickled NumPy arrays): only for files from a source you trust")
     for name, subparser in sub.choices.items():
         _with_examples(subparser, name)
     return parser
@@ -740,12 +755,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from cycleseg.runs import upgrade_checkpoint
+
+    files: list[Path] = []
+    for path in args.paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.pt") if p.is_file())
+            if not found:
+                raise RunError(f"{path}: no checkpoints (*.pt) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise RunError(f"{path}: no such checkpoint file or folder")
+    failed = 0
+    for path in files:
+        try:
+            rewritten = upgrade_checkpoint(path, trust=args.trust_checkpoint)
+        except RunError as e:
+            failed += 1
+            print(f"cycleseg upgrade: {_one_line(e)}", file=sys.stderr)
+            continue
+        print(f"{path}: {'rewritten in the safe format' if rewritten else 'already in the safe format'}")
+    if failed:
+        print(f"cycleseg upgrade: {failed} of {len(files)} checkpoints not rewritten (see above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
 COMMANDS = {"make-synthetic": cmd_make_synthetic, "train": cmd_train, "evaluate": cmd_evaluate,
             "table": cmd_table, "calibrate": cmd_calibrate, "sweep": cmd_sweep, "sweep-status": cmd_sweep_status,
             "report": cmd_report,
             "diagnose": cmd_diagnose, "check-data": cmd_check_data, "prepare": cmd_prepare, "predict": cmd_predict,
             "segment": cmd_segment,
-            "export": cmd_export}
+            "export": cmd_export, "upgrade": cmd_upgrade}
 
 
 def _parse_size(text: str) -> tuple[int, int]:
