@@ -8,15 +8,16 @@ DATA   := data/synthetic
 RUNS   := runs/demo
 DEMO_RUNS := erfnet cyclegan quant2
 
-.PHONY: setup demo sweep-demo study semi-study mechanism test test-fast lint clean slurm-deps
+.PHONY: setup demo sweep-demo study semi-study mechanism test test-fast test-deps slurm-deps lint docs docs-serve clean
 
 setup: $(STAMP)
 
 # torch first, pinned: the CPU wheel of 2.13.0 is on local disk; an unpinned torch would pull CUDA builds.
+# The docs extra too: tests/test_docs.py builds the site.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 $(DATA)/leftImg8bit: | $(STAMP)
@@ -86,13 +87,16 @@ mechanism: $(STAMP)
 	    OMP_NUM_THREADS=1 $(BIN)/cycleseg diagnose RUN --data $(MECH_DATA) --quiet > /dev/null || exit 255' RUN
 	$(BIN)/cycleseg report runs/mechanism --data $(MECH_DATA)
 
-test: $(STAMP) slurm-deps
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q
 
-# The Debian packages of the Slurm tests (tests/test_slurm.py start a one-node cluster), when missing; needs root.
-# CYCLESEG_NO_SLURM=1 skips the install and the Slurm tests (machines without apt).
+# The Debian packages of the Slurm tests (a one-node cluster) and the browser tests (Chromium), when missing.
+# Where they cannot be installed (not root, no apt-get) it says in one line which tests skip and goes on.
+# CYCLESEG_NO_SLURM=1 / CYCLESEG_NO_BROWSER=1 leave a group out.
+test-deps:
+	@tests/install-deps.sh
 slurm-deps:
-	@tests/slurm/install-deps.sh
+	@tests/install-deps.sh slurm
 
 # The fast tier (under a minute on 2 cores): everything but the tests marked slow.
 test-fast: $(STAMP)
@@ -101,6 +105,12 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, anchor or API reference.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
 	rm -rf $(VENV) $(DATA) $(STUDY_DATA) $(MECH_DATA) $(RUNS) runs/sweep-demo runs/study runs/semi-study runs/mechanism \
-	  build src/*.egg-info
+	  build site src/*.egg-info

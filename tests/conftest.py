@@ -1,6 +1,7 @@
 """Shared fixtures, made once per session: a tiny synthetic dataset in the Cityscapes layout, and a cycle run
 trained on it."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,10 @@ import torch
 
 from cycleseg.data.synthetic import make_synthetic
 
-torch.set_num_threads(2)
+# Two threads, or fewer when the tests are pinned to fewer cores (`taskset -c 1 make test` beside a study on core 0):
+# more threads than cores makes OpenMP spin and the tests crawl.
+torch.set_num_threads(max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else os.cpu_count() or 1)))
 
 # Slow tests of test files that are being rewritten by others right now: marked here rather than in the file
 # (move them into the file as @pytest.mark.slow when convenient). A renamed test is simply no longer marked.

@@ -6,9 +6,10 @@ tests/slurm/slurm-down.sh cancels the cluster's jobs and stops exactly those PID
 cluster's environment and puts SLURM_CONF into os.environ meanwhile (submitit calls sbatch, squeue, sacct and
 scancel, and the jobs inherit it).
 
-Where the cluster cannot start (not root, packages missing: `make slurm-deps`) the tests that use it FAIL,
-naming the reason; CYCLESEG_NO_SLURM=1 skips them instead (machines without apt). KEEP_SLURM_DIR=1 keeps the
-cluster's folder, with the daemons' logs in log/, after the session.
+Where the packages are missing the rule of tests/system_deps.py applies: they skip with one line where they
+cannot be installed (not root, no apt-get), and fail naming `make test-deps` where they could have been;
+CYCLESEG_NO_SLURM=1 skips them. KEEP_SLURM_DIR=1 keeps the cluster's folder, with the daemons' logs in log/,
+after the session.
 """
 
 from __future__ import annotations
@@ -23,21 +24,27 @@ from pathlib import Path
 
 import pytest
 
+from system_deps import decide
+
 SCRIPTS = Path(__file__).resolve().parent / "slurm"
 PROGRAMS = ("munged", "mungekey", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch", "squeue", "sacct",
             "scancel", "scontrol", "sacctmgr", "sinfo")
 SBIN = "/usr/sbin:/sbin"
 
 
+PACKAGES = "slurmctld slurmd slurm-client munge slurmdbd mariadb-server-core"
+
+
 def _why_not() -> str | None:
-    """Why a cluster cannot start here, or None."""
-    if os.geteuid() != 0:
-        return "the Slurm tests need root (slurmd starts the jobs)"
-    path = f"{os.environ.get('PATH', '')}:{SBIN}"
-    missing = [p for p in PROGRAMS if shutil.which(p, path=path) is None]
-    if missing:
-        return f"{', '.join(missing)} not installed: run `make slurm-deps` (apt-get install slurmctld slurmd " \
-               "slurm-client munge slurmdbd mariadb-server-core)"
+    """Why a cluster cannot start here, or None; skips the test where the packages cannot be installed."""
+    missing = [p for p in PROGRAMS if shutil.which(p, path=f"{os.environ.get('PATH', '')}:{SBIN}") is None]
+    verdict = decide("slurm", "the Slurm tests", missing, PACKAGES)
+    if verdict:
+        if verdict[0] == "skip":
+            pytest.skip(verdict[1])
+        return verdict[1]
+    if os.geteuid() != 0:  # installed, but slurmd starts the jobs as root
+        pytest.skip("the Slurm tests skipped: they need root (slurmd starts the jobs); run make test as root")
     try:
         import submitit  # noqa: F401
     except ImportError:
@@ -77,11 +84,9 @@ def _log_tails(text: str) -> str:
 def slurm_cluster():
     """{"SLURM_CONF", "SLURM_TEST_DIR", "start_s"} of a running one-node cluster (partition `debug`, all CPUs
     of this machine, accounting on); stopped at the end of the session."""
-    if os.environ.get("CYCLESEG_NO_SLURM", "0") not in ("", "0"):
-        pytest.skip("CYCLESEG_NO_SLURM is set: the Slurm tests are left out")
     reason = _why_not()
     if reason:
-        pytest.fail(f"cannot start a Slurm cluster: {reason} (CYCLESEG_NO_SLURM=1 skips these tests)", pytrace=False)
+        pytest.fail(f"cannot start a Slurm cluster: {reason}", pytrace=False)
     env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}:{SBIN}", "SLURM_TEST_PORT_BASE": str(_port_base()),
            "SLURM_TEST_CRED_EXPIRE": "5", "WITH_DBD": "1"}
     start = time.monotonic()

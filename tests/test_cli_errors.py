@@ -348,3 +348,31 @@ def test_calibrate_takes_the_noise_after_its_options(trained_cycle_run, tiny_dat
     """`calibrate RUN --data D kind=quantize bits=1`, as the README writes it."""
     assert main(["calibrate", str(trained_cycle_run), "--data", str(tiny_data), "kind=quantize", "bits=1"]) == 0
     assert "kind=quantize, bits=1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("launcher", ["inprocess", "slurm"])
+def test_sweep_checks_seeds_and_data_before_planning(launcher, tmp_path):
+    """Issue 23's escapes: --seeds 1000000 with a missing --data was planned run by run (~100 minutes to the error)."""
+    import time
+
+    out, missing = tmp_path / "sweep", tmp_path / "no-data"
+    start = time.monotonic()
+    result = run_cli("sweep", "configs/paper", "--out", out, "--data", missing, "--seeds", "1000000",
+                     "--launcher", launcher)
+    assert_one_line_error(result, "--seeds 1000000", "1 to 1000")
+    result = run_cli("sweep", "configs/paper", "--out", out, "--data", missing, "--seeds", "3",
+                     "--launcher", launcher)
+    assert_one_line_error(result, str(missing), "data folder not found", "--data")
+    assert time.monotonic() - start < 20 and not out.exists()  # nothing planned, nothing written
+
+
+def test_sweep_on_slurm_without_slurm_is_one_line(tiny_data, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # submitit is installed, sbatch and srun are not
+    out = tmp_path / "sweep"
+    result = run_cli("sweep", "configs/paper", "--only", "nonoise", "--out", out, "--data", tiny_data,
+                     "--launcher", "slurm")
+    assert_one_line_error(result, "no Slurm on this machine", "sbatch and srun not found", "--launcher local")
+    assert not (out / "slurm").exists()

@@ -77,6 +77,18 @@ def test_classes_yaml_errors_name_the_file(tmp_path, text, message):
     assert str(e.value).startswith(str(path)) and message in str(e.value)
 
 
+def test_classes_yaml_not_utf8_is_one_line_naming_the_file(camvid, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(camvid, root)
+    table = (root / "classes.yaml").read_text().replace("name: sky", "name: ciel bleu \u00e9t\u00e9")
+    (root / "classes.yaml").write_bytes(table.encode("latin-1"))  # a Windows editor's default, not UTF-8
+    with pytest.raises(DataError, match="not UTF-8 text .*save the file as UTF-8"):
+        load_classes(root / "classes.yaml")
+    assert main(["check-data", str(root)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(root / "classes.yaml") in err[0] and "UTF-8" in err[0], err
+
+
 def test_check_data_names_an_unknown_label_value_and_an_unpaired_image(camvid, tmp_path, capsys):
     root = tmp_path / "data"
     shutil.copytree(camvid, root)

@@ -14,7 +14,7 @@ import torch
 from cycleseg import runs
 from cycleseg.cli import main
 from cycleseg.data import list_samples
-from cycleseg.runs import LAST, load_checkpoint
+from cycleseg.runs import LAST, LOCK, load_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PLAIN = str(CONFIGS / "erfnet.yaml")
@@ -63,13 +63,14 @@ def test_overwrite_removes_every_artifact_of_the_old_run(tiny_data, cycle_run, c
 
 
 def test_a_failed_data_check_writes_nothing(tiny_data, cycle_run, tmp_path, capsys):
-    before = {p.name: p.stat().st_mtime_ns for p in cycle_run.iterdir() if p.is_file()}
+    before = {p.name: p.stat().st_mtime_ns for p in cycle_run.iterdir() if p.is_file() and p.name != LOCK}
     broken = tmp_path / "broken"
     shutil.copytree(tiny_data, broken)
     next((broken / "gtFine" / "val").rglob("*_labelIds.png")).unlink()
     assert _train(broken, cycle_run, PLAIN, "--overwrite") == 2
     assert "has no label" in _one_error_line(capsys)
-    assert {p.name: p.stat().st_mtime_ns for p in cycle_run.iterdir() if p.is_file()} == before
+    # (the lock file names its last holder: this train, which held the run while it checked the data)
+    assert {p.name: p.stat().st_mtime_ns for p in cycle_run.iterdir() if p.is_file() and p.name != LOCK} == before
     # nor without --overwrite into a new folder
     assert _train(broken, tmp_path / "new", PLAIN) == 2
     assert not (tmp_path / "new").exists()

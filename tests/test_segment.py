@@ -111,3 +111,23 @@ def test_segment_cli_errors_are_one_line(trained_cycle_run, photos, tmp_path, ca
         code = main(["segment", str(trained_cycle_run), *inputs, "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code != 0 and len(err) == 1 and message in err[0], (inputs, err)
+
+
+def test_a_checkpoint_from_a_run_of_other_classes_is_one_line(trained_cycle_run, photos, tmp_path, capsys):
+    """A 12-class run whose best.pt was copied in from a 20-class run: refused naming the file (was IndexError)."""
+    import shutil
+
+    from cycleseg.data.classes import load_classes
+    from cycleseg.data.synthetic import make_synthetic
+    from cycleseg.runs import write_yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_cycle_run, run)
+    camvid = make_synthetic(tmp_path / "camvid", num_train=1, num_val=0, size=(32, 64), fmt="folder")["root"]
+    write_yaml(run / "classes.yaml", load_classes(f"{camvid}/classes.yaml").to_dict())  # the run's: 11 + void
+    code = main(["segment", str(run), str(photos / "wide.jpg"), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and str(run / "best.pt") in err[0] and "20 classes" in err[0], err
+    with pytest.raises(RunError, match="12"):
+        cycleseg.load(run)
+    assert not (tmp_path / "o").exists()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import torch
 
 from cycleseg.cli import main
 from cycleseg.errors import RunError
-from cycleseg.runs import LAST, METRICS, artifact, load_checkpoint
+from cycleseg.runs import LAST, METRICS, RunLock, artifact, load_checkpoint, run_in_use
 from cycleseg.slurm import (
     ENDED,
     SlurmTask,
@@ -181,6 +183,49 @@ def test_cancelled_run_is_reported_and_finishes_when_submitted_again(sweep, tiny
     longer = dataclasses.replace(tasks[2], overrides=(*tasks[2].overrides, "optim.epochs=3"))
     with pytest.raises(RunError, match="made with optim.epochs=2, the sweep now asks for 3"):
         submit_sweep([longer], folder, log=lambda text: None, **SUBMIT)  # refused before anything is submitted
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_requeued_job_racing_a_resume_by_hand_trains_the_run_once(slurm_cluster, tiny_data, tmp_path):
+    """A preempted run: while Slurm requeues its job, the user continues it by hand (`train --resume`). The run's
+    lock lets one of them train; the other is refused with one line naming the holder. Whoever takes the lock
+    first is stopped (SIGSTOP, keeping the lock) until the other has been refused, so both orders are decided."""
+    folder = tmp_path / "race"
+    [task] = sweep_tasks([DEMO / "quant2.yaml"], folder, TINY, data_root=tiny_data)
+    [submitted] = submit_sweep([task], folder, log=lambda text: None, **SUBMIT)
+    job, run, logs = submitted.job, Path(task.run_dir), folder / "slurm"
+    _wait(lambda: len(_steps(run)) >= 3, 90, "the job to train", logs)
+    first = run_in_use(run)["pid"]  # the job's training process
+    for sig in ("SIGTERM", "SIGUSR2"):  # a preemption: last.pt saved, the job requeued
+        _signal(job.job_id, sig)
+    _wait(lambda: (run_in_use(run) or {}).get("pid") != first, 60, "the job's training process to stop", logs)
+    hand = subprocess.Popen([sys.executable, "-m", "cycleseg.cli", "train", "--resume", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait(lambda: run_in_use(run) or hand.poll() is not None, 120, "the resume or the requeued job to take the run",
+          logs)
+    holder = run_in_use(run) or {}
+    if holder.get("pid") == hand.pid:  # the hand won: it waits (stopped) until the requeued job was refused
+        hand.send_signal(signal.SIGSTOP)
+        _wait(job.done, 150, "the requeued job to be refused", logs)
+        hand.send_signal(signal.SIGCONT)
+        _, err = hand.communicate(timeout=120)
+        assert hand.returncode == 0, err
+        assert f"{run}: in use by `cycleseg train --resume {run}` (pid {hand.pid}" in _log(job), _log(job)
+        with pytest.raises(Exception, match="in use elsewhere"):
+            job.result()
+    else:  # the requeued job won: the hand is refused at once, the job trains and evaluates the run
+        _, err = hand.communicate(timeout=120)
+        assert hand.returncode == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"{run}: in use by `Slurm job {job.job_id}: quant2`" in err, err
+        _wait(job.done, 150, "the requeued job to end", logs)
+        assert job.result()["status_before"] == "interrupted", _log(job)
+    assert _steps(run) == list(range(1, 17))  # trained once: no step twice, none lost
+    assert json.loads((run / METRICS).read_text())["iterations"] == 16 and run_in_use(run) is None
+    _wait(lambda: set(job_states([job.job_id]).values()) <= ENDED, 30, "Slurm to see the job end")
+    with RunLock(run, "a resume by hand"):  # submitting while another process holds the run: nothing submitted
+        [again] = submit_sweep([task], folder, log=lambda text: None, **SUBMIT)
+    assert again.state == "in use" and again.job is None
 
 
 def _assert_same(a, b, where: str) -> None:

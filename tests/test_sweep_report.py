@@ -21,6 +21,7 @@ from cycleseg.errors import ConfigError, RunError
 from cycleseg.evaluate import load_run
 from cycleseg.report import build_report, collect_runs, load_paper_table, table2_key, table2_rows
 from cycleseg.sweep import find_configs
+from system_deps import chromium_command
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
 TINY = ["data.height=32", "data.width=64", "optim.batch_size=2", "optim.epochs=4", "optim.decay_start_epoch=2",
@@ -224,17 +225,12 @@ def test_calibrate_needs_a_noise(interrupted_sweep, tiny_data):
         calibrate_run(interrupted_sweep["out"] / "b_nonoise", tiny_data, device="cpu")
 
 
-def _chromium() -> str | None:
-    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (apt install chromium)")
 @pytest.mark.slow  # the interrupted sweep: 3 runs, 2 processes
 def test_html_report_renders_in_a_headless_browser(interrupted_sweep, tmp_path):
+    browser = chromium_command(tmp_path / "profile")  # skips where Chromium cannot be installed (system_deps)
     out = interrupted_sweep["out"]
     build_report(out)
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (out / "report.html").as_uri()]
+    cmd = [*browser, "--virtual-time-budget=10000", "--dump-dom", (out / "report.html").as_uri()]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'data-images="5/5"' in result.stdout  # every embedded figure decoded by the browser

@@ -225,21 +225,21 @@ def test_sweep_refuses_before_training(tmp_path, tiny_data):
     with pytest.raises(ConfigError, match="--seeds sets train.seed"):
         sweep.run_sweep([configs], out, ["train.seed=3"], seeds=2)
     with pytest.raises(ConfigError, match="need --launcher local"):
-        sweep.run_sweep([configs], out, jobs=2)
+        sweep.run_sweep([configs], out, jobs=2, data_root=str(tiny_data))
     _fake_run(out / "nonoise", "nonoise", None, 1.0)  # a sweep without seeds ...
     with pytest.raises(RunError, match="holds a run made without --seeds"):
-        sweep.run_sweep([configs], out, seeds=2)
+        sweep.run_sweep([configs], out, seeds=2, data_root=str(tiny_data))
     seeded = tmp_path / "seeded"
     _fake_run(seeded / "nonoise" / "seed0", "nonoise", 0, 1.0)  # ... and one with
     with pytest.raises(RunError, match="pass --seeds again"):
-        sweep.run_sweep([configs], seeded)
+        sweep.run_sweep([configs], seeded, data_root=str(tiny_data))
     (seeded / "sweep.json").write_text(json.dumps({"state": {"nonoise/seed0": {
         "state": "running", "pid": os.getppid(), "host": socket.gethostname()}}}))  # a child left by a killed sweep
     with pytest.raises(RunError, match=f"still being trained by process {os.getppid()} of an earlier sweep"):
-        sweep.run_sweep([configs], seeded, seeds=1)
+        sweep.run_sweep([configs], seeded, seeds=1, data_root=str(tiny_data))
     (seeded / "sweep.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
     with pytest.raises(RunError, match=f"another sweep \\(pid {os.getppid()}\\) is running"):
-        sweep.run_sweep([configs], seeded, seeds=1)
+        sweep.run_sweep([configs], seeded, seeds=1, data_root=str(tiny_data))
 
 
 def test_a_failing_run_of_the_local_launcher_is_reported(tmp_path, tiny_data, capsys):

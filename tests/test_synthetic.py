@@ -89,3 +89,25 @@ def test_colour_spread_one_is_the_default_city(tmp_path):
     make_synthetic(tmp_path / "b", num_train=2, num_val=1, size=(32, 64), seed=3, colour_spread=1.0)
     make_synthetic(tmp_path / "c", num_train=2, num_val=1, size=(32, 64), seed=3, colour_spread=3.0)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(tmp_path / "c")
+
+
+def test_refuses_a_folder_holding_a_users_dataset(tmp_path, capsys):
+    from cycleseg.cli import main
+
+    own = tmp_path / "mine"
+    (own / "images" / "train").mkdir(parents=True)
+    (own / "classes.yaml").write_text("classes: [my own]\n")
+    (own / "images" / "train" / "a.jpg").write_bytes(b"my photo")
+    before = {p: p.read_bytes() for p in own.rglob("*") if p.is_file()}
+    assert main(["make-synthetic", str(own), "--format", "folder", "--train", "2", "--val", "1",
+                 "--size", "64x32", "--quiet"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(own) in err[0] and "--overwrite" in err[0], err
+    assert {p: p.read_bytes() for p in own.rglob("*") if p.is_file()} == before  # nothing written
+    # its own folder it writes again (the Makefile regenerates data), and --overwrite writes over the user's
+    ours = tmp_path / "ours"
+    for _ in range(2):
+        assert main(["make-synthetic", str(ours), "--train", "2", "--val", "1", "--size", "64x32", "--quiet"]) == 0
+    assert main(["make-synthetic", str(own), "--format", "folder", "--train", "2", "--val", "1",
+                 "--size", "64x32", "--quiet", "--overwrite"]) == 0
+    assert (own / "labels" / "train").is_dir()

@@ -18,11 +18,14 @@ if TYPE_CHECKING:
 __all__ = ["__version__", "load"]
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", precision: str = "auto") -> Segmenter:
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", precision: str = "auto",
+         trust: bool = False) -> Segmenter:
     """A trained run as a segmenter: `cycleseg.load(run_dir).segment(image)` -> (H, W) class indices.
+
+    Reads tensors and plain data only, never code; `trust=True` also reads a checkpoint of cycleseg 0.1.0.
 
     See `cycleseg.segment` (imported here on first use, so that `import cycleseg` stays light).
     """
     from cycleseg.segment import load as _load
 
-    return _load(run_dir, checkpoint, device, precision)
+    return _load(run_dir, checkpoint, device, precision, trust=trust)

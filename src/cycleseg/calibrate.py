@@ -25,7 +25,7 @@ from cycleseg.errors import ConfigError, RunError
 from cycleseg.metrics import snr_db
 from cycleseg.models import resolve_device
 from cycleseg.noise import NoiseInjection
-from cycleseg.runs import LAST, artifact, load_run, read_json, seeded_inference, write_json
+from cycleseg.runs import LAST, artifact, load_run, read_json, seeded_inference, write_json, writes_into_run
 
 __all__ = ["calibrate_run", "calibration_path", "measure_snr", "resolve_snr_from"]
 
@@ -48,6 +48,7 @@ def measure_snr(G: torch.nn.Module, noise: NoiseInjection, batches: Iterable[tup
     return torch.cat(values) if values else torch.empty(0)
 
 
+@writes_into_run(lambda a: not a["noise_overrides"])  # another noise is measured, not written
 def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                   noise_overrides: list[str] = (), checkpoint: str = LAST, progress: bool = False) -> dict[str, Any]:
     """Measure the mean per-image SNR of a run's noise (or of `noise_overrides`) on `split`, opened as every

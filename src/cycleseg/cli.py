@@ -23,6 +23,53 @@ examples:
 """
 
 
+# Each subcommand's --help ends with these (tests/test_docs.py checks that every subcommand has them and that they
+# parse). Paths are those of the quick start (make demo) and docs/guide/.
+SUBCOMMAND_EXAMPLES = {
+    "make-synthetic": ["cycleseg make-synthetic data/synthetic",
+                       "cycleseg make-synthetic data/camvid-like --format folder --train 40 --val 10"],
+    "train": ["cycleseg train configs/demo/quant2.yaml --data data/synthetic --out runs/q2",
+              ("cycleseg train configs/cyclegan.yaml --data data/synthetic --out runs/g7 noise.kind=gaussian "
+               "noise.snr_db=7.38"),
+              "cycleseg train --resume runs/q2"],
+    "evaluate": ["cycleseg evaluate runs/demo/quant2 --data data/synthetic",
+                 "cycleseg evaluate runs/q2 --data /data/cityscapes --checkpoint best.pt --official --full-res"],
+    "check-data": ["cycleseg check-data data/synthetic", "cycleseg check-data /data/cityscapes --fast"],
+    "prepare": ["cycleseg prepare /data/cityscapes --size 512x256", "cycleseg prepare data/synthetic --size 64x32"],
+    "segment": ["cycleseg segment runs/demo/quant2 photos/ --out segmented",
+                "cycleseg segment runs/demo/quant2 street.jpg --out segmented --reconstruction"],
+    "predict": ["cycleseg predict runs/q2 --data /data/cityscapes --split test --out preds/q2-test"],
+    "table": ["cycleseg table runs/demo/erfnet runs/demo/cyclegan runs/demo/quant2", "cycleseg table runs/sweep"],
+    "calibrate": ["cycleseg calibrate runs/demo/quant2 --data data/synthetic",
+                  "cycleseg calibrate runs/demo/cyclegan --data data/synthetic kind=quantize bits=1"],
+    "sweep": [("cycleseg sweep configs/paper --data data/synthetic --out runs/sweep --only plain,nonoise,quant2 \\\n"
+               "      data.height=64 data.width=128 optim.epochs=4 optim.decay_start_epoch=2"),
+              "cycleseg sweep configs/paper --data data/synthetic --out runs/sweep --seeds 3 --launcher local --jobs 2"],
+    "sweep-status": ["cycleseg sweep status runs/sweep", "cycleseg sweep status runs/sweep --json"],
+    "report": ["cycleseg report runs/sweep", "cycleseg report runs/sweep --runs plain,nonoise,quant2 --examples 5"],
+    "diagnose": ["cycleseg diagnose runs/demo/cyclegan --data data/synthetic --max-images 60",
+                 "cycleseg diagnose runs/study/nonoise/seed0 --data data/synthetic-detail --along-training"],
+    "export": ["cycleseg export runs/demo/quant2 --onnx g.onnx"],
+    "upgrade": ["cycleseg upgrade runs/q2", "cycleseg upgrade runs/ --trust-checkpoint"],
+}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps a one-paragraph description to the terminal; keeps text with its own line breaks (examples) as is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
+def _with_examples(parser: argparse.ArgumentParser, name: str) -> None:
+    """Append the subcommand's examples to its --help, after what its epilog already says."""
+    lines = "\n".join(f"  {e}" for e in SUBCOMMAND_EXAMPLES[name])
+    parser.epilog = (parser.epilog + "\n\n" if parser.epilog else "") + f"examples:\n{lines}"
+    parser.formatter_class = _Formatter
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors that point at --help."""
 
@@ -50,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-synthetic", parents=[quiet], help="generate the synthetic 'toy city' dataset in the Cityscapes layout",
                        description="Write procedural street scenes with real Cityscapes labelIds into OUT, in "
                                    "the Cityscapes folder layout (leftImg8bit/, gtFine/), train and val splits.")
-    p.add_argument("out", type=Path, help="output folder (created)")
+    p.add_argument("out", type=Path, help="output folder (created; a folder holding other files is refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into OUT even when it holds files that make-synthetic did not write")
     p.add_argument("--train", type=int, default=240, help="number of training images (default 240)")
     p.add_argument("--val", type=int, default=60, help="number of validation images (default 60)")
     p.add_argument("--size", default="256x128", help="image size WIDTHxHEIGHT (default 256x128)")
@@ -211,14 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and starts the rest. KEY=VALUE overrides apply to every config. Runs go one after another in "
                     "this process, or with --launcher local --jobs N, N at once in subprocesses (console output "
                     "in SWEEP_DIR/logs/). `cycleseg sweep status SWEEP_DIR` (the same as `cycleseg sweep-status "
-                    "SWEEP_DIR`) shows where every run stands; a config folder named status: write ./status.",
-        epilog="examples:\n  a quick look at a reduced protocol:\n    cycleseg sweep configs/paper --data data/synthetic "
-               "--out runs/sweep --only plain,nonoise,quant2 \\\n      data.height=64 data.width=128 "
-               "optim.epochs=4 optim.decay_start_epoch=2\n"
-               "  3 seeds per config, 2 runs at once, then where they stand:\n"
-               "    cycleseg sweep configs/paper --data data/synthetic --out runs/sweep --seeds 3 --launcher local "
-               "--jobs 2\n    cycleseg sweep status runs/sweep",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "SWEEP_DIR`) shows where every run stands; a config folder named status: write ./status.")
     p.add_argument("configs", type=Path, nargs="+", help="config folders or YAML files")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every config, e.g. optim.epochs=4")
     p.add_argument("--out", type=Path, required=True, help="sweep folder (one run directory per config)")
@@ -234,8 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=["inprocess", "local", "slurm"], default=None,
                    help="inprocess (default): one run after another in this process; local: each run in its own "
                         "subprocess, --jobs at once (implied by --jobs > 1 or --gpus); slurm: one Slurm job array "
-                        "through submitit, one task per run, requeued on preemption (README 'Sweeps on a Slurm "
-                        "cluster')")
+                        "through submitit, one task per run, requeued on preemption (docs/guide/slurm-multi-gpu.md)")
     p.add_argument("--jobs", type=int, metavar="N",
                    help="with --launcher local: runs at once (default 1, or the number of --gpus), each with CPU "
                         "cores // N torch threads; the rest wait in the queue")
@@ -287,9 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "     power spectrum beside the image's;\n"
                     "  4. pictures: the residuals amplified to full range, and F's outputs.\n"
                     "Writes RUN_DIR/diagnose_<split>.json, RUN_DIR/diagnose_<split>.md and figures in\n"
-                    "RUN_DIR/diagnose_<split>/.",
-        epilog="example:\n  cycleseg diagnose runs/demo/cyclegan --data data/synthetic --max-images 60",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "RUN_DIR/diagnose_<split>/.")
     p.add_argument("run_dir", type=Path, help="the --out folder of `cycleseg train` (a cycle model)")
     p.add_argument("--data", type=Path, required=True, help="Cityscapes-layout data folder")
     p.add_argument("--split", default="val", choices=["train", "val"], help="split to diagnose (default val)")
@@ -332,6 +371,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="ONNX file to write")
     p.add_argument("--checkpoint", default="last.pt", help="checkpoint file in RUN_DIR (default last.pt)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
+
+    p = sub.add_parser(
+        parents=[quiet], name="upgrade", help="rewrite checkpoints of cycleseg 0.1.0 in the safe format",
+        description="Checkpoints are read without unpickling anything but tensors and plain data, so a shared run "
+                    "never runs code. A last.pt of cycleseg 0.1.0 keeps NumPy's RNG state as a pickled array, which "
+                    "that safe load refuses: with --trust-checkpoint this command reads such files (NumPy's array "
+                    "and nothing else beyond the safe set: a planted object is refused even then) and rewrites "
+                    "them in the safe format, atomically, with the same contents (a resume stays bit-identical). "
+                    "A folder: every *.pt below it. Exit code 0: every file is in the safe format; 1: some were "
+                    "not rewritten (each named on stderr).")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH|RUN_DIR",
+                   help="checkpoint files, run folders or sweep folders")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="read 0.1.0 checkpoints (pickled NumPy arrays): only for files from a source you trust")
+    for name, subparser in sub.choices.items():
+        _with_examples(subparser, name)
     return parser
 
 
@@ -384,7 +439,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
         raise ConfigError(f"--colour-spread {args.colour_spread}: must be a finite number >= 0 (1 = the default city)")
     summary = make_synthetic(args.out, num_train=args.train, num_val=args.val, size=(height, width), seed=args.seed,
                              progress=_progress(args), fmt=args.format, colour_spread=args.colour_spread,
-                             scene=args.scene, colour_mode=args.colour_mode)
+                             overwrite=args.overwrite, scene=args.scene, colour_mode=args.colour_mode)
     print(f"wrote {summary.get('train', args.train)} train and {summary.get('val', args.val)} val images "
           f"of {width}x{height} to {args.out}")
     return 0
@@ -624,17 +679,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _submit_to_slurm(args: argparse.Namespace, only: list[str] | None) -> int:
     """`sweep --launcher slurm`: one job array of the runs not finished nor queued yet; returns at once."""
     from cycleseg.slurm import submit_sweep, sweep_tasks
-    from cycleseg.sweep import find_configs
+    from cycleseg.sweep import check_request, find_configs
 
-    if args.seeds is not None and args.seeds < 1:
-        raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
-    tasks = sweep_tasks(find_configs(args.configs, only), args.out, args.overrides,
+    entries = find_configs(args.configs, only)
+    check_request(entries, args.overrides + ([f"data.root={args.data.absolute()}"] if args.data else []), args.seeds)
+    tasks = sweep_tasks(entries, args.out, args.overrides,
                         data_root=args.data, seeds=range(args.seeds) if args.seeds else None, retrain=args.retrain)
     done = submit_sweep(tasks, args.out, partition=args.partition, gpus_per_run=args.gpus_per_run,
                         cpus_per_run=args.cpus_per_run, time=args.time, max_parallel=args.max_parallel)
     submitted = sum(s.state == "submitted" for s in done)
-    print(f"{submitted} of {len(tasks)} runs submitted to Slurm (the rest finished or already queued); follow them "
-          f"with `cycleseg sweep status {args.out}`, logs in {args.out}/slurm/")
+    print(f"{submitted} of {len(tasks)} runs submitted to Slurm (the rest finished, already queued or in use "
+          f"elsewhere); follow them with `cycleseg sweep status {args.out}`, logs in {args.out}/slurm/")
     return 0
 
 
@@ -740,12 +795,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from cycleseg.runs import upgrade_checkpoint
+
+    files: list[Path] = []
+    for path in args.paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.pt") if p.is_file())
+            if not found:
+                raise RunError(f"{path}: no checkpoints (*.pt) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise RunError(f"{path}: no such checkpoint file or folder")
+    failed = 0
+    for path in files:
+        try:
+            rewritten = upgrade_checkpoint(path, trust=args.trust_checkpoint)
+        except RunError as e:
+            failed += 1
+            print(f"cycleseg upgrade: {_one_line(e)}", file=sys.stderr)
+            continue
+        print(f"{path}: {'rewritten in the safe format' if rewritten else 'already in the safe format'}")
+    if failed:
+        print(f"cycleseg upgrade: {failed} of {len(files)} checkpoints not rewritten (see above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
 COMMANDS = {"make-synthetic": cmd_make_synthetic, "train": cmd_train, "evaluate": cmd_evaluate,
             "table": cmd_table, "calibrate": cmd_calibrate, "sweep": cmd_sweep, "sweep-status": cmd_sweep_status,
             "report": cmd_report,
             "diagnose": cmd_diagnose, "check-data": cmd_check_data, "prepare": cmd_prepare, "predict": cmd_predict,
             "segment": cmd_segment, "reward": cmd_reward,
-            "export": cmd_export}
+            "export": cmd_export, "upgrade": cmd_upgrade}
 
 
 def _parse_size(text: str) -> tuple[int, int]:

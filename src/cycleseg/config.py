@@ -62,7 +62,7 @@ RESUMABLE_KEYS = (
 class DataConfig:
     root: str = "data/synthetic"  # the dataset folder; `--data` on the command line overrides it
     # cityscapes (leftImg8bit/, gtFine/) | folder (images/, labels/, classes.yaml) | auto: folder if ROOT has a
-    # classes.yaml (README "Your own dataset")
+    # classes.yaml (docs/guide/own-data.md)
     format: str = "auto"
     height: int = 256  # images are resized to height x width (the paper: 256 x 512)
     width: int = 512
@@ -74,11 +74,11 @@ class DataConfig:
     cache: str | bool = "auto"
     cache_dir: str | None = None  # where `prepare` writes the cache; None = <root>/cycleseg_cache
     check: str | bool = "fast"  # data checks when training starts: fast (names, sizes, modes) | full | off
-    # training batches only (README "Training comforts"); none = the paper. none | flip (random left-right flip)
+    # training batches only (docs/guide/train-evaluate.md, "Training comforts"); none = the paper. none | flip (random left-right flip)
     # | flip+scale (flip, then zoom in: a random window of 1/s of the size, s in [1, augment_scale], resized back)
     augment: str | bool = "none"
     augment_scale: float = 1.5  # flip+scale: largest zoom factor s (>= 1)
-    # semi-supervised training (README "Semi-supervised training"): which training images are labelled. null =
+    # semi-supervised training (docs/guide/semi-supervised-training.md): which training images are labelled. null =
     # all (the paper); a fraction in (0, 1] (e.g. 1/8; 1 = null), chosen by train.seed; or a file listing them,
     # one image path relative to data.root per line (the file relative to data.root, or absolute). The rest of
     # the training split is unlabelled: its labels are never read. Saved as RUN/labelled.txt
@@ -156,7 +156,7 @@ class TrainConfig:
     keep_every: int = 1  # ... of every k-th epoch only (curves over a long run: diagnose --along-training)
     max_nonfinite: int = 10  # stop after this many iterations in a row with a NaN/inf loss or gradient
     image_every: int = 0  # iterations between sample images in TensorBoard (x, prediction, x_rec, F(y), ...); 0 = off
-    # speed (README "Performance"); fp32 keeps the paper's numerics bit for bit
+    # speed (docs/guide/performance.md); fp32 keeps the paper's numerics bit for bit
     precision: str = "auto"  # fp32 | bf16 | fp16 (CUDA, with a gradient scaler) | auto
     channels_last: bool = True  # NHWC memory format for the convolutions
     compile: bool = False  # torch.compile the networks (slow first iterations, needs a C++ compiler on CPU)

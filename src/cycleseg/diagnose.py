@@ -264,6 +264,7 @@ class _Accumulator:
         }
 
 
+@runs.writes_into_run()
 def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                  checkpoint: str = LAST, max_images: int | None = None, snrs: Sequence[float] = DEFAULT_SNRS,
                  scale_to: str = "f_input", num_examples: int = 4, progress: bool = False) -> dict[str, Any]:
@@ -352,6 +353,7 @@ def training_checkpoints(run_dir: Path) -> list[tuple[int, str]]:
     return sorted(found.items())
 
 
+@runs.writes_into_run()
 def diagnose_training(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                       max_images: int | None = None, snrs: Sequence[float] = TRAINING_SNRS,
                       progress: bool = False) -> dict[str, Any]:

@@ -27,6 +27,11 @@ class RunError(CycleSegError):
     """A run directory or checkpoint that cannot be used."""
 
 
+class UnsafeCheckpoint(RunError):
+    """A checkpoint that the safe load refuses: pickled objects beyond tensors and plain data (cycleseg 0.1.0's
+    NumPy RNG state, or anything planted). Never read as "no checkpoint": every reader reports it."""
+
+
 class Interrupted(RunError):
     """SIGINT or SIGTERM stopped training at a safe point, after writing a checkpoint."""
 

@@ -78,6 +78,7 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
     }
 
 
+@runs.writes_into_run()
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                  batch_size: int | None = None, checkpoint: str = LAST, full_res: bool = False,
                  official: bool = False, predictions: str | Path | None = None,

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from cycleseg.errors import RunError
-from cycleseg.runs import LAST, atomic_write, load_run, seeded_inference
+from cycleseg.runs import LAST, atomic_write, inside_run, load_run, seeded_inference, writes_into_run
 
 __all__ = ["check_onnx", "export_onnx"]
 
 OPSET = 17
 
 
+@writes_into_run(lambda a: inside_run(a["out"], a["run_dir"]))
 def export_onnx(run_dir: str | Path, out: str | Path, checkpoint: str = LAST, check: bool = True) -> dict[str, Any]:
     """Write G of `run_dir` to the ONNX file `out` (its folder created); with `check`, compare it with PyTorch
     (see check_onnx). RunError, one line, when the [onnx] extra is missing or `out` cannot be written."""

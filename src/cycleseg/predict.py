@@ -49,12 +49,22 @@ from cycleseg.data import (
     open_split,
     read_label,
 )
+from cycleseg.data.cityscapes import open_image, open_image_header
 from cycleseg.errors import DataError, RunError
 from cycleseg.formats import finite_or_none, iou_results, to_rgb
 from cycleseg.metrics import confusion_matrix
 from cycleseg.models import Models, resolve_device
 from cycleseg.precision import Precision, resolve_precision
-from cycleseg.runs import LAST, artifact, load_run, run_classes, seeded_inference, write_json
+from cycleseg.runs import (
+    LAST,
+    artifact,
+    inside_run,
+    load_run,
+    run_classes,
+    seeded_inference,
+    write_json,
+    writes_into_run,
+)
 
 __all__ = [
     "Prediction",
@@ -103,7 +113,7 @@ def iter_predictions(models: Models, dataset: Dataset, device: torch.device, bat
             for b in range(image.shape[0]):  # one image at a time: (S, 1024, 2048) float32 is 168 MB
                 sample = samples[index]
                 index += 1
-                with Image.open(sample.image_path) as source:
+                with open_image_header(sample.image_path) as source:
                     width, height = source.size
                 full = F_.interpolate(logits[b:b + 1].float(), size=(height, width), mode="bilinear",
                                       align_corners=False)
@@ -164,6 +174,7 @@ def _save(image: Image.Image, path: Path) -> None:
         raise RunError(f"{path}: cannot write the prediction ({e.strerror or e}); choose another --out") from None
 
 
+@writes_into_run(lambda a: inside_run(a["out"], a["run_dir"]))
 def predict_run(run_dir: str | Path, data_root: str | Path, split: str, out: str | Path, checkpoint: str = LAST,
                 device: str = "auto", reconstruction: bool = False, batch_size: int | None = None,
                 progress: bool = False, precision: str = "auto") -> dict[str, Any]:
@@ -217,7 +228,7 @@ def score_predictions(predictions: str | Path, data_root: str | Path, split: str
         if path is None:
             raise RunError(f"{predictions}: no prediction for {sample.name}; run `cycleseg predict RUN_DIR --data "
                            f"{data_root} --split {split} --out {predictions}`")
-        with Image.open(path) as image:
+        with open_image(path) as image:
             pred_ids = np.asarray(image)
         labels = read_label(sample.label_path, pred_ids.shape[:2])
         if pred_ids.ndim != 2 or pred_ids.shape != labels.shape:

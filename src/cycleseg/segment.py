@@ -106,11 +106,13 @@ class Segmenter:
         return (alpha * self.colorize(labels) + (1 - alpha) * photo).round().astype(np.uint8)
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", precision: str = "auto") -> Segmenter:
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", precision: str = "auto",
+         trust: bool = False) -> Segmenter:
     """The trained model of `run_dir` as a Segmenter.
 
     checkpoint: "best" (best.pt, the best validation mIoU), "last" (last.pt), or a file name in the run.
     precision: auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.
+    trust: also read a checkpoint of cycleseg 0.1.0 (whose RNG state is pickled NumPy data; runs.load_checkpoint).
     """
     run_dir = Path(run_dir)
     name = CHECKPOINTS.get(checkpoint, checkpoint)
@@ -119,7 +121,7 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", pr
         raise RunError(f"{run_dir / name}: checkpoint not found (the run has: {have}); pass checkpoint='last' or "
                        "a file name")
     dev = resolve_device(device)
-    models, cfg = load_run(run_dir, dev, name)
+    models, cfg = load_run(run_dir, dev, name, trust=trust)
     return Segmenter(models, cfg, run_classes(run_dir), dev, precision)
 
 

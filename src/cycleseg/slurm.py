@@ -37,6 +37,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,7 @@ JOBS_FILE = "jobs.json"  # FOLDER/slurm/jobs.json: run name -> the Slurm job tha
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
          "OUT_OF_MEMORY", "REVOKED"}
 _STOP_WAIT_S = 300  # after SIGTERM, how long the job process waits for Slurm to end it
+_EXIT_IN_USE = 75  # a task's child found its run locked by another process (as sweep.EXIT_IN_USE)
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ class Submitted:
     """What `submit_sweep` did with one task."""
 
     task: SlurmTask
-    state: str  # "submitted", "queued" (already in Slurm's queue: not submitted again) or "finished"
+    state: str  # "submitted", "queued" (already in Slurm's queue: not submitted again), "finished" or "in use"
+    # (another process holds the run's lock: not submitted)
     job_id: str | None = None
     job: Any = None  # the submitit Job, for a task submitted by this call
 
@@ -163,6 +166,10 @@ def submit_sweep(tasks: Sequence[SlurmTask], folder: str | Path, partition: str 
         import submitit
     except ImportError:
         raise RunError("Slurm sweeps need submitit: pip install 'cycleseg[slurm]'") from None
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:  # submitit would stop with a traceback ('Could not detect "srun"')
+        raise RunError(f"--launcher slurm: no Slurm on this machine ({' and '.join(missing)} not found on PATH); "
+                       "submit from a Slurm login node, or use --launcher local")
     if gpus_per_run < 0 or cpus_per_run < 1 or max_parallel < 1:
         raise ConfigError(f"gpus_per_run {gpus_per_run}, cpus_per_run {cpus_per_run}, max_parallel {max_parallel}: "
                           "need gpus >= 0, cpus >= 1, max_parallel >= 1")
@@ -173,6 +180,7 @@ def submit_sweep(tasks: Sequence[SlurmTask], folder: str | Path, partition: str 
         dup = sorted({v for v in values if values.count(v) > 1})
         if dup:
             raise ConfigError(f"tasks with the same {what} {', '.join(dup)}: each run needs its own")
+    from cycleseg import runs
     from cycleseg.sweep import run_status
 
     slurm_dir = Path(folder) / "slurm"
@@ -190,6 +198,9 @@ def submit_sweep(tasks: Sequence[SlurmTask], folder: str | Path, partition: str 
                 outcome[task.name] = Submitted(task, "queued", job_id)
                 log(f"{task.name}: already in the queue as job {job_id} ({states.get(job_id, 'UNKNOWN')}), "
                     "not submitted again")
+            elif (holder := runs.run_in_use(task.run_dir)) is not None:  # never a second trainer on a run
+                outcome[task.name] = Submitted(task, "in use", job_id)
+                log(f"{task.name}: in use elsewhere, not submitted: {runs.RunInUse.describe(task.run_dir, holder)}")
             elif _done(task, run_status(Path(task.run_dir))):
                 outcome[task.name] = Submitted(task, "finished", job_id)
                 log(f"{task.name}: finished, skipped")
@@ -324,7 +335,8 @@ class SlurmRun(Checkpointable):
         run_dir = Path(task.run_dir)
         record = runs.read_status(run_dir)
         if job_id and record.get("state") == "finished" and status != "done":  # which job trained it
-            runs.set_status(run_dir, "finished", message=record.get("message"), slurm_job=job_id)
+            with contextlib.suppress(runs.RunInUse), runs.RunLock(run_dir, f"Slurm job {job_id}: {task.name}"):
+                runs.set_status(run_dir, "finished", message=record.get("message"), slurm_job=job_id)
         result = runs.read_json(runs.artifact(run_dir, "eval", "val"))
         say(f"done: mIoU {result.get('miou')}")
         return {"name": task.name, "run_dir": str(run_dir), "status_before": status, "job_id": job_id,
@@ -370,6 +382,9 @@ class SlurmRun(Checkpointable):
         code = self._child.returncode
         if code == 0:
             return
+        if code == _EXIT_IN_USE:  # another process works on the run: it is left alone, never trained twice
+            raise RunError(f"{task.name}: the run is in use elsewhere (who holds it: the line above); this job left "
+                           "it alone; submit the sweep again once that process is done")
         if self._stop_signal is not None:  # any exit code: torchrun, for one, exits with 1 on SIGTERM
             # Slurm preempts, requeues or cancels this job: it ends it shortly (SIGKILL after KillWait). No result is
             # written meanwhile, so that submitit does not take a requeued job for finished.
@@ -452,7 +467,7 @@ def _run_worker(payload: dict[str, Any], prefix: str, status_file: str | None) -
     task = _task(payload)
     cfg = load_config(task.config, task.all_overrides())
     status = run_one(cfg, Path(task.run_dir), Path(task.base_dir or Path(task.run_dir).parent), task.retrain, prefix,
-                     log=lambda line: print(line, flush=True))
+                     log=lambda line: print(line, flush=True), command=f"Slurm job {_job_id()}: {task.name}")
     if status_file:
         Path(status_file).write_text(status)
 
@@ -572,8 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cycleseg slurm: {' '.join(str(e).splitlines())}", file=sys.stderr, flush=True)
         return 128 + e.signum
     except CycleSegError as e:
+        from cycleseg.runs import RunInUse
+
         print(f"cycleseg slurm: error: {' '.join(str(e).splitlines())}", file=sys.stderr, flush=True)
-        return 2
+        return _EXIT_IN_USE if isinstance(e, RunInUse) else 2
     return 0
 
 

@@ -24,7 +24,13 @@ from cycleseg.errors import RunError
 from cycleseg.models import build_models
 from cycleseg.pool import ImagePool
 from cycleseg.precision import PRECISION_DTYPES, Precision, make_adam, precision_reason, resolve_precision
-from cycleseg.runs import check_compatible, load_checkpoint, save_checkpoint
+from cycleseg.runs import (
+    check_compatible,
+    load_checkpoint,
+    numpy_rng_from_plain,
+    numpy_rng_to_plain,
+    save_checkpoint,
+)
 from cycleseg.steps import lr_factor
 
 __all__ = ["Progress", "TrainState"]
@@ -117,8 +123,8 @@ class TrainState:
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
+                "python": random.getstate(),  # (3, 625 ints, None): plain data already
+                "numpy": numpy_rng_to_plain(np.random.get_state()),
             },
         }
 
@@ -153,13 +159,14 @@ class TrainState:
                     self.amp.scaler(o).load_state_dict(s)
             self.progress = Progress(**state["progress"])
             rng = state["rng"]
+            numpy_state = numpy_rng_from_plain(rng["numpy"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise RunError(f"{source}: checkpoint does not match this run ({str(e).splitlines()[0]})") from None
         torch.set_rng_state(rng["torch"].cpu())
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        np.random.set_state(numpy_state)
 
     def save(self, path: str | Path, weights_only: bool = False) -> None:
         """Write the state atomically (rank 0 only under torchrun: the ranks hold the same weights); with

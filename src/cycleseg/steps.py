@@ -7,7 +7,7 @@
     5. discriminator loss J_disc (eq. 8), image pool  (discriminator_step)
     6. update D_X, G and F frozen                     (discriminator_step)
 
-A semi-supervised iteration (README "Semi-supervised training") keeps that order and adds an unlabelled batch:
+A semi-supervised iteration (docs/guide/semi-supervised-training.md) keeps that order and adds an unlabelled batch:
 semi_generator_step (steps 2-4, D_X and D_Y frozen), discriminator_step (D_X), then discriminator_y_step (D_Y).
 
 Each step takes the loss settings (`LossConfig`), not the whole config; `lr_factor` is the LR schedule.

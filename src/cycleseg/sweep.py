@@ -31,7 +31,7 @@ import yaml
 
 from cycleseg import runs
 from cycleseg.config import RESUMABLE_KEYS, Config, config_from_dict, flat_items, load_config
-from cycleseg.errors import ConfigError, CycleSegError, Interrupted, RunError, user_message
+from cycleseg.errors import ConfigError, CycleSegError, DataError, Interrupted, RunError, user_message
 from cycleseg.monitor import StopSignals
 from cycleseg.runs import LAST, write_json
 
@@ -42,6 +42,9 @@ SWEEP_FILE = "sweep.json"
 LOCK_FILE = "sweep.lock"
 LOGS = "logs"  # SWEEP_DIR/logs/<config>[.seed<k>].log: the console output of each run started by the local launcher
 LAUNCHERS = ("inprocess", "local")
+MAX_SEEDS = 1000  # a larger --seeds is a typo, not a study: refused before any planning
+IN_USE = "in use"  # a run whose lock another process holds: a sweep leaves it alone and says so
+EXIT_IN_USE = 75  # worker_main's exit code for a run in use elsewhere (EX_TEMPFAIL: try again later)
 _SEED_DIR = re.compile(r"seed(\d+)")
 _WORKER = "import sys; from cycleseg.sweep import worker_main; sys.exit(worker_main(sys.argv[1:]))"
 
@@ -138,18 +141,15 @@ def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] =
         raise ConfigError(f"--launcher {launcher!r}: choose from {', '.join(LAUNCHERS)}")
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be at least 1")
-    if seeds is not None and seeds < 1:
-        raise ConfigError(f"--seeds {seeds}: must be at least 1")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads {threads}: must be at least 1")
     if launcher == "inprocess" and (jobs > 1 or gpus or threads):
         raise ConfigError("--jobs, --gpus and --threads need --launcher local (runs in subprocesses)")
     overrides = list(overrides)
-    if seeds is not None and any(o.partition("=")[0].strip() == "train.seed" for o in overrides):
-        raise ConfigError("--seeds sets train.seed of each run (0..N-1); drop the train.seed override")
     sweep_dir = Path(sweep_dir)
     entries = _ordered(find_configs(sources, only), overrides)
     extra = overrides + ([f"data.root={data_root}"] if data_root else [])
+    check_request(entries, extra, seeds)
     planned = _plan(entries, extra, sweep_dir, seeds)  # every config checked before any training
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise RunError(f"{sweep_dir}: exists and is not a folder; choose another --out")
@@ -163,10 +163,21 @@ def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] =
         return _run_local(planned, sweep_dir, retrain, log, book, jobs, gpus or [], threads)
 
 
-def run_one(cfg: Config, run_dir: Path, sweep_dir: Path, retrain: bool, prefix: str, log=print) -> str:
+def run_one(cfg: Config, run_dir: Path, sweep_dir: Path, retrain: bool, prefix: str, log=print,
+            command: str | None = None) -> str:
     """One run of a sweep: skip it when done, continue it when interrupted or not evaluated, else train it
     (anew with `retrain` when it was made with other settings); then evaluate it on val. Returns the status it
-    had before ("done", "trained", "interrupted", "new" or "retrain")."""
+    had before ("done", "trained", "interrupted", "new" or "retrain").
+
+    The whole of it holds the run's lock (`command` describes this process to others): a run that another
+    process works on is left alone, runs.RunInUse ("in use elsewhere") before anything is read or written."""
+    # create: a new run's folder is made now, so that this process (and its sweep) is named as the holder
+    with runs.run_lock(run_dir, command or f"cycleseg sweep {sweep_dir} (run {run_dir.name})", create=True,
+                       sweep=sweep_dir):
+        return _run_one(cfg, run_dir, sweep_dir, retrain, prefix, log)
+
+
+def _run_one(cfg: Config, run_dir: Path, sweep_dir: Path, retrain: bool, prefix: str, log) -> str:
     from cycleseg.calibrate import resolve_snr_from  # the training stack is only imported when something runs
     from cycleseg.evaluate import evaluate_run
     from cycleseg.train import train
@@ -189,6 +200,20 @@ def run_one(cfg: Config, run_dir: Path, sweep_dir: Path, retrain: bool, prefix: 
     log(f"{prefix} evaluating on val")
     evaluate_run(run_dir, cfg.data.root, "val", device=cfg.train.device, progress=cfg.train.progress)
     return status
+
+
+def check_request(entries: list[SweepEntry], overrides: list[str], seeds: int | None) -> None:
+    """What every launcher checks before planning (which loads every config once per seed): the number of seeds,
+    no train.seed override beside --seeds, and the first config's data folder (its data.root, or --data)."""
+    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(f"--seeds {seeds}: must be 1 to {MAX_SEEDS} (each seed trains every config once more)")
+    if seeds is not None and any(o.partition("=")[0].strip() == "train.seed" for o in overrides):
+        raise ConfigError("--seeds sets train.seed of each run (0..N-1); drop the train.seed override")
+    if entries:
+        root = Path(load_config(entries[0].config, overrides).data.root)
+        if not root.is_dir():
+            raise DataError(f"{root}: data folder not found; pass the dataset with --data (e.g. `cycleseg "
+                            "make-synthetic data/synthetic` first) or set data.root in the configs")
 
 
 def _plan(entries: list[SweepEntry], extra: list[str], sweep_dir: Path, seeds: int | None) -> list[_Job]:
@@ -270,12 +295,18 @@ def _check_not_busy(sweep_dir: Path, planned: list[_Job]) -> None:
 
 def _run_inprocess(planned: list[_Job], sweep_dir: Path, retrain: bool, log, book: _Book) -> list[dict[str, Any]]:
     summary: list[dict[str, Any]] = []
+    in_use: list[str] = []
     for job in planned:
         run_dir = job.entry.run_dir(sweep_dir)
         start = time.time()
         book.started(job, os.getpid(), None, start)
         try:
             status = run_one(job.cfg, run_dir, sweep_dir, retrain, _prefix(job, len(planned)), log)
+        except runs.RunInUse as e:  # another process works on it: left alone, the other runs go on
+            log(f"{_prefix(job, len(planned))} in use elsewhere, left alone: {user_message(e)}")
+            book.ended(job, IN_USE, start, error=user_message(e))
+            in_use.append(job.entry.run_name)
+            continue
         except Interrupted as e:
             book.ended(job, "interrupted", start, error=user_message(e))
             raise
@@ -284,7 +315,15 @@ def _run_inprocess(planned: list[_Job], sweep_dir: Path, retrain: bool, log, boo
             raise
         summary.append(_summary(job, run_dir, status, start))
         book.ended(job, "skipped" if status == "done" else "finished", start, summary=summary[-1])
+    _refuse_in_use(in_use, len(planned), sweep_dir)
     return summary
+
+
+def _refuse_in_use(in_use: list[str], total: int, sweep_dir: Path) -> None:
+    """The sweep ends with an error while runs of it were left to other processes (not finished by it)."""
+    if in_use:
+        raise RunError(f"{len(in_use)} of {total} runs in use elsewhere ({', '.join(in_use)}): left alone, the others "
+                       f"are done; see `cycleseg sweep status {sweep_dir}`, rerun the sweep when they are free")
 
 
 # ----------------------------------------------------------------------------------------- the local launcher
@@ -321,6 +360,7 @@ def _run_local(planned: list[_Job], sweep_dir: Path, retrain: bool, log, book: _
     (sweep_dir / LOGS).mkdir(exist_ok=True)
     active: dict[int, _Active] = {}
     failures: list[str] = []
+    in_use: list[str] = []
     with _StopSignals() as stop:
         while queue or active:
             if stop.signum is None:
@@ -329,9 +369,10 @@ def _run_local(planned: list[_Job], sweep_dir: Path, retrain: bool, log, book: _
                     if not free:
                         break
                     dep = job.depends
-                    if dep in launched and outcome.get(dep) == "failed":
+                    if dep in launched and outcome.get(dep) in ("failed", IN_USE):
                         queue.remove((job, status))
-                        message = f"not started: it takes its SNR from {dep}, which failed"
+                        why = "failed" if outcome[dep] == "failed" else "is in use elsewhere"
+                        message = f"not started: it takes its SNR from {dep}, which {why}"
                         log(f"{_prefix(job, total)} {message}")
                         book.ended(job, "failed", time.time(), error=message)
                         outcome[job.entry.run_name] = "failed"
@@ -340,6 +381,14 @@ def _run_local(planned: list[_Job], sweep_dir: Path, retrain: bool, log, book: _
                     if dep in launched and dep not in outcome:
                         continue  # its SNR source is still training
                     queue.remove((job, status))
+                    holder = runs.run_in_use(job.entry.run_dir(sweep_dir))
+                    if holder is not None:  # never a second trainer on a run (the worker would be refused too)
+                        message = runs.RunInUse.describe(job.entry.run_dir(sweep_dir), holder)
+                        log(f"{_prefix(job, total)} in use elsewhere, left alone: {message}")
+                        book.ended(job, IN_USE, time.time(), error=message)
+                        outcome[job.entry.run_name] = IN_USE
+                        in_use.append(job.entry.run_name)
+                        continue
                     slot = free[0]
                     gpu = gpus[slot % len(gpus)] if gpus else None
                     active[slot] = _launch(job, status, slot, gpu, threads, sweep_dir, retrain, total, log, book)
@@ -362,9 +411,11 @@ def _run_local(planned: list[_Job], sweep_dir: Path, retrain: bool, log, book: _
                 del active[slot]
                 name = a.job.entry.run_name
                 state = _finished_child(a, code, stop.signum is not None, sweep_dir, total, log, book, summary)
-                outcome[name] = "done" if state == "finished" else "failed"
+                outcome[name] = {"finished": "done", IN_USE: IN_USE}.get(state, "failed")
                 if state == "failed":
                     failures.append(name)
+                elif state == IN_USE:
+                    in_use.append(name)
             time.sleep(0.1 if active or queue else 0)
     if stop.signum is not None:
         left = [job.entry.run_name for job, _ in queue]
@@ -373,6 +424,7 @@ def _run_local(planned: list[_Job], sweep_dir: Path, retrain: bool, log, book: _
     if failures:
         raise RunError(f"{len(failures)} of {total} runs failed ({', '.join(failures)}); see `cycleseg sweep status "
                        f"{sweep_dir}` and {sweep_dir / LOGS}/; the others are done, rerun the sweep to retry")
+    _refuse_in_use(in_use, total, sweep_dir)
     return summary
 
 
@@ -441,6 +493,10 @@ def _finished_child(a: _Active, code: int, stopping: bool, sweep_dir: Path, tota
                                                        else ""))
         return "finished"
     error = _last_line(a.log_path)
+    if code == EXIT_IN_USE:
+        book.ended(job, IN_USE, a.start, error=error, exit_code=code)
+        log(f"{prefix} in use elsewhere, left alone: {error.removeprefix('RunInUse: ')}")
+        return IN_USE
     if stopping and (code < 0 or code >= 128):
         book.ended(job, "interrupted", a.start, error=error, exit_code=code)
         log(f"{prefix} stopped after {seconds:.0f} s; a rerun continues it")
@@ -466,6 +522,9 @@ def worker_main(argv: list[str]) -> int:
     except Interrupted as e:
         print(f"error: {user_message(e)}", file=sys.stderr, flush=True)
         return 128 + e.signum
+    except runs.RunInUse as e:
+        print(f"error: {user_message(e)}", file=sys.stderr, flush=True)
+        return EXIT_IN_USE
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
         return 130
@@ -668,10 +727,16 @@ class RunState:
     evaluated: bool = False
     updated: float | None = None  # last write to log.jsonl (seconds since the epoch)
     job: str | None = None  # "123_4 RUNNING": the Slurm job of a run submitted with --launcher slurm, and its state
+    holder: dict[str, Any] | None = None  # in use: the process outside this sweep that holds the run's lock
 
     @property
     def detail(self) -> str:
         slurm = f"Slurm job {self.job}" if self.job else None
+        if self.state == IN_USE:
+            h = self.holder or {}
+            who = f"`{h['command']}` (pid {h.get('pid')} on {h.get('host')}, since {h.get('since')})" \
+                if h.get("command") else "another process"
+            return f"in use elsewhere: {who}; the sweep leaves it alone" + (f"; {slurm}" if slurm else "")
         if self.state == "finished":
             return f"mIoU {_num(self.miou, 1)} %" + ("" if self.evaluated else " (train's validation; not evaluated yet)")
         if self.state == "failed":
@@ -723,6 +788,14 @@ def _state_of(sweep_dir: Path, name: str, book: dict[str, Any]) -> RunState:
     if state.step is None and status.get("step"):
         state.step = status.get("step")
     live = book.get("state") == "running" and book.get("host") == socket.gethostname() and _alive(book.get("pid"))
+    holder = runs.run_in_use(run_dir)  # a probe: never waits, takes nothing
+    if holder is not None:
+        own = holder.get("sweep") == str(sweep_dir.resolve()) or (
+            holder.get("pid") == book.get("pid") and holder.get("host") == book.get("host"))
+        if not own:
+            state.state, state.holder = IN_USE, holder
+            return state
+        live, book = True, {**book, "pid": book.get("pid") or holder.get("pid")}
     if before in ("done", "trained"):
         results = _results(run_dir)
         state.miou, state.evaluated = results.get("miou"), before == "done"
@@ -744,7 +817,7 @@ def _state_of(sweep_dir: Path, name: str, book: dict[str, Any]) -> RunState:
 
 def format_status(sweep_dir: str | Path, states: list[RunState]) -> str:
     """The table `cycleseg sweep status` prints, with a count per state and whether the sweep process lives."""
-    counts = {s: sum(r.state == s for r in states) for s in ("finished", "running", "interrupted", "failed",
+    counts = {s: sum(r.state == s for r in states) for s in ("finished", "running", IN_USE, "interrupted", "failed",
                                                                "pending")}
     holder = _lock_holder(Path(sweep_dir))
     width = max(8, *(len(r.name) for r in states))

@@ -76,7 +76,20 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     if resume and init_from is not None:
         raise ConfigError("--init-from starts a new run; a resumed run continues from its own last.pt (drop one)")
     device = _device(cfg)
+    lock = runs.RunLock(run_dir, enabled=distributed.is_main())  # rank 0 writes, so rank 0 holds it for all
+    try:
+        return _train(cfg, run_dir, resume, overwrite, run_config, init_from, device, lock)
+    finally:
+        lock.release()
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, run_config: dict[str, Any] | None,
+           init_from: str | Path | None, device: torch.device, lock: runs.RunLock) -> dict[str, Any]:
     main = distributed.is_main()  # rank 0 writes files, logs and shows progress
+    # A run of this version has its lock file: refused at once while another process holds it. (One decision for
+    # all ranks: rank 0 may create the file while another rank still looks.)
+    if distributed.any_rank(main and (run_dir / runs.LOCK).is_file(), device):
+        _lock(lock, device)
     if main and not resume:
         runs.require_new_run(run_dir, overwrite)
     classes = resolve_classes(cfg)  # the data's class table; model.num_classes from it when null
@@ -85,6 +98,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     data = _open_data(cfg, run_dir, resume)
     train_set, val_loader = data.labelled, data.val_loader
     init_record, init = runs.init_weights(init_from, cfg) if init_from is not None else (None, None)
+    _lock(lock, device, create=not resume)  # before the first file is written or removed
     if main and not resume:
         runs.create_run(run_dir, cfg, overwrite, fields={"init_from": init_record} if init_record else None,
                         classes=classes)
@@ -156,6 +170,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     except BaseException as e:
         _mark(run_dir, "failed", state, user_message(e) or type(e).__name__)
         raise
+
+
+def _lock(lock: runs.RunLock, device: torch.device, create: bool = False) -> None:
+    """Take the run's lock on rank 0; every rank learns whether it got it (under torchrun the others would
+    otherwise wait for a rank 0 that was refused)."""
+    refused = None
+    try:
+        lock.acquire(create=create)
+    except RunError as e:
+        refused = e
+    if distributed.any_rank(refused is not None, device):
+        raise refused or RunError(f"{lock.run_dir}: rank 0 could not lock the run (its error is in its output)")
 
 
 def _start(cfg: Config, run_dir: Path, device: torch.device, run_config: dict[str, Any] | None,

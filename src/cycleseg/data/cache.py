@@ -28,12 +28,11 @@ from typing import Any
 import numpy as np
 import PIL
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from cycleseg.data.cityscapes import Sample, image_to_tensor, read_image, read_label
+from cycleseg.data.cityscapes import Sample, image_to_tensor, open_image_header, read_image, read_label
 from cycleseg.data.source import DataSource, SplitDataset, open_source
 from cycleseg.errors import DataError
 
@@ -120,7 +119,7 @@ def prepare_split(root: str | Path, split: str, size: tuple[int, int], cache_dir
                     labels = read_label(sample.label_path, size, classes)
                     outs["labels"].write(labels.tobytes())
                     class_pixels += np.bincount(labels.ravel(), minlength=classes.num_classes)[:classes.num_classes]
-                with Image.open(sample.image_path) as source:
+                with open_image_header(sample.image_path) as source:
                     source_size = list(source.size)
                 records.append({**_source_record(root, sample.image_path, "image"),
                                 **_source_record(root, sample.label_path, "label"), "source_size": source_size})

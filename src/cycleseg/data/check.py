@@ -24,6 +24,7 @@ so `train` runs it at every start (`data.check`).
 from __future__ import annotations
 
 import collections
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from cycleseg.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, SPLITS
+from cycleseg.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, MAX_IMAGE_PIXELS, SPLITS, too_large
 from cycleseg.data.classes import ClassTable
 from cycleseg.data.source import FOLDER_IMAGE_SUFFIXES, DataSource, open_source
 from cycleseg.errors import DataError
@@ -101,6 +102,7 @@ class _File:
     mode: str = ""
     format: str = ""
     error: str = ""  # unreadable or corrupt
+    refused: str = ""  # larger than MAX_IMAGE_PIXELS: never decoded
     unknown_ids: tuple[int, ...] = ()
     counts: np.ndarray | None = None  # (256,) pixel count per label value
 
@@ -259,13 +261,20 @@ def _inspect(files: list[_File], full: bool, progress: bool, classes: ClassTable
     for f in tqdm(files, desc="checking" + (" pixels" if full else " headers"), unit="file", disable=not progress,
                   dynamic_ncols=True):
         try:
-            with Image.open(f.path) as image:
+            with warnings.catch_warnings():  # Pillow warns above 89 Mpx; MAX_IMAGE_PIXELS decides here
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(f.path)
+            with opened as image:
                 f.size, f.mode, f.format = image.size, image.mode, image.format or ""
-                if full:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    f.refused = too_large(image.size)
+                elif full:
                     image.load()  # decodes everything: truncated or corrupt data fails here
                     if f.is_label and f.mode in LABEL_MODES:
                         f.counts = np.bincount(np.asarray(image, dtype=np.uint8).ravel(), minlength=256)
                         f.unknown_ids = tuple(np.flatnonzero((f.counts > 0) & ~known).tolist())
+        except Image.DecompressionBombError:
+            f.refused = too_large(None)
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
             f.error = f"{type(e).__name__}: {' '.join(str(e).split())}"[:120]
 
@@ -280,6 +289,9 @@ def _check_files(files: list[_File], expect_size: tuple[int, int] | None, report
     image_sizes = {f.path: f.size for f in files if not f.is_label}
     fix = "replace it with the file from the Cityscapes zip" if cityscapes else "replace the file"
     for f in files:
+        if f.refused:
+            report.problems.append(Problem(f.path, f.refused))
+            continue
         if f.error:
             report.problems.append(Problem(f.path, f"unreadable or corrupt {'PNG' if cityscapes else 'image'} "
                                                    f"({f.error}); {fix}"))

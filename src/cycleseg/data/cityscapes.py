@@ -9,6 +9,7 @@ become the background class 19, so there are S = 20 classes. Images are resized 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ __all__ = [
     "IMAGE_SUFFIX",
     "LABEL_ID_TO_TRAIN_ID",
     "LABEL_SUFFIX",
+    "MAX_IMAGE_PIXELS",
     "NUM_CLASSES",
     "NUM_EVAL_CLASSES",
     "PALETTE",
@@ -42,8 +44,10 @@ __all__ = [
     "load_image",
     "load_label",
     "open_image",
+    "open_image_header",
     "read_image",
     "read_label",
+    "too_large",
 ]
 
 NUM_CLASSES = 20  # S: the 19 Cityscapes trainIds and the background class
@@ -51,6 +55,9 @@ NUM_EVAL_CLASSES = 19  # mIoU is over the 19 Cityscapes classes; background is n
 BACKGROUND = 19
 IGNORE_TRAIN_ID = 255
 SPLITS = ("train", "val", "test")
+# The largest image cycleseg decodes: 150 Mpx, 3x a 50 Mpx camera's photo, 70x a Cityscapes frame (2048x1024);
+# 450 MB as RGB. Anything larger (a small PNG can claim 30000x30000) is refused from its header.
+MAX_IMAGE_PIXELS = 150_000_000
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 
@@ -129,13 +136,41 @@ def list_samples(root: str | Path, split: str, require_labels: bool = True) -> l
 
 
 def open_image(path: Path) -> Image.Image:
-    """An image file opened and decoded; DataError naming it when it is unreadable or corrupt."""
+    """An image file opened and decoded; DataError naming it when it is unreadable, corrupt or larger than
+    MAX_IMAGE_PIXELS (checked from the header, before anything is decoded)."""
+    image = open_image_header(path)
     try:
-        image = Image.open(path)
         image.load()
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+    except (OSError, SyntaxError, ValueError) as e:
+        image.close()
         raise DataError(f"{path}: unreadable or corrupt image ({type(e).__name__}); replace the file") from None
     return image
+
+
+def open_image_header(path: Path) -> Image.Image:
+    """An image file opened lazily (its header read: size, mode, format; close it, or use it in `with`);
+    DataError naming it when it is no image or larger than MAX_IMAGE_PIXELS."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns above 89 Mpx; MAX_IMAGE_PIXELS decides here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError:  # Pillow's own hard limit, twice its warning size
+        raise DataError(f"{path}: {too_large(None)}") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: unreadable or corrupt image ({type(e).__name__}); replace the file") from None
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        size = image.size
+        image.close()
+        raise DataError(f"{path}: {too_large(size)}")
+    return image
+
+
+def too_large(size: tuple[int, int] | None) -> str:
+    """Why an image of `size` (W, H; None: over Pillow's own limit) is refused, and the fix."""
+    what = f"{size[0]}x{size[1]} pixels" if size else f"over {2 * (Image.MAX_IMAGE_PIXELS or 0) // 1_000_000} Mpx"
+    return (f"image of {what}, more than the {MAX_IMAGE_PIXELS // 1_000_000} megapixels cycleseg reads "
+            "(MAX_IMAGE_PIXELS: larger than any camera's photo, and decoding it could exhaust memory: a "
+            "decompression bomb?); downscale it or remove it")
 
 
 def read_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:

@@ -128,9 +128,13 @@ def load_classes(path: str | Path) -> ClassTable:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: class table not found; a folder dataset needs a {CLASSES_FILE} naming each class "
-                        "and its label value(s) (see README 'Your own dataset')")
+                        "and its label value(s) (see docs/guide/own-data.md)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{path}: not readable ({e.strerror or e}); fix its permissions") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)

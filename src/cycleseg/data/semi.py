@@ -1,4 +1,4 @@
-"""The data of semi-supervised training (data.labelled, data.unpaired_labels; README "Semi-supervised training").
+"""The data of semi-supervised training (data.labelled, data.unpaired_labels; docs/guide/semi-supervised-training.md).
 
 The training split (its first data.max_train_images) is cut into labelled and unlabelled images:
 

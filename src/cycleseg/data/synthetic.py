@@ -253,16 +253,30 @@ def _draw_object(c: _Canvas, kind: str, d: float, horizon: float, vx: float, rng
         c.paint(c.ellipse(x, y - r, r * rng.uniform(0.8, 1.6), r), STATIC)
 
 
+MARKER = ".cycleseg-synthetic"  # a folder holding it was written by make_synthetic, which may write into it again
+
+
+def _require_ours(root: Path) -> None:
+    """DataError when `root` holds files that make_synthetic did not write (a user's own dataset, say)."""
+    if not root.is_dir() or (root / MARKER).is_file():
+        return
+    first = next(iter(sorted(root.iterdir())), None)
+    if first is not None:
+        raise DataError(f"{root}: not empty (holds {first.name}) and not written by make-synthetic; choose a new "
+                        "or empty folder, or pass --overwrite to write the toy city over what is there")
+
+
 def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, size: tuple[int, int] = (128, 256),
                    seed: int = 0, progress: bool = False, fmt: str = "cityscapes", colour_spread: float = 1.0,
-                   scene: str = "city", colour_mode: str = "class") -> dict:
+                   overwrite: bool = False, scene: str = "city", colour_mode: str = "class") -> dict:
     """Write the toy city into `root`; returns {"train": n, "val": n, "root": str}.
 
     fmt: "cityscapes" (leftImg8bit/, gtFine/ with labelIds) or "folder" (images/<split>/*.jpg,
     labels/<split>/*.png with values 0..10 and void 11, classes.yaml: CAMVID_CLASSES).
 
     Args:
-        root: output folder (created; files of the same names are overwritten).
+        root: output folder: new, empty, or one that make_synthetic wrote before (its files of the same names are
+            overwritten); a folder holding anything else is refused unless `overwrite`.
         num_train, num_val: images per split, spread over the split's cities (CITIES).
         size: (H, W) of the images.
         seed: the same seed writes byte-identical files.
@@ -273,7 +287,7 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
             its class; colour_spread is then unused).
 
     Raises ConfigError for a negative number of images, DataError naming the path when `root` (or a folder
-    above it) is a file or cannot be written.
+    above it) is a file or cannot be written, or when it holds files that make_synthetic did not write.
     """
     root = Path(root)
     height, width = size
@@ -290,7 +304,11 @@ def make_synthetic(root: str | Path, num_train: int = 240, num_val: int = 60, si
         raise ConfigError(f"colour mode must be one of {', '.join(COLOUR_MODES)}, got {colour_mode!r}")
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder; choose another output folder")
+    if not overwrite:
+        _require_ours(root)
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MARKER).write_text("written by cycleseg make-synthetic: it may write here again\n")
         _write_splits(root, {"train": num_train, "val": num_val}, height, width, seed, progress, fmt, colour_spread,
                       scene, colour_mode)
     except OSError as e:
