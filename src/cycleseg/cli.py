@@ -27,7 +27,9 @@ examples:
 # parse). Paths are those of the quick start (make demo) and docs/guide/.
 SUBCOMMAND_EXAMPLES = {
     "make-synthetic": ["cycleseg make-synthetic data/synthetic",
-                       "cycleseg make-synthetic data/camvid-like --format folder --train 40 --val 10"],
+                       "cycleseg make-synthetic data/camvid-like --format folder --train 40 --val 10",
+                       ("cycleseg make-synthetic data/mechanism --scene shapes --colour-mode independent --size 32x32 "
+                        "--train 1000 --val 200")],
     "train": ["cycleseg train configs/demo/quant2.yaml --data data/synthetic --out runs/q2",
               ("cycleseg train configs/cyclegan.yaml --data data/synthetic --out runs/g7 noise.kind=gaussian "
                "noise.snr_db=7.38"),
@@ -49,6 +51,8 @@ SUBCOMMAND_EXAMPLES = {
     "report": ["cycleseg report runs/sweep", "cycleseg report runs/sweep --runs plain,nonoise,quant2 --examples 5"],
     "diagnose": ["cycleseg diagnose runs/demo/cyclegan --data data/synthetic --max-images 60",
                  "cycleseg diagnose runs/study/nonoise/seed0 --data data/synthetic-detail --along-training"],
+    "reward": ["cycleseg reward --data data/mechanism --size 32x32",
+               "cycleseg reward --data data/synthetic-detail --size 64x32 --json"],
     "export": ["cycleseg export runs/demo/quant2 --onnx g.onnx"],
     "upgrade": ["cycleseg upgrade runs/q2", "cycleseg upgrade runs/ --trust-checkpoint"],
 }
@@ -353,9 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "colour over the split (labels only) and with each class's mean colour in that image (labels and "
                     "colours). Their difference, the reward, is what a watermark could win at most against an F "
                     "that reads only the labels (docs/mechanism.md); under about 3 dB there is little worth hiding. "
-                    "Also the PSNR of a constant grey image and of the split's mean colour, for reference.",
-        epilog="example:\n  cycleseg reward --data data/mechanism --size 32x32",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "Also the PSNR of a constant grey image and of the split's mean colour, for reference.")
     p.add_argument("--data", type=Path, required=True, help="dataset folder (Cityscapes layout or a folder dataset)")
     p.add_argument("--size", default="512x256", help="WIDTHxHEIGHT the images are resized to (default 512x256)")
     p.add_argument("--split", default="val", choices=["train", "val"], help="split (default val)")
