@@ -66,11 +66,12 @@ def test_a_list_or_mapping_for_a_setting_is_an_error_naming_the_key(key, value):
     assert key in str(e.value)
 
 
-RATES_AND_WEIGHTS = ["optim.lr", "optim.beta1", "optim.beta2", "loss.alpha", "loss.beta", "loss.gamma", "loss.adv_y"]
+RATES_AND_WEIGHTS = ["optim.lr", "optim.beta1", "optim.beta2", "loss.alpha", "loss.beta", "loss.gamma", "loss.adv_y",
+                     "loss.paired_f"]
 COUNTS = ["optim.batch_size", "optim.epochs", "optim.pool_size", "optim.decay_start_epoch", "data.num_workers",
           "data.height", "data.width", "train.log_every", "train.eval_every", "train.checkpoint_every",
           "train.keep_checkpoints", "train.max_nonfinite", "model.num_classes", "train.image_every",
-          "optim.unlabelled_batch_size", "train.keep_every"]
+          "optim.unlabelled_batch_size", "train.keep_every", "optim.f_warmup_iters"]
 
 
 @settings(max_examples=100, deadline=None)
@@ -161,11 +162,11 @@ ALL_KEYS = [
     "data.root", "data.format", "data.height", "data.width", "data.num_workers", "data.max_train_images", "data.max_val_images",
     "data.cache", "data.cache_dir", "data.check", "data.augment", "data.augment_scale", "data.labelled",
     "data.unpaired_labels",
-    "model.kind", "model.num_classes",
+    "model.kind", "model.num_classes", "model.arch", "model.f_input",
     "noise.kind", "noise.bits", "noise.snr_db", "noise.sigma_rule",
-    "loss.alpha", "loss.beta", "loss.gamma", "loss.ignore_background", "loss.class_weights", "loss.adv_y",
+    "loss.alpha", "loss.beta", "loss.gamma", "loss.ignore_background", "loss.class_weights", "loss.adv_y", "loss.paired_f",
     "optim.lr", "optim.beta1", "optim.beta2", "optim.batch_size", "optim.epochs", "optim.decay_start_epoch",
-    "optim.pool_size", "optim.kernel", "optim.unlabelled_batch_size",
+    "optim.pool_size", "optim.kernel", "optim.unlabelled_batch_size", "optim.f_warmup_iters",
     "train.seed", "train.device", "train.log_every", "train.eval_every", "train.max_iters", "train.progress",
     "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.max_nonfinite", "train.precision",
     "train.channels_last", "train.compile", "train.image_every",
