@@ -58,11 +58,12 @@ study: $(STAMP)
 	done
 	$(BIN)/cycleseg report runs/study --data $(STUDY_DATA)
 
-# The semi-supervised study (docs/semi-supervised.md): labelled fractions 1/8, 1/2 and 1, each with no noise,
-# 2-bit quantization and the plain ERFNet on the same labels, 3 seeds, 64x32; about 100 min on 2 cores, resumable.
+# The semi-supervised study (docs/semi-supervised.md): labelled fractions 1/8 and 1/4, each with the plain ERFNet on
+# the labels, the paper's cycle and the anchor's cycle (Mondal et al. 2019), both with and without 2-bit noise; 5 seeds,
+# fp32, 64x32, 600 iterations; two runs at a time, one torch thread each; about 90 min on 2 cores, resumable.
 semi-study: $(STAMP) $(DATA)/leftImg8bit
 	$(BIN)/cycleseg prepare $(DATA) --size 64x32
-	$(BIN)/cycleseg sweep configs/semi-study --data $(DATA) --out runs/semi-study --seeds 3
+	$(BIN)/cycleseg sweep configs/semi-study --data $(DATA) --out runs/semi-study --seeds 5 --launcher local --jobs 2
 	$(BIN)/cycleseg report runs/semi-study --data $(DATA)
 
 # The mechanism laboratory (docs/mechanism.md): the small stride-1 residual G and F on 32x32 shapes whose colours are
