@@ -36,8 +36,8 @@ def _setup(arch: str, size: tuple[int, int], batch: int):
     import torch
 
     from cycleseg.config import load_config
-    from cycleseg.models import build_models
-    from cycleseg.pool import ImagePool
+    from cycleseg.core.models import build_models
+    from cycleseg.core.pool import ImagePool
 
     cfg = load_config(None, ["model.num_classes=20", f"model.arch={arch}", "train.precision=fp32"])
     models = build_models(cfg.model, cfg.noise)
@@ -49,7 +49,7 @@ def _setup(arch: str, size: tuple[int, int], batch: int):
 
 
 def _time_iterations(state, iters: int) -> float:
-    from cycleseg.steps import discriminator_step, generator_step
+    from cycleseg.core.steps import discriminator_step, generator_step
 
     cfg, models, opt_g, opt_d, pool, image, labels = state
     start = time.perf_counter()

@@ -28,7 +28,7 @@ import torch
 
 from cycleseg import runs
 from cycleseg.config import load_config
-from cycleseg.state import TrainState
+from cycleseg.commands.state import TrainState
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml"
 V1 = "cycleseg-checkpoint-v1"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from cycleseg.networks import segmentation_generator
-from cycleseg.precision import resolve_precision, to_memory_format
+from cycleseg.core.networks import segmentation_generator
+from cycleseg.core.precision import resolve_precision, to_memory_format
 
 
 def timed(fn: Callable[[], object], iters: int, warmup: int, sync: Callable[[], None]) -> float:

@@ -45,7 +45,7 @@ def reference_iteration(size: tuple[int, int], device: str):
     import torch
     import torch.nn.functional as nnf
 
-    from cycleseg.networks import PatchDiscriminator, image_generator, init_weights, segmentation_generator
+    from cycleseg.core.networks import PatchDiscriminator, image_generator, init_weights, segmentation_generator
 
     G, F, D = (init_weights(n.to(device)) for n in (segmentation_generator(20), image_generator(20),
                                                      PatchDiscriminator()))
@@ -100,10 +100,10 @@ def measure(variant: str, size: tuple[int, int], device: str, iters: int, warmup
         return _time(variant, reference_iteration(size, dev), dev, size, "fp32", iters, warmup)
 
     from cycleseg.config import Config, ModelConfig, NoiseConfig
-    from cycleseg.models import build_models
-    from cycleseg.pool import ImagePool
-    from cycleseg.precision import make_adam, resolve_precision, to_memory_format
-    from cycleseg.steps import discriminator_step, generator_step
+    from cycleseg.core.models import build_models
+    from cycleseg.core.pool import ImagePool
+    from cycleseg.core.precision import make_adam, resolve_precision, to_memory_format
+    from cycleseg.core.steps import discriminator_step, generator_step
 
     opts = VARIANTS[variant]
     cfg = Config()

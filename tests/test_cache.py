@@ -24,7 +24,7 @@ from cycleseg.data.cache import (
 )
 from cycleseg.errors import DataError
 from cycleseg.runs import LAST, load_checkpoint
-from cycleseg.train import train
+from cycleseg.commands.train import train
 
 SIZE = (32, 64)  # (H, W) of training; the fixture's files are 64x128, so the cache really resizes
 ERFNET_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "erfnet.yaml")

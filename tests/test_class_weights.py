@@ -14,8 +14,8 @@ from cycleseg.config import Config, load_config
 from cycleseg.data import CityscapesDataset
 from cycleseg.data.cache import prepare
 from cycleseg.errors import ConfigError
-from cycleseg.losses import enet_class_weights, segmentation_loss
-from cycleseg.train import train
+from cycleseg.core.losses import enet_class_weights, segmentation_loss
+from cycleseg.commands.train import train
 
 ERFNET_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "erfnet.yaml")
 

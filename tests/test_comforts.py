@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from cycleseg import runs
-from cycleseg.augment import augment_batch, augment_generator
+from cycleseg.core.augment import augment_batch, augment_generator
 from cycleseg.cli import main
 from cycleseg.config import RESUMABLE_KEYS, load_config
 from cycleseg.errors import ConfigError
 from cycleseg.runs import BEST, LAST, load_checkpoint, save_checkpoint
-from cycleseg.train import train
+from cycleseg.commands.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PLAIN, CYCLE = str(CONFIGS / "erfnet.yaml"), str(CONFIGS / "cyclegan.yaml")
@@ -78,7 +78,7 @@ def test_comfort_settings_are_checked(override, needle):
 
 
 def test_augmented_run_resumed_equals_the_uninterrupted_one(tiny_data, tmp_path, monkeypatch):
-    import cycleseg.train as train_module
+    import cycleseg.commands.train as train_module
 
     changed = []
 
@@ -185,7 +185,7 @@ def test_best_checkpoint_holds_weights_only_and_evaluates(trained_cycle_run, tin
         "checkpoint": BEST, "step": best["step"]}
     assert json.loads(runs.artifact(run, "eval", "val").read_text())["miou"] is not None
     from cycleseg.errors import RunError
-    from cycleseg.state import TrainState
+    from cycleseg.commands.state import TrainState
 
     cfg = load_config(None, ["noise.kind=quantize", "noise.bits=2", "model.num_classes=20"])
     with pytest.raises(RunError, match="holds weights only.*--init-from"):
@@ -195,7 +195,7 @@ def test_best_checkpoint_holds_weights_only_and_evaluates(trained_cycle_run, tin
 
 def test_init_from_run_stopped_before_its_first_checkpoint_resumes_from_the_same_weights(trained_cycle_run, tiny_data,
                                                                                           tmp_path, monkeypatch):
-    import cycleseg.train as train_module
+    import cycleseg.commands.train as train_module
 
     out = tmp_path / "run"
 

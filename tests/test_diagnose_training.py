@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from cycleseg.cli import main
-from cycleseg.diagnose import diagnose_run, diagnose_training, training_checkpoints
+from cycleseg.commands.diagnose import diagnose_run, diagnose_training, training_checkpoints
 
 pytestmark = pytest.mark.slow  # every test trains a run
 

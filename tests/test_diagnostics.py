@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from cycleseg.cli import main
-from cycleseg.diagnose import diagnose_models
-from cycleseg.diagnostics import (
+from cycleseg.commands.diagnose import diagnose_models
+from cycleseg.core.diagnostics import (
     add_noise_at_snr,
     class_mean_field,
     class_sums,
@@ -27,7 +27,7 @@ from cycleseg.diagnostics import (
     unexplained_energy,
     watermark_inputs,
 )
-from cycleseg.noise import NoiseInjection
+from cycleseg.core.noise import NoiseInjection
 
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
 

@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from cycleseg.cli import main
-from cycleseg.export import check_onnx, export_onnx
+from cycleseg.commands.export import check_onnx, export_onnx
 from cycleseg.runs import load_run
 
 

@@ -1,4 +1,4 @@
-"""One `generator_step` against the paper's equations written out directly in torch (no cycleseg.losses).
+"""One `generator_step` against the paper's equations written out directly in torch (no cycleseg.core.losses).
 
 The reference computes, from SPEC "Losses" and the paper's eqs. 1-7, on a copy of the same models:
     J_seg   = CE(G(x), y)                    (eq. 1; weighted / background-ignoring CE where configured)
@@ -32,8 +32,8 @@ import pytest
 import torch
 
 from cycleseg.config import Config, load_config
-from cycleseg.models import build_models
-from cycleseg.steps import generator_step
+from cycleseg.core.models import build_models
+from cycleseg.core.steps import generator_step
 
 S, B, H, W = 20, 2, 32, 32
 BACKGROUND = 19  # SPEC: background is class index 19

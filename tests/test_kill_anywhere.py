@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import cycleseg.runs as runs_module
-import cycleseg.train as train_module
+import cycleseg.commands.train as train_module
 from cycleseg.cli import main
 from cycleseg.runs import BEST, LAST, load_checkpoint
-from cycleseg.state import TrainState
+from cycleseg.commands.state import TrainState
 
 pytestmark = pytest.mark.slow
 

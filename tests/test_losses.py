@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cycleseg.losses import (
+from cycleseg.core.losses import (
     GeneratorTerms,
     adversarial_loss,
     discriminator_loss,

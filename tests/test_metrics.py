@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cycleseg.metrics import class_iou, confusion_matrix, mean_iou, psnr_db, snr_db
+from cycleseg.core.metrics import class_iou, confusion_matrix, mean_iou, psnr_db, snr_db
 
 torch.set_num_threads(2)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from cycleseg.networks import PatchDiscriminator, image_generator, init_weights, segmentation_generator
+from cycleseg.core.networks import PatchDiscriminator, image_generator, init_weights, segmentation_generator
 
 torch.set_num_threads(2)
 S = 20

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cycleseg.noise import NOISE_KINDS, NoiseInjection, max_only, quantize, snr_db
+from cycleseg.core.noise import NOISE_KINDS, NoiseInjection, max_only, quantize, snr_db
 
 torch.set_num_threads(2)
 

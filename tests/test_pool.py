@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from cycleseg.pool import ImagePool
+from cycleseg.core.pool import ImagePool
 
 torch.set_num_threads(2)
 

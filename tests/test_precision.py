@@ -5,10 +5,10 @@ import torch
 
 from cycleseg.config import Config, ModelConfig, NoiseConfig
 from cycleseg.errors import ConfigError
-from cycleseg.models import build_models
-from cycleseg.pool import ImagePool
-from cycleseg.precision import make_adam, resolve_precision, to_memory_format
-from cycleseg.steps import discriminator_step, generator_step
+from cycleseg.core.models import build_models
+from cycleseg.core.pool import ImagePool
+from cycleseg.core.precision import make_adam, resolve_precision, to_memory_format
+from cycleseg.core.steps import discriminator_step, generator_step
 
 # Comparisons between kernels, memory formats or precisions are made after ONE step, where they are well
 # defined on any CPU. Over several iterations they are not: at the paper's initialisation the training
@@ -152,9 +152,9 @@ def test_adam_kernels_make_the_same_updates():
 
 def test_precision_choices(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr("cycleseg.precision.native_bf16_cpu", lambda: False)
+    monkeypatch.setattr("cycleseg.core.precision.native_bf16_cpu", lambda: False)
     assert resolve_precision("auto", cpu).dtype is None  # fp32 on CPUs that emulate bf16
-    monkeypatch.setattr("cycleseg.precision.native_bf16_cpu", lambda: True)
+    monkeypatch.setattr("cycleseg.core.precision.native_bf16_cpu", lambda: True)
     assert resolve_precision("auto", cpu).dtype == torch.bfloat16  # bf16 where it is native
     assert resolve_precision("fp32", cpu).dtype is None
     assert resolve_precision("bf16", cpu).dtype == torch.bfloat16
@@ -165,7 +165,7 @@ def test_precision_choices(monkeypatch):
 
 
 def test_bf16_evaluation_is_close_to_fp32():
-    from cycleseg.evaluate import evaluate_models
+    from cycleseg.commands.evaluate import evaluate_models
 
     _, models, _ = _train(noise="none", iterations=1)
     gen = torch.Generator().manual_seed(7)
@@ -179,7 +179,7 @@ def test_bf16_evaluation_is_close_to_fp32():
 @pytest.mark.parametrize("flags, native", [("fpu sse avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
                                            ("fpu amx_bf16 amx_tile", True)])
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
-    from cycleseg.precision import native_bf16_cpu
+    from cycleseg.core.precision import native_bf16_cpu
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
@@ -199,14 +199,14 @@ def _auto_run(data, out, *extra):
 def test_auto_keeps_bf16_when_its_losses_match_and_says_why(tiny_data, tmp_path, monkeypatch):
     import json
 
-    monkeypatch.setattr("cycleseg.precision.native_bf16_cpu", lambda: True)
+    monkeypatch.setattr("cycleseg.core.precision.native_bf16_cpu", lambda: True)
     assert _auto_run(tiny_data, tmp_path / "run") == 0
     status = json.loads((tmp_path / "run" / "run.json").read_text())
     assert status["precision"]["name"] == "bf16"
     assert "natively" in status["precision"]["reason"] and "first batch" in status["precision"]["reason"]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["precision"] == "bf16"
     # the choice holds for the whole run: a resume on a CPU without native bf16 keeps it
-    monkeypatch.setattr("cycleseg.precision.native_bf16_cpu", lambda: False)
+    monkeypatch.setattr("cycleseg.core.precision.native_bf16_cpu", lambda: False)
     from cycleseg.cli import main
     from cycleseg.runs import load_checkpoint
 
@@ -218,8 +218,8 @@ def test_auto_keeps_bf16_when_its_losses_match_and_says_why(tiny_data, tmp_path,
 def test_auto_falls_back_to_fp32_when_bf16_losses_differ(tiny_data, tmp_path, monkeypatch):
     import json
 
-    monkeypatch.setattr("cycleseg.precision.native_bf16_cpu", lambda: True)
-    monkeypatch.setattr("cycleseg.steps.BF16_RTOL", {"seg": 1e-9, "rec_x": 1e-9, "rec_y": 1e-9, "total": 1e-9})
+    monkeypatch.setattr("cycleseg.core.precision.native_bf16_cpu", lambda: True)
+    monkeypatch.setattr("cycleseg.core.steps.BF16_RTOL", {"seg": 1e-9, "rec_x": 1e-9, "rec_y": 1e-9, "total": 1e-9})
     assert _auto_run(tiny_data, tmp_path / "run") == 0
     precision = json.loads((tmp_path / "run" / "run.json").read_text())["precision"]
     assert precision["name"] == "fp32" and "fp32 instead" in precision["reason"]
@@ -228,7 +228,7 @@ def test_auto_falls_back_to_fp32_when_bf16_losses_differ(tiny_data, tmp_path, mo
 def test_the_bf16_check_leaves_the_run_unchanged(tiny_data):
     """bf16_agrees works on a copy with the RNG forked: the models' weights, BatchNorm statistics and the
     global RNG are as before."""
-    from cycleseg.steps import bf16_agrees
+    from cycleseg.core.steps import bf16_agrees
 
     torch.manual_seed(0)
     models = build_models(ModelConfig(), NoiseConfig(kind="gaussian", snr_db=5.0))

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import cycleseg.steps as steps_module
+import cycleseg.core.steps as steps_module
 from cycleseg.config import load_config
 from cycleseg.errors import RunError
-from cycleseg.models import build_models
+from cycleseg.core.models import build_models
 from cycleseg.runs import BEST, LAST, load_checkpoint, save_checkpoint
-from cycleseg.state import Progress, TrainState
-from cycleseg.train import train
+from cycleseg.commands.state import Progress, TrainState
+from cycleseg.commands.train import train
 
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
 # 8 images / batch 2 = 4 iterations per epoch; 3 epochs = 12 iterations; Gaussian noise so that the torch RNG

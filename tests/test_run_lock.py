@@ -28,14 +28,14 @@ from cycleseg.cli import main
 from cycleseg.config import config_from_dict
 from cycleseg.errors import RunError
 from cycleseg.runs import LAST, LOCK, RunLock, load_checkpoint, run_in_use
-from cycleseg.sweep import EXIT_IN_USE, IN_USE, sweep_status
-from cycleseg.train import train
+from cycleseg.experiments.sweep import EXIT_IN_USE, IN_USE, sweep_status
+from cycleseg.commands.train import train
 from test_resume import CYCLEGAN_YAML, _cfg, assert_same_state
 from test_resume import TINY as RESUME_TINY
 
 # test_resume's run (a checkpoint after every iteration, Gaussian noise: the RNG matters) in 2 epochs, 8 iterations
 TINY = [*RESUME_TINY, "optim.epochs=2", "optim.decay_start_epoch=1"]
-WORKER = "import sys; from cycleseg.sweep import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+WORKER = "import sys; from cycleseg.experiments.sweep import worker_main; sys.exit(worker_main(sys.argv[1:]))"
 HOLDER = {"pid": 4242, "host": "node7", "command": "cycleseg train --resume RUN", "since": "2026-12-02T10:00:00+0000"}
 
 

@@ -22,7 +22,7 @@ from cycleseg.data.cityscapes import MAX_IMAGE_PIXELS, open_image
 from cycleseg.data.classes import load_classes
 from cycleseg.errors import ConfigError, DataError, RunError, UnsafeCheckpoint
 from cycleseg.runs import BEST, LAST, load_checkpoint, save_checkpoint, upgrade_checkpoint
-from cycleseg.state import TrainState
+from cycleseg.commands.state import TrainState
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cycleseg"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -212,7 +212,7 @@ def test_no_command_runs_a_planted_checkpoint(planted, tiny_data, capsys, reader
 
 @pytest.mark.slow
 def test_the_python_api_and_the_slurm_worker_refuse_a_planted_checkpoint(planted, tiny_data):
-    from cycleseg.slurm import SlurmTask, _plan
+    from cycleseg.experiments.slurm import SlurmTask, _plan
 
     run, marker, _ = planted
     for kwargs in ({}, {"checkpoint": "last"}, {"trust": True}):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cycleseg.steps import lr_factor
+from cycleseg.core.steps import lr_factor
 
 
 @pytest.mark.parametrize("epoch, expected", [(0, 1.0), (50, 1.0), (99, 1.0), (100, 1.0), (150, 0.5), (190, 0.1),

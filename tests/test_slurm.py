@@ -1,4 +1,4 @@
-"""Sweeps on Slurm (cycleseg.slurm), on a real one-node cluster that the session starts (tests/slurm_fixture.py).
+"""Sweeps on Slurm (cycleseg.experiments.slurm), on a real one-node cluster that the session starts (tests/slurm_fixture.py).
 
 One sweep of 2 tiny configs x 2 seeds, plus an uninterrupted copy of one run as the reference, as one job
 array, 2 runs at a time (1 CPU, 1 thread each): submitted again while it runs, nothing is submitted twice;
@@ -24,7 +24,7 @@ import torch
 from cycleseg.cli import main
 from cycleseg.errors import RunError
 from cycleseg.runs import LAST, METRICS, RunLock, artifact, load_checkpoint, run_in_use
-from cycleseg.slurm import (
+from cycleseg.experiments.slurm import (
     ENDED,
     SlurmTask,
     Submitted,

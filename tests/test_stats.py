@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cycleseg.stats import format_interval, mean_interval, paired_difference, t_cdf, t_quantile
+from cycleseg.core.stats import format_interval, mean_interval, paired_difference, t_cdf, t_quantile
 
 # The 97.5 % quantile as printed in t tables (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2), 3 decimals.
 TABLE_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 29: 2.045, 100: 1.984}
@@ -84,7 +84,7 @@ def test_paired_difference_removes_the_shared_seed_effect():
 
 
 def test_paired_t_p_value_detectable_effect_and_holm_by_hand():
-    from cycleseg.stats import detectable_effect, holm, t_p_value
+    from cycleseg.core.stats import detectable_effect, holm, t_p_value
 
     # [1, 2, 3, 4, 5]: mean 3, sd sqrt(2.5), t = 3 / (sqrt(2.5) / sqrt(5)) = 3 sqrt(2) = 4.2426, df 4;
     # two-sided p = 2 P(T4 > 4.2426) = 0.013236 (closed form for df 4: P(T > t) = 1/2 - x (1 + (1 - x^2) / 2) / 2
@@ -102,7 +102,7 @@ def test_paired_t_p_value_detectable_effect_and_holm_by_hand():
 
 
 def test_t_power_is_the_tests_size_at_zero_and_matches_a_simulation():
-    from cycleseg.stats import t_power
+    from cycleseg.core.stats import t_power
 
     assert t_power(0.0, 1.0, 5) == pytest.approx(0.05, abs=1e-6)  # at no effect, the level itself
     assert t_power(0.0, 1.0, 2) == pytest.approx(0.05, abs=1e-4)  # df = 1: the pole of V's density at 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cycleseg import sweep
+from cycleseg.experiments import sweep
 from cycleseg.cli import main
 from cycleseg.config import load_config
 from cycleseg.errors import ConfigError, RunError

@@ -5,9 +5,9 @@ import copy
 import torch
 
 from cycleseg.config import Config, load_config
-from cycleseg.models import build_models
-from cycleseg.pool import ImagePool
-from cycleseg.steps import discriminator_step, generator_step, plain_step
+from cycleseg.core.models import build_models
+from cycleseg.core.pool import ImagePool
+from cycleseg.core.steps import discriminator_step, generator_step, plain_step
 
 
 def _setup(overrides=()):

@@ -13,7 +13,7 @@ from cycleseg.version import __version__
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from cycleseg.segment import Segmenter
+    from cycleseg.commands.segment import Segmenter
 
 __all__ = ["__version__", "load"]
 
@@ -24,8 +24,8 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", pr
 
     Reads tensors and plain data only, never code; `trust=True` also reads a checkpoint of cycleseg 0.1.0.
 
-    See `cycleseg.segment` (imported here on first use, so that `import cycleseg` stays light).
+    See `cycleseg.commands.segment` (imported here on first use, so that `import cycleseg` stays light).
     """
-    from cycleseg.segment import load as _load
+    from cycleseg.commands.segment import load as _load
 
     return _load(run_dir, checkpoint, device, precision, trust=trust)

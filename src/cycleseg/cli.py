@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from cycleseg.errors import ConfigError, CycleSegError, DataError, Interrupted, RunError, user_message
-from cycleseg.formats import fmt, noise_label
+from cycleseg.runs.formats import fmt, noise_label
 from cycleseg.version import __version__
 
 EXAMPLES = """\
@@ -83,8 +83,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cycleseg.metrics import METRICS
-    from cycleseg.noise import NOISE_KINDS
+    from cycleseg.core.metrics import METRICS
+    from cycleseg.core.noise import NOISE_KINDS
 
     parser = _Parser(
         prog="cycleseg",
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"(see cycleseg {args.command} --help)\n")
     try:
         if getattr(args, "device", None) is not None:  # an unknown --device fails before any run is read
-            from cycleseg.models import resolve_device
+            from cycleseg.core.models import resolve_device
 
             resolve_device(args.device)
         return COMMANDS[args.command](args)
@@ -480,14 +480,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if out is None and not args.dry_run:
             raise ConfigError("train needs --out RUN_DIR, the folder to create the run in")
         if out is not None:
-            from cycleseg.calibrate import resolve_snr_from
+            from cycleseg.commands.calibrate import resolve_snr_from
 
             cfg = resolve_snr_from(cfg, base_dir=out.parent)  # noise.snr_db: from RUN_DIR -> its measured SNR
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    from cycleseg.distributed import is_main
-    from cycleseg.train import train
+    from cycleseg.core.distributed import is_main
+    from cycleseg.commands.train import train
 
     metrics = train(cfg, out, resume=args.resume is not None, overwrite=args.overwrite, run_config=run_config,
                     init_from=args.init_from)
@@ -504,7 +504,7 @@ def _print_result(name: str, metrics: dict, out: Path) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cycleseg.evaluate import evaluate_run, format_results
+    from cycleseg.commands.evaluate import evaluate_run, format_results
 
     results = evaluate_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint,
                            full_res=args.full_res, official=args.official, predictions=args.predictions,
@@ -521,7 +521,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 def _results_table(paths: list[Path], split: str) -> str:
     """Run directories: the table below; seeds, a config's folder of seeds or a sweep folder: report.format_table
     (mean and 95 % interval over seeds, paired differences to no noise)."""
-    from cycleseg.sweep import expand_runs
+    from cycleseg.experiments.sweep import expand_runs
 
     found = expand_runs(paths)
     if [d for _, _, d in found] == list(paths) and all(seed is None for _, seed, _ in found):
@@ -617,7 +617,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from cycleseg.segment import load, segment_files
+    from cycleseg.commands.segment import load, segment_files
 
     segmenter = load(args.run_dir, args.checkpoint, args.device, args.precision)
     summary = segment_files(segmenter, args.images, args.out, progress=_progress(args),
@@ -627,7 +627,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cycleseg.predict import predict_run
+    from cycleseg.commands.predict import predict_run
 
     summary = predict_run(args.run_dir, args.data, args.split, args.out, checkpoint=args.checkpoint,
                           device=args.device, reconstruction=args.reconstruction, progress=_progress(args),
@@ -637,7 +637,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from cycleseg.calibrate import calibrate_run, calibration_path
+    from cycleseg.commands.calibrate import calibrate_run, calibration_path
 
     r = calibrate_run(args.run_dir, args.data, args.split, device=args.device, noise_overrides=args.noise,
                       progress=_progress(args))
@@ -650,7 +650,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from cycleseg.sweep import run_sweep
+    from cycleseg.experiments.sweep import run_sweep
 
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     # argparse hands KEY=VALUE words that come before the options to the CONFIGS list
@@ -680,8 +680,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _submit_to_slurm(args: argparse.Namespace, only: list[str] | None) -> int:
     """`sweep --launcher slurm`: one job array of the runs not finished nor queued yet; returns at once."""
-    from cycleseg.slurm import submit_sweep, sweep_tasks
-    from cycleseg.sweep import check_request, find_configs
+    from cycleseg.experiments.slurm import submit_sweep, sweep_tasks
+    from cycleseg.experiments.sweep import check_request, find_configs
 
     entries = find_configs(args.configs, only)
     check_request(entries, args.overrides + ([f"data.root={args.data.absolute()}"] if args.data else []), args.seeds)
@@ -696,11 +696,11 @@ def _submit_to_slurm(args: argparse.Namespace, only: list[str] | None) -> int:
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> int:
-    from cycleseg.sweep import format_status, sweep_status
+    from cycleseg.experiments.sweep import format_status, sweep_status
 
     states = sweep_status(args.sweep_dir)
     if (args.sweep_dir / "slurm" / "jobs.json").is_file():  # a sweep submitted with --launcher slurm
-        from cycleseg.slurm import sweep_jobs
+        from cycleseg.experiments.slurm import sweep_jobs
 
         jobs = {j["name"]: j for j in sweep_jobs(args.sweep_dir)}
         for state in states:
@@ -740,7 +740,7 @@ def _val_folder(root: Path) -> Path:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from cycleseg.diagnose import diagnose_run, format_summary
+    from cycleseg.commands.diagnose import diagnose_run, format_summary
 
     try:
         snrs = [float(v) for v in args.snrs.split(",") if v.strip()]
@@ -749,7 +749,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.examples < 1:
         raise ConfigError(f"--examples {args.examples}: must be >= 1")
     if args.along_training:
-        from cycleseg.diagnose import TRAINING_SNRS, diagnose_training
+        from cycleseg.commands.diagnose import TRAINING_SNRS, diagnose_training
 
         chosen = snrs if args.snrs != "40,30,20,10,5,0,-5,-10" else TRAINING_SNRS
         curve = diagnose_training(args.run_dir, args.data, args.split, device=args.device, max_images=args.max_images,
@@ -768,7 +768,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_reward(args: argparse.Namespace) -> int:
-    from cycleseg.diagnose import data_reward
+    from cycleseg.commands.diagnose import data_reward
 
     width, height = _parse_size(args.size)
     if args.max_images is not None and args.max_images < 1:
@@ -787,7 +787,7 @@ def cmd_reward(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cycleseg.export import export_onnx
+    from cycleseg.commands.export import export_onnx
 
     r = export_onnx(args.run_dir, args.onnx, checkpoint=args.checkpoint, check=not args.no_check)
     print(f"wrote {r['onnx']} (opset {r['opset']}, trained at {r['size'][1]}x{r['size'][0]}, dynamic batch and size)")

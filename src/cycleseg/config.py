@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from cycleseg.augment import AUGMENT_MODES
+from cycleseg.core.augment import AUGMENT_MODES
 from cycleseg.errors import ConfigError
-from cycleseg.noise import NOISE_KINDS, SIGMA_RULES
+from cycleseg.core.noise import NOISE_KINDS, SIGMA_RULES
 
 __all__ = [
     "F_INPUTS",

@@ -6,7 +6,7 @@ For a trained cycle run, on one split (val by default), in RUN_DIR:
 - diagnose_<split>.md     a self-contained Markdown summary, image links relative to RUN_DIR;
 - diagnose_<split>/*.png  sensitivity.png, energy.png, spectrum.png, examples.png.
 
-What is measured (the tensor work is in `cycleseg.diagnostics`):
+What is measured (the tensor work is in `cycleseg.core.diagnostics`):
 
 1. Watermark gap: PSNR of F(noise(G(x))), the reconstruction training optimises (the run's own noise
    injection on, as in `evaluate`), beside the PSNR of F fed only the decision argmax G(x) (its one-hot,
@@ -44,7 +44,7 @@ from tqdm import tqdm
 from cycleseg import runs
 from cycleseg.config import Config
 from cycleseg.data import CITYSCAPES, CLASS_NAMES, ClassTable, open_source, open_split, resolve_classes
-from cycleseg.diagnostics import (
+from cycleseg.core.diagnostics import (
     INPUTS,
     SCALE_REFERENCES,
     add_noise_at_snr,
@@ -61,9 +61,9 @@ from cycleseg.diagnostics import (
     watermark_inputs,
 )
 from cycleseg.errors import RunError
-from cycleseg.formats import figure, finite_or_none, fmt, iou_results, noise_label, save_figure, to_rgb
-from cycleseg.metrics import confusion_matrix, psnr_db, snr_db
-from cycleseg.models import Models, resolve_device
+from cycleseg.runs.formats import figure, finite_or_none, fmt, iou_results, noise_label, save_figure, to_rgb
+from cycleseg.core.metrics import confusion_matrix, psnr_db, snr_db
+from cycleseg.core.models import Models, resolve_device
 from cycleseg.runs import LAST, load_run, seeded_inference
 
 __all__ = ["DEFAULT_SNRS", "TRAINING_SNRS", "data_reward", "diagnose_models", "diagnose_run", "diagnose_training",

@@ -32,7 +32,7 @@ import yaml
 from cycleseg import runs
 from cycleseg.config import RESUMABLE_KEYS, Config, config_from_dict, flat_items, load_config
 from cycleseg.errors import ConfigError, CycleSegError, DataError, Interrupted, RunError, user_message
-from cycleseg.monitor import StopSignals
+from cycleseg.commands.monitor import StopSignals
 from cycleseg.runs import LAST, write_json
 
 __all__ = ["LAUNCHERS", "LOGS", "SWEEP_FILE", "RunState", "SweepEntry", "expand_runs", "find_configs", "find_runs",
@@ -46,7 +46,7 @@ MAX_SEEDS = 1000  # a larger --seeds is a typo, not a study: refused before any 
 IN_USE = "in use"  # a run whose lock another process holds: a sweep leaves it alone and says so
 EXIT_IN_USE = 75  # worker_main's exit code for a run in use elsewhere (EX_TEMPFAIL: try again later)
 _SEED_DIR = re.compile(r"seed(\d+)")
-_WORKER = "import sys; from cycleseg.sweep import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+_WORKER = "import sys; from cycleseg.experiments.sweep import worker_main; sys.exit(worker_main(sys.argv[1:]))"
 
 
 def seed_dir(seed: int) -> str:
@@ -178,9 +178,9 @@ def run_one(cfg: Config, run_dir: Path, sweep_dir: Path, retrain: bool, prefix: 
 
 
 def _run_one(cfg: Config, run_dir: Path, sweep_dir: Path, retrain: bool, prefix: str, log) -> str:
-    from cycleseg.calibrate import resolve_snr_from  # the training stack is only imported when something runs
-    from cycleseg.evaluate import evaluate_run
-    from cycleseg.train import train
+    from cycleseg.commands.calibrate import resolve_snr_from  # the training stack is only imported when something runs
+    from cycleseg.commands.evaluate import evaluate_run
+    from cycleseg.commands.train import train
 
     cfg = resolve_snr_from(cfg, base_dir=sweep_dir)
     status = run_status(run_dir)
@@ -448,7 +448,7 @@ def _resolved_if_measured(cfg: Config, sweep_dir: Path) -> Config | None:
     source = _snr_source(cfg)
     if source is None:
         return cfg
-    from cycleseg.calibrate import calibration_path, resolve_snr_from
+    from cycleseg.commands.calibrate import calibration_path, resolve_snr_from
 
     found = next((p for p in (Path(source), sweep_dir / source) if (p / LAST).is_file()), None)
     if found is None or not calibration_path(found).is_file():

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor
 
-from cycleseg.metrics import psnr_db, snr_db
-from cycleseg.noise import gaussian_sigma
+from cycleseg.core.metrics import psnr_db, snr_db
+from cycleseg.core.noise import gaussian_sigma
 
 __all__ = [
     "INPUTS",

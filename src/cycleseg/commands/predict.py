@@ -51,10 +51,10 @@ from cycleseg.data import (
 )
 from cycleseg.data.cityscapes import open_image, open_image_header
 from cycleseg.errors import DataError, RunError
-from cycleseg.formats import finite_or_none, iou_results, to_rgb
-from cycleseg.metrics import confusion_matrix
-from cycleseg.models import Models, resolve_device
-from cycleseg.precision import Precision, resolve_precision
+from cycleseg.runs.formats import finite_or_none, iou_results, to_rgb
+from cycleseg.core.metrics import confusion_matrix
+from cycleseg.core.models import Models, resolve_device
+from cycleseg.core.precision import Precision, resolve_precision
 from cycleseg.runs import (
     LAST,
     artifact,

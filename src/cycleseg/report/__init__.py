@@ -39,8 +39,8 @@ from tqdm import tqdm
 from cycleseg.config import config_from_dict
 from cycleseg.data import CLASS_NAMES, NUM_EVAL_CLASSES, open_source, open_split
 from cycleseg.errors import RunError
-from cycleseg.formats import figure, fmt, noise_label, save_figure, to_rgb
-from cycleseg.models import resolve_device
+from cycleseg.runs.formats import figure, fmt, noise_label, save_figure, to_rgb
+from cycleseg.core.models import resolve_device
 from cycleseg.runs import (
     CONFIG,
     LOG,
@@ -55,7 +55,7 @@ from cycleseg.runs import (
     run_classes,
     seeded_inference,
 )
-from cycleseg.stats import (
+from cycleseg.core.stats import (
     Interval,
     detectable_effect,
     format_interval,
@@ -64,7 +64,7 @@ from cycleseg.stats import (
     paired_difference,
     t_p_value,
 )
-from cycleseg.sweep import expand_runs, find_runs, run_status, seed_dir, sweep_status
+from cycleseg.experiments.sweep import expand_runs, find_runs, run_status, seed_dir, sweep_status
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -136,7 +136,7 @@ class RunRecord:
 
 def load_paper_table() -> list[dict[str, Any]]:
     """The paper's Table 2 rows: key, label, snr_db, miou, psnr_db (None where the paper gives no value)."""
-    text = resources.files("cycleseg").joinpath("paper_table2.csv").read_text()
+    text = resources.files("cycleseg.report").joinpath("paper_table2.csv").read_text()
     rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
     return [{"key": r["key"], "label": r["label"],
              **{k: float(r[k]) if r[k].strip() else None for k in ("snr_db", "miou", "psnr_db")}} for r in rows]

@@ -30,9 +30,9 @@ from cycleseg.config import Config
 from cycleseg.data import ClassTable, image_to_tensor
 from cycleseg.data.cityscapes import open_image
 from cycleseg.errors import DataError, RunError
-from cycleseg.formats import to_rgb
-from cycleseg.models import Models, resolve_device
-from cycleseg.precision import resolve_precision, to_memory_format
+from cycleseg.runs.formats import to_rgb
+from cycleseg.core.models import Models, resolve_device
+from cycleseg.core.precision import resolve_precision, to_memory_format
 from cycleseg.runs import BEST, LAST, atomic_write, load_run, run_classes, seeded_inference, write_json
 
 __all__ = ["IMAGE_SUFFIXES", "Segmenter", "find_images", "load", "segment_files"]

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from cycleseg.config import ModelConfig, NoiseConfig
 from cycleseg.errors import ConfigError, RunError
-from cycleseg.networks import PatchDiscriminator, image_generator, init_weights, segmentation_generator
-from cycleseg.noise import NoiseInjection
+from cycleseg.core.networks import PatchDiscriminator, image_generator, init_weights, segmentation_generator
+from cycleseg.core.noise import NoiseInjection
 
 __all__ = ["Models", "build_models", "one_hot", "resolve_device"]
 

@@ -21,9 +21,9 @@ import copy
 import torch
 from torch import Tensor
 
-from cycleseg import distributed
+from cycleseg.core import distributed
 from cycleseg.config import LossConfig
-from cycleseg.losses import (
+from cycleseg.core.losses import (
     GeneratorTerms,
     adversarial_loss,
     discriminator_loss,
@@ -32,9 +32,9 @@ from cycleseg.losses import (
     segmentation_loss,
     segmentation_reconstruction_loss,
 )
-from cycleseg.models import Models, one_hot
-from cycleseg.pool import ImagePool
-from cycleseg.precision import FP32, Precision
+from cycleseg.core.models import Models, one_hot
+from cycleseg.core.pool import ImagePool
+from cycleseg.core.precision import FP32, Precision
 
 __all__ = ["BF16_RTOL", "NonFiniteError", "bf16_agrees", "discriminator_step", "discriminator_y_step",
            "f_warmup_step", "generator_step", "generator_terms", "generator_total", "lr_factor", "plain_step", "semi_generator_step", "unlabelled_rec_weight"]

@@ -75,7 +75,7 @@ def iou_results(conf: Tensor, classes: ClassTable | None = None) -> dict[str, An
     ground truth, or every class absent).
     """
     from cycleseg.data.cityscapes import CITYSCAPES
-    from cycleseg.metrics import class_iou, mean_iou
+    from cycleseg.core.metrics import class_iou, mean_iou
 
     conf = conf.cpu()
     if classes is None and conf.shape[0] == CITYSCAPES.num_classes:

@@ -27,8 +27,10 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from cycleseg import distributed, runs
-from cycleseg.augment import augment_batch, augment_generator
+from cycleseg import runs
+
+from cycleseg.core import distributed
+from cycleseg.core.augment import augment_batch, augment_generator
 from cycleseg.config import Config, labelled_subset, uses_unlabelled
 from cycleseg.data import ClassTable, open_split, resolve_classes
 from cycleseg.data.cache import class_pixel_counts
@@ -42,14 +44,14 @@ from cycleseg.data.semi import (
     stream_indices,
 )
 from cycleseg.errors import ConfigError, DataError, Interrupted, RunError, user_message
-from cycleseg.evaluate import evaluate_models
-from cycleseg.losses import enet_class_weights
-from cycleseg.models import resolve_device
-from cycleseg.monitor import RunLogger, StopSignals
-from cycleseg.precision import to_memory_format
+from cycleseg.commands.evaluate import evaluate_models
+from cycleseg.core.losses import enet_class_weights
+from cycleseg.core.models import resolve_device
+from cycleseg.commands.monitor import RunLogger, StopSignals
+from cycleseg.core.precision import to_memory_format
 from cycleseg.runs import BEST, LAST
-from cycleseg.state import Progress, TrainState
-from cycleseg.steps import (
+from cycleseg.commands.state import Progress, TrainState
+from cycleseg.core.steps import (
     NonFiniteError,
     bf16_agrees,
     discriminator_step,

@@ -15,13 +15,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cycleseg import predict, runs
+from cycleseg import runs
+
+from cycleseg.commands import predict
 from cycleseg.data import ClassTable, open_source, open_split
 from cycleseg.errors import RunError
-from cycleseg.formats import finite_or_none, fmt, iou_results
-from cycleseg.metrics import confusion_matrix, psnr_db, snr_db
-from cycleseg.models import Models, resolve_device
-from cycleseg.precision import resolve_precision
+from cycleseg.runs.formats import finite_or_none, fmt, iou_results
+from cycleseg.core.metrics import confusion_matrix, psnr_db, snr_db
+from cycleseg.core.models import Models, resolve_device
+from cycleseg.core.precision import resolve_precision
 from cycleseg.runs import LAST, load_run, seeded_inference
 
 __all__ = ["evaluate_models", "evaluate_run", "format_results"]
@@ -63,7 +65,7 @@ def evaluate_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
                          torch.cat(snrs).double().sum().item() if snrs else 0.0, sum(map(len, snrs)), count],
                         dtype=torch.float64, device=device)
     if distributed:
-        from cycleseg.distributed import all_reduce_sum
+        from cycleseg.core.distributed import all_reduce_sum
 
         all_reduce_sum(conf)
         all_reduce_sum(sums)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from cycleseg.metrics import snr_db
+from cycleseg.core.metrics import snr_db
 
 __all__ = [
     "NOISE_KINDS",

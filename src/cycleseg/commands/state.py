@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cycleseg import distributed
+from cycleseg.core import distributed
 from cycleseg.config import Config, uses_d_y
 from cycleseg.errors import RunError
-from cycleseg.models import build_models
-from cycleseg.pool import ImagePool
-from cycleseg.precision import PRECISION_DTYPES, Precision, make_adam, precision_reason, resolve_precision
+from cycleseg.core.models import build_models
+from cycleseg.core.pool import ImagePool
+from cycleseg.core.precision import PRECISION_DTYPES, Precision, make_adam, precision_reason, resolve_precision
 from cycleseg.runs import (
     check_compatible,
     load_checkpoint,
@@ -31,7 +31,7 @@ from cycleseg.runs import (
     numpy_rng_to_plain,
     save_checkpoint,
 )
-from cycleseg.steps import lr_factor
+from cycleseg.core.steps import lr_factor
 
 __all__ = ["Progress", "TrainState"]
 

@@ -58,8 +58,8 @@ from cycleseg.config import (
 from cycleseg.data.cityscapes import CITYSCAPES
 from cycleseg.data.classes import ClassTable
 from cycleseg.errors import ConfigError, RunError, UnsafeCheckpoint
-from cycleseg.models import Models, build_models
-from cycleseg.precision import FP32, Precision
+from cycleseg.core.models import Models, build_models
+from cycleseg.core.precision import FP32, Precision
 from cycleseg.version import __version__
 
 __all__ = [

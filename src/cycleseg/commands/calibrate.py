@@ -22,9 +22,9 @@ from tqdm import tqdm
 from cycleseg.config import Config, NoiseConfig, apply_overrides, config_from_dict
 from cycleseg.data import open_split
 from cycleseg.errors import ConfigError, RunError
-from cycleseg.metrics import snr_db
-from cycleseg.models import resolve_device
-from cycleseg.noise import NoiseInjection
+from cycleseg.core.metrics import snr_db
+from cycleseg.core.models import resolve_device
+from cycleseg.core.noise import NoiseInjection
 from cycleseg.runs import LAST, artifact, load_run, read_json, seeded_inference, write_json, writes_into_run
 
 __all__ = ["calibrate_run", "calibration_path", "measure_snr", "resolve_snr_from"]

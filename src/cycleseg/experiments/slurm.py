@@ -6,12 +6,12 @@ and records each run's job in FOLDER/slurm/jobs.json, so that submitting the sam
 run twice. Each array task runs `SlurmRun` in submitit's job process, which starts the work in a child process
 (so that it can stop it at a safe point when a signal comes) and waits:
 
-- one process (gpus_per_run <= 1): `python -m cycleseg.slurm run TASK`, which is `sweep.run_one`, the per-run
+- one process (gpus_per_run <= 1): `python -m cycleseg.experiments.slurm run TASK`, which is `sweep.run_one`, the per-run
   logic of `cycleseg sweep`: skip a finished run, continue an interrupted one exactly from last.pt, train a
   new one (a run made with other settings: error, or anew with `retrain`), then evaluate it on val;
 - gpus_per_run = N > 1: the job process decides as run_one would (`_plan`), `torchrun --standalone
-  --nproc-per-node N -m cycleseg.slurm train --mode new|resume|retrain TASK` trains (one node, one process
-  per GPU), then `cycleseg.slurm run` finds the run trained and evaluates it.
+  --nproc-per-node N -m cycleseg.experiments.slurm train --mode new|resume|retrain TASK` trains (one node, one process
+  per GPU), then `cycleseg.experiments.slurm run` finds the run trained and evaluates it.
 
 The job returns a summary (name, status before, job id, mIoU, PSNR, SNR, seconds): `job.result()`.
 
@@ -181,7 +181,7 @@ def submit_sweep(tasks: Sequence[SlurmTask], folder: str | Path, partition: str 
         if dup:
             raise ConfigError(f"tasks with the same {what} {', '.join(dup)}: each run needs its own")
     from cycleseg import runs
-    from cycleseg.sweep import run_status
+    from cycleseg.experiments.sweep import run_status
 
     slurm_dir = Path(folder) / "slurm"
     slurm_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +244,7 @@ def _done(task: SlurmTask, status: str) -> bool:
 def sweep_jobs(folder: str | Path) -> list[dict[str, Any]]:
     """The runs that FOLDER/slurm/jobs.json records: name, job_id, Slurm's state of that job (squeue, else sacct;
     UNKNOWN when neither knows it) and the run folder's state (sweep.run_status)."""
-    from cycleseg.sweep import run_status
+    from cycleseg.experiments.sweep import run_status
 
     ledger = _read_ledger(Path(folder) / "slurm")
     states = job_states([e["job_id"] for e in ledger.values()])
@@ -319,7 +319,7 @@ class SlurmRun(Checkpointable):
                     + (f", from step {plan['step']}" if status == "interrupted" else ""))
                 mode = "resume" if status == "interrupted" else status
                 self._run_child([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                 f"--nproc-per-node={gpus}", "-m", "cycleseg.slurm", "train", "--mode", mode,
+                                 f"--nproc-per-node={gpus}", "-m", "cycleseg.experiments.slurm", "train", "--mode", mode,
                                  json.dumps({**dataclasses.asdict(task), "extra": plan["extra"]})],
                                 max(1, cpus // gpus), task, say)
         # One process: `sweep.run_one`, the per-run logic of `cycleseg sweep` (skip, continue, train, retrain),
@@ -327,7 +327,7 @@ class SlurmRun(Checkpointable):
         with tempfile.TemporaryDirectory(prefix="cycleseg-slurm-") as tmp:
             result_file = Path(tmp) / "status"
             prefix = f"[job {job_id}] {task.name}:"
-            self._run_child([sys.executable, "-u", "-m", "cycleseg.slurm", "run", "--prefix", prefix,
+            self._run_child([sys.executable, "-u", "-m", "cycleseg.experiments.slurm", "run", "--prefix", prefix,
                              "--status-file", str(result_file), payload], cpus, task, say)
             status = status or (result_file.read_text().strip() if result_file.is_file() else None)
         from cycleseg import runs
@@ -406,9 +406,9 @@ def _plan(task: SlurmTask) -> dict[str, Any]:
     """What the task has to do with its run folder, as `sweep.run_one` decides it: status new / retrain /
     interrupted / trained / done; `extra` overrides for the training processes (a resolved `snr_db: from`)."""
     from cycleseg import runs
-    from cycleseg.calibrate import resolve_snr_from
+    from cycleseg.commands.calibrate import resolve_snr_from
     from cycleseg.config import load_config
-    from cycleseg.sweep import run_status
+    from cycleseg.experiments.sweep import run_status
 
     run_dir = Path(task.run_dir)
     cfg = load_config(task.config, task.all_overrides())
@@ -446,7 +446,7 @@ def _train_worker(payload: dict[str, Any], mode: str) -> None:
     """The training process (every rank under torchrun): train the run fresh, anew or from last.pt."""
     from cycleseg import runs
     from cycleseg.config import RESUMABLE_KEYS, flat_items, load_config
-    from cycleseg.train import train
+    from cycleseg.commands.train import train
 
     task = _task(payload)
     run_dir = Path(task.run_dir)
@@ -462,7 +462,7 @@ def _train_worker(payload: dict[str, Any], mode: str) -> None:
 def _run_worker(payload: dict[str, Any], prefix: str, status_file: str | None) -> None:
     """The single training process of a task: `sweep.run_one` (skip / continue / train, then evaluate)."""
     from cycleseg.config import load_config
-    from cycleseg.sweep import run_one
+    from cycleseg.experiments.sweep import run_one
 
     task = _task(payload)
     cfg = load_config(task.config, task.all_overrides())
@@ -566,8 +566,8 @@ def _write_ledger(slurm_dir: Path, ledger: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m cycleseg.slurm run TASK_JSON` / `train --mode new|retrain|resume TASK_JSON`: a task's child."""
-    parser = argparse.ArgumentParser(prog="python -m cycleseg.slurm")
+    """`python -m cycleseg.experiments.slurm run TASK_JSON` / `train --mode new|retrain|resume TASK_JSON`: a task's child."""
+    parser = argparse.ArgumentParser(prog="python -m cycleseg.experiments.slurm")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train (or continue) and evaluate one task's run: sweep.run_one")
     p.add_argument("--prefix", default="", help="the start of its log lines")

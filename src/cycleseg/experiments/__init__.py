@@ -1,0 +1,2 @@
+"""Experiments over many runs: sweeps and their launchers.
+"""
