@@ -23,7 +23,8 @@ from cycleseg.errors import ConfigError, RunError
 from cycleseg.runs.checkpoint import load_checkpoint
 from cycleseg.runs.files import _first_line, _now, read_status, read_yaml, write_json, write_yaml
 from cycleseg.runs.lock import _IN_USE, _holder_of
-from cycleseg.runs.paths import _ARTIFACTS, _RUN_MARKERS, CLASSES, CONFIG, LAST, LOCK, METRICS, STATUS, VERSIONS
+from cycleseg.runs.paths import _ARTIFACTS, _RUN_MARKERS, CLASSES, CONFIG, LAST, LOCK, STATUS, VERSIONS
+from cycleseg.runs.summary import is_trained
 from cycleseg.version import __version__
 
 _STATES = ("running", "finished", "failed", "interrupted")
@@ -170,8 +171,10 @@ def set_status(run_dir: str | Path, state: str, step: int | None = None, message
 
 
 def finished(run_dir: str | Path) -> bool:
-    """True when `train` completed the run (final validation and metrics.json written)."""
-    return read_status(run_dir).get("state") == "finished" and (Path(run_dir) / METRICS).is_file()
+    """True when `train` completed the run recorded in run.json (final validation and metrics.json written):
+    the rule of runs.summary, for a run with run.json."""
+    record = read_status(run_dir)
+    return bool(record) and is_trained(Path(run_dir), record)
 
 
 def record_evaluation(run_dir: str | Path, split: str, checkpoint: str, step: int | None) -> None:
