@@ -24,7 +24,7 @@ from cycleseg.runs.checkpoint import load_checkpoint
 from cycleseg.runs.files import _first_line, _now, read_status, read_yaml, write_json, write_yaml
 from cycleseg.runs.lock import _IN_USE, _holder_of
 from cycleseg.runs.paths import _ARTIFACTS, _RUN_MARKERS, CLASSES, CONFIG, LAST, LOCK, STATUS, VERSIONS
-from cycleseg.runs.summary import is_trained
+from cycleseg.runs.summary import summary
 from cycleseg.version import __version__
 
 _STATES = ("running", "finished", "failed", "interrupted")
@@ -173,8 +173,8 @@ def set_status(run_dir: str | Path, state: str, step: int | None = None, message
 def finished(run_dir: str | Path) -> bool:
     """True when `train` completed the run recorded in run.json (final validation and metrics.json written):
     the rule of runs.summary, for a run with run.json."""
-    record = read_status(run_dir)
-    return bool(record) and is_trained(Path(run_dir), record)
+    run = summary(run_dir)
+    return bool(run.record) and run.trained
 
 
 def record_evaluation(run_dir: str | Path, split: str, checkpoint: str, step: int | None) -> None:
