@@ -150,7 +150,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypa
     def dies(fd):
         raise KeyboardInterrupt  # the process dies with the new file half on disk, before the rename
 
-    monkeypatch.setattr("cycleseg.runs.os.fsync", dies)
+    monkeypatch.setattr("cycleseg.runs.files.os.fsync", dies)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"value": torch.zeros(3)})
     assert torch.equal(load_checkpoint(path)["value"], torch.ones(3))
@@ -163,7 +163,7 @@ def test_disk_full_is_a_clear_error_and_keeps_the_previous_one(tmp_path, monkeyp
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("cycleseg.runs.os.fsync", disk_full)
+    monkeypatch.setattr("cycleseg.runs.files.os.fsync", disk_full)
     with pytest.raises(RunError, match="could not write .No space left on device.*intact"):
         save_checkpoint(path, {"value": torch.zeros(3)})
     assert not (tmp_path / (LAST + ".tmp")).exists()
@@ -181,10 +181,10 @@ def test_disk_full_while_the_checkpoint_streams_keeps_the_previous_one(tmp_path,
         f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("cycleseg.runs.torch.save", fills_the_disk)
+    monkeypatch.setattr("cycleseg.runs.checkpoint.torch.save", fills_the_disk)
     with pytest.raises(RunError, match="could not write .No space left on device.*intact"):
         save_checkpoint(path, {"value": torch.zeros(3)})
-    monkeypatch.setattr("cycleseg.runs.torch.save", real_save)
+    monkeypatch.setattr("cycleseg.runs.checkpoint.torch.save", real_save)
     assert not (tmp_path / (LAST + ".tmp")).exists()
     assert torch.equal(load_checkpoint(path)["value"], torch.ones(3))
 

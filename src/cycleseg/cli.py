@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from cycleseg.errors import ConfigError, CycleSegError, DataError, Interrupted, RunError, user_message
-from cycleseg.runs.formats import fmt, noise_label
+from cycleseg.runs.formats import fmt
 from cycleseg.version import __version__
 
 EXAMPLES = """\
@@ -519,68 +519,11 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def _results_table(paths: list[Path], split: str) -> str:
-    """Run directories: the table below; seeds, a config's folder of seeds or a sweep folder: report.format_table
-    (mean and 95 % interval over seeds, paired differences to no noise)."""
-    from cycleseg.experiments.sweep import expand_runs
+    """The text of `cycleseg table` (report.tables.results_table: a row per run directory; with seeds, mean and
+    95 % interval over them and paired differences to no noise)."""
+    from cycleseg.report.tables import results_table
 
-    found = expand_runs(paths)
-    if [d for _, _, d in found] == list(paths) and all(seed is None for _, seed, _ in found):
-        return _table(paths, split)
-    from cycleseg.report import format_table
-
-    return format_table(paths, split)
-
-
-def _table(run_dirs: list[Path], split: str) -> str:
-    """Runs side by side like the paper's Table 2: noise, measured SNR, mIoU, PSNR."""
-    lines = [f"{'run':<24} {'noise':<22} {'SNR dB':>7} {'mIoU %':>7} {'PSNR dB':>8}"]
-    rows: list[tuple[dict, dict]] = []
-    from cycleseg import runs
-
-    for run_dir in run_dirs:
-        path = runs.artifact(run_dir, "eval", split)
-        if not path.is_file() and split == "val":  # metrics.json: train's final validation, on val
-            path = run_dir / runs.METRICS
-        if not path.is_file():
-            also = f" or {runs.METRICS}" if split == "val" else ""
-            hint = (f"run `cycleseg evaluate {run_dir} --data DIR --split {split}` first" if split in ("train", "val")
-                    else f"`cycleseg evaluate {run_dir} --data DIR --split train|val` writes eval_train.json or "
-                         "eval_val.json; pass --split train or val")
-            raise RunError(f"{run_dir}: no {runs.artifact(run_dir, 'eval', split).name}{also}; {hint}")
-        r = runs.read_json(path)
-        if not isinstance(r, dict):
-            raise RunError(f"{path}: expected a JSON object of metrics, got {type(r).__name__}; rerun the command "
-                           "that writes it")
-        config = runs.read_yaml(run_dir / runs.CONFIG) if (run_dir / runs.CONFIG).is_file() else {}
-        rows.append((config, r))
-    names = [c.get("name", d.name) for (c, _), d in zip(rows, run_dirs)]
-    for name, (config, r) in zip(names, rows):
-        seed = (config.get("train") or {}).get("seed", 0)
-        label = f"{name} seed {seed}" if names.count(name) > 1 else name
-        lines.append(f"{label:<24} {noise_label(config):<22} "
-                     f"{fmt(r.get('snr_db'), 2):>7} {fmt(r.get('miou'), 1):>7} {fmt(r.get('psnr_db'), 2):>8}")
-    return "\n".join(lines + _seed_spread(rows))
-
-
-def _seed_spread(rows: list[tuple[dict, dict]]) -> list[str]:
-    """A line per config given at several seeds (configs equal but for train.seed): how far its seeds land apart,
-    the yardstick for reading a difference between rows."""
-    groups: dict[str, list[tuple[int, dict]]] = {}
-    for config, r in rows:
-        if config:
-            rest = {**config, "train": {k: v for k, v in (config.get("train") or {}).items() if k != "seed"}}
-            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(
-                ((config.get("train") or {}).get("seed", 0), r))
-    lines = []
-    for key, members in groups.items():
-        mious = [r.get("miou") for _, r in members if r.get("miou") is not None]
-        if len(members) < 2 or len(mious) < 2:
-            continue
-        seeds = ", ".join(str(seed) for seed, _ in members)
-        name = json.loads(key).get("name", "?")
-        lines.append(f"seed spread: {name} at seeds {seeds} lands {min(mious):.1f} to {max(mious):.1f} mIoU "
-                     f"({max(mious) - min(mious):.1f} points apart); read no effect into differences of that size")
-    return [""] + lines if lines else []
+    return results_table(paths, split)
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ from cycleseg.core.precision import Precision, resolve_precision
 from cycleseg.runs import (
     LAST,
     artifact,
+    atomic_write,
     inside_run,
     load_run,
     run_classes,
@@ -167,11 +168,13 @@ def write_predictions(predictions: Iterator[Prediction], out: Path, classes: Cla
 
 
 def _save(image: Image.Image, path: Path) -> None:
+    """One prediction PNG, written atomically (predictions_<split>/ is a run artifact: a crash must not leave a
+    half image that official scoring would read)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
     except OSError as e:
         raise RunError(f"{path}: cannot write the prediction ({e.strerror or e}); choose another --out") from None
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 @writes_into_run(lambda a: inside_run(a["out"], a["run_dir"]))

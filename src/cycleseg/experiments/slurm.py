@@ -337,7 +337,7 @@ class SlurmRun(Checkpointable):
         if job_id and record.get("state") == "finished" and status != "done":  # which job trained it
             with contextlib.suppress(runs.RunInUse), runs.RunLock(run_dir, f"Slurm job {job_id}: {task.name}"):
                 runs.set_status(run_dir, "finished", message=record.get("message"), slurm_job=job_id)
-        result = runs.read_json(runs.artifact(run_dir, "eval", "val"))
+        result = runs.summary(run_dir).require_results()  # the run's fresh results on val (RunError if none)
         say(f"done: mIoU {result.get('miou')}")
         return {"name": task.name, "run_dir": str(run_dir), "status_before": status, "job_id": job_id,
                 "miou": result.get("miou"), "psnr_db": result.get("psnr_db"), "snr_db": result.get("snr_db"),

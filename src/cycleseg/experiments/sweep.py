@@ -99,13 +99,9 @@ def find_configs(sources: list[Path], only: list[str] | None = None) -> list[Swe
 
 
 def run_status(run_dir: Path) -> str:
-    """"done" (trained and evaluated), "trained" (not evaluated), "interrupted" (created, not finished) or "new"."""
-    status = runs.read_status(run_dir)
-    if runs.finished(run_dir) or (not status and (run_dir / runs.METRICS).is_file()):  # (a run from before run.json)
-        evaluated = status.get("evaluations", {}).get("val", {}).get("step") if status else None
-        fresh = runs.artifact(run_dir, "eval", "val").is_file() and (not status or evaluated == status.get("step"))
-        return "done" if fresh else "trained"
-    return "interrupted" if (run_dir / LAST).is_file() or status else "new"
+    """"done" (trained and evaluated on val at its last step), "trained" (not evaluated), "interrupted" (created,
+    not finished) or "new": the state of runs.summary, which decides it for every reader."""
+    return runs.summary(run_dir).state
 
 
 # ------------------------------------------------------------------------------------------------ the sweep
@@ -855,11 +851,10 @@ def _progress(run_dir: Path) -> tuple[int | None, float | None, float | None]:
 
 
 def _results(run_dir: Path) -> dict[str, Any]:
-    for path in (runs.artifact(run_dir, "eval", "val"), run_dir / runs.METRICS):
-        if path.is_file():
-            with contextlib.suppress(RunError):
-                data = runs.read_json(path)
-                return data if isinstance(data, dict) else {}
+    """The run's results that count on val (runs.summary: a fresh eval_val.json, else metrics.json); {} when it
+    has none or they are unreadable (the status table shows what it can)."""
+    with contextlib.suppress(RunError):
+        return runs.summary(run_dir).results or {}
     return {}
 
 

@@ -74,8 +74,8 @@ def iou_results(conf: Tensor, classes: ClassTable | None = None) -> dict[str, An
     else all S classes, named "class i"), in percent; None stands for NaN (a class absent from prediction and
     ground truth, or every class absent).
     """
-    from cycleseg.data.cityscapes import CITYSCAPES
     from cycleseg.core.metrics import class_iou, mean_iou
+    from cycleseg.data.cityscapes import CITYSCAPES
 
     conf = conf.cpu()
     if classes is None and conf.shape[0] == CITYSCAPES.num_classes:
@@ -102,7 +102,7 @@ def figure(width: float, height: float, layout: str | None = None) -> Figure:
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     """Write `fig` as a PNG, atomically (RunError naming the file when it cannot be written); returns the path."""
-    from cycleseg.runs import atomic_write
+    from cycleseg.runs.files import atomic_write
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
