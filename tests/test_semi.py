@@ -440,10 +440,10 @@ def test_report_plots_miou_against_the_labelled_fraction(tmp_path):
     fig = plot_labelled_fraction(groups)
     ax = fig.axes[0]
     lines = {c.get_label(): c for c in ax.containers}
-    assert set(lines) == {"no noise", "plain ERFNet"}
-    x, y = lines["no noise"].lines[0].get_data()
+    assert set(lines) == {"cycle, paper, no noise", "plain ERFNet"}  # report.semi.model_label
+    x, y = lines["cycle, paper, no noise"].lines[0].get_data()
     assert list(x) == [0.125, 1.0] and list(y) == [21.0, 32.0]
-    segments = lines["no noise"].lines[2][0].get_segments()  # the vertical error bars
+    segments = lines["cycle, paper, no noise"].lines[2][0].get_segments()  # the vertical error bars
     half_widths = [(seg[1][1] - seg[0][1]) / 2 for seg in segments]
     assert half_widths == pytest.approx([12.7062 * 2 ** 0.5 / 2 ** 0.5, 12.7062 * 2.828427 / 2 ** 0.5], rel=1e-4)
     assert plot_labelled_fraction(groups[::2][:1]) is None
@@ -453,7 +453,8 @@ def test_report_pairs_each_fraction_with_its_own_references(tmp_path):
     """Constructed runs of two fractions and two seeds: quant2 is paired with the no-noise run of its own fraction,
     and every cycle model with the plain ERFNet of its fraction (the same labelled images), seed by seed."""
     from cycleseg.config import Config
-    from cycleseg.report import RunRecord, paired_rows, semi_rows
+    from cycleseg.report import RunRecord, group_runs, labelled_fraction, paired_rows
+    from cycleseg.report.semi import semi_contrasts
 
     def run(name: str, kind: str, noise: str, labelled, seed: int, miou: float) -> RunRecord:
         cfg = Config()
@@ -472,11 +473,12 @@ def test_report_pairs_each_fraction_with_its_own_references(tmp_path):
     assert {k: p["reference"] for k, p in paired.items()} == {"1-8_quant2": "1-8_nonoise", "1_quant2": "1_nonoise"}
     assert paired["1-8_quant2"]["miou"].interval.values == (1.0, 2.0)  # 16 - 15, 20 - 18
     assert paired["1_quant2"]["miou"].interval.values == (6.0, 1.0)
-    semi = {r["run"]: r for r in semi_rows(runs)}
+    contrasts = semi_contrasts(group_runs(runs), labelled_fraction)
+    semi = {r["run"]: r for r in contrasts if r["kind"] in ("semi − labelled-only", "cycle − plain")}
     assert {k: (r["reference"], r["fraction"]) for k, r in semi.items()} == {
         "1-8_nonoise": ("1-8_plain", 0.125), "1-8_quant2": ("1-8_plain", 0.125),
         "1_nonoise": ("1_plain", 1.0), "1_quant2": ("1_plain", 1.0)}
-    diff = semi["1-8_quant2"]["miou"]
+    diff = semi["1-8_quant2"]["difference"]
     assert diff.interval.values == (6.0, 8.0) and diff.interval.mean == 7.0
     assert diff.interval.half_width == pytest.approx(12.7062 * 2 ** 0.5 / 2 ** 0.5, rel=1e-4)  # sd sqrt(2), n = 2
-    assert semi_rows([r for r in runs if r.group.startswith("1_")]) == []  # no fraction below 1: no such table
+    assert semi_contrasts(group_runs([r for r in runs if r.group.startswith("1_")]), labelled_fraction) == []  # no fraction below 1: no such table

@@ -62,19 +62,19 @@ def test_each_contrast_finds_the_config_that_differs_in_one_thing():
     rows = semi_contrasts(_study(), _fraction)
     found = [(r["fraction"], r["kind"], r["run"], r["reference"]) for r in rows]
     assert found == [
-        (0.125, "unlabelled images", "1-8_anchor", "1-8_plain"),
-        (0.125, "unlabelled images", "1-8_anchor_quant2", "1-8_plain"),
-        (0.125, "unlabelled images", "1-8_paper", "1-8_plain"),
+        (0.125, "semi − labelled-only", "1-8_anchor", "1-8_plain"),
+        (0.125, "semi − labelled-only", "1-8_anchor_quant2", "1-8_plain"),
+        (0.125, "semi − labelled-only", "1-8_paper", "1-8_plain"),
         (0.125, "anchor's choices", "1-8_anchor", "1-8_paper"),
         # 1-8_anchor_quant2 has no paper-design 2-bit partner here: no anchor's-choices row for it
         (0.125, "2-bit noise", "1-8_anchor_quant2", "1-8_anchor"),
-        (0.25, "unlabelled images", "1-4_paper", "1-4_plain"),
+        (0.25, "semi − labelled-only", "1-4_paper", "1-4_plain"),
     ]
 
 
 def test_values_p_and_holm_by_hand():
     rows = {(r["kind"], r["run"]): r for r in semi_contrasts(_study(), _fraction)}
-    anchor = rows[("unlabelled images", "1-8_anchor")]
+    anchor = rows[("semi − labelled-only", "1-8_anchor")]
     # differences 2, 3, 1: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.464 on 2 df -> two-sided p = 0.0742
     assert anchor["per_seed"] == {0: 2.0, 1: 3.0, 2: 1.0}
     assert anchor["difference"].interval.mean == pytest.approx(2.0)

@@ -13,6 +13,7 @@ from cycleseg.config import config_from_dict
 from cycleseg.core.stats import Interval, format_interval, mean_interval
 from cycleseg.data import CLASS_NAMES, NUM_EVAL_CLASSES, open_split
 from cycleseg.report.records import RunRecord, labelled_fraction
+from cycleseg.report.semi import model_label
 from cycleseg.report.tables import WATERMARK_METRICS, _fmt, _watermark_value
 from cycleseg.runs import CONFIG, load_run, run_classes, seeded_inference
 from cycleseg.runs.formats import figure, noise_label, to_rgb
@@ -129,7 +130,7 @@ def plot_labelled_fraction(groups: list[RunRecord]) -> Figure | None:
         fraction, interval = labelled_fraction(g.config), g.interval("miou")
         if fraction is None or interval.mean is None:
             continue
-        label = "plain ERFNet" if g.config["model"]["kind"] == "plain" else noise_label(g.config)
+        label = model_label(g.config)
         series.setdefault(label, []).append((fraction, interval))
     fractions = sorted({f for points in series.values() for f, _ in points})
     if len(fractions) < 2:

@@ -6,7 +6,8 @@ as the paper defines it; the cycle with the anchor's choices of Mondal et al. 20
 learns a paired loss |F(onehot(y)) - x|) and a noise. The contrasts, each paired by seed (the same seed chooses
 the same labelled images, initial weights and data order):
 
-- "unlabelled images": every cycle model minus the plain ERFNet of its fraction (semi - labelled-only);
+- "semi − labelled-only": every cycle model minus the plain ERFNet of its fraction (at fraction 1, with no
+  unlabelled images, "cycle − plain");
 - "anchor's choices": a cycle model with them minus the paper's cycle with the same noise;
 - "2-bit noise": a cycle model with noise minus the same model without.
 
@@ -102,7 +103,7 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
             continue
         fraction = fraction_of(g.config)
         plain = next((r for r in groups if is_plain(r.config) and fraction_of(r.config) == fraction), None)
-        pairs.append(("unlabelled images", g, plain))
+        pairs.append(("semi − labelled-only" if (fraction or 1.0) < 1.0 else "cycle − plain", g, plain))
         if not is_paper(g.config):
             pairs.append(("anchor's choices", g, _reference(groups, g, DESIGN_KEYS, is_paper)))
         if not no_noise(g.config):
@@ -120,7 +121,7 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
                      "p": t_p_value(diff.interval), "detectable": detectable_effect(diff.interval)})
     strict = (1 - CONFIDENCE) / max(len(rows), 1)
     adjusted = holm({str(i): r["p"] for i, r in enumerate(rows)})
-    kinds = ("unlabelled images", "anchor's choices", "2-bit noise", "noise")
+    kinds = ("semi − labelled-only", "cycle − plain", "anchor's choices", "2-bit noise", "noise")
     for i, r in enumerate(rows):
         r["p_holm"] = adjusted[str(i)]
         r["detectable_strict"] = detectable_effect(r["difference"].interval, alpha=strict)

@@ -25,7 +25,7 @@ from cycleseg.runs import CONFIG, artifact, read_json
 from cycleseg.runs.formats import fmt, noise_label
 
 __all__ = ["CONTRAST_METRICS", "WATERMARK_METRICS", "choose_runs", "format_table", "mechanism_contrasts",
-           "paired_rows", "results_table", "reward_rows", "runs_table", "seed_spread", "semi_rows", "table2_rows",
+           "paired_rows", "results_table", "reward_rows", "runs_table", "seed_spread", "table2_rows",
            "watermark_rows", "watermark_training"]
 
 _fmt = functools.partial(fmt, missing="–")  # the report's tables write a missing number as a dash
@@ -83,23 +83,6 @@ def paired_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
         if reference is not None:
             rows.append({"run": g.name, "label": noise_label(g.config), "reference": reference.name,
                          **{m: paired_difference(g.per_seed(m), reference.per_seed(m)) for m in ("miou", "psnr_db")}})
-    return rows
-
-
-def semi_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
-    """What unlabelled images add (configs/semi-study/): each cycle model minus the plain ERFNet trained on the
-    same labelled images (same fraction; the same seed chooses the same images), mIoU paired by seed:
-    {"run", "label", "fraction", "reference", "miou"}. Empty unless some run has a labelled fraction below 1."""
-    groups = group_runs(runs)
-    if not any((labelled_fraction(g.config) or 1.0) < 1.0 for g in groups):
-        return []
-    rows = []
-    for g in groups:
-        reference = _same_fraction(groups, g, lambda r: r.key == "plain") if g.is_cycle else None
-        if reference is not None:
-            rows.append({"run": g.name, "label": noise_label(g.config), "fraction": labelled_fraction(g.config),
-                         "reference": reference.name, "miou": paired_difference(g.per_seed("miou"),
-                                                                              reference.per_seed("miou"))})
     return rows
 
 
