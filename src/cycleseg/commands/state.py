@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cycleseg.core import distributed
+from cycleseg.core import distributed, seeding
 from cycleseg.config import Config, uses_d_y
 from cycleseg.errors import RunError
 from cycleseg.core.models import build_models
@@ -78,8 +78,9 @@ class TrainState:
         schedule = lambda epoch: lr_factor(epoch, cfg.optim.epochs, cfg.optim.decay_start_epoch)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in self.optimizers]
         self.pool = ImagePool(cfg.optim.pool_size, seed=cfg.train.seed + distributed.rank())
-        self.pool_y = ImagePool(cfg.optim.pool_size, seed=cfg.train.seed + distributed.rank() + 1_000_003) \
-            if m.D_Y is not None else None
+        # D_Y's pool: the seed of D_X's pool plus 1_000_003 (mix_seed(1, s) = 1_000_003 + s), its own stream
+        pool_y_seed = seeding.mix_seed(1, cfg.train.seed + distributed.rank(), modulus=None)
+        self.pool_y = ImagePool(cfg.optim.pool_size, seed=pool_y_seed) if m.D_Y is not None else None
         self.progress = Progress()
 
     @property

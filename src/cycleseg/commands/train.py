@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from cycleseg import runs
 
-from cycleseg.core import distributed
+from cycleseg.core import distributed, seeding
 from cycleseg.core.augment import augment_batch, augment_generator
 from cycleseg.config import Config, labelled_subset, uses_unlabelled
 from cycleseg.data import ClassTable, open_split, resolve_classes
@@ -466,7 +466,8 @@ def _extra_batches(data: _TrainData, cfg: Config, progress: Progress, count: int
             streams.append(itertools.repeat(None))
             continue
         positions = [((progress.step + i) * world + rank) * batch + k for i in range(count) for k in range(batch)]
-        indices = stream_indices(len(dataset), cfg.train.seed * 1_009 + salt, positions)
+        stream_seed = seeding.mix_seed(cfg.train.seed, salt, multiplier=1_009, modulus=None)
+        indices = stream_indices(len(dataset), stream_seed, positions)
         streams.append(iter(DataLoader(Subset(dataset, indices), batch_size=batch, num_workers=cfg.data.num_workers,
                                        generator=torch.Generator().manual_seed(cfg.train.seed),
                                        pin_memory=torch.cuda.is_available())))
@@ -480,8 +481,8 @@ def _batches(dataset: Dataset, cfg: Config, progress: Progress, total: int) -> D
     The order depends on nothing else, so a run resumed mid-epoch sees exactly the batches it would have.
     With several processes, rank r takes every world_size-th image of that order, starting at r.
     """
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.train.seed * 100_003
-                                                                                  + progress.epoch))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(
+        seeding.mix_seed(cfg.train.seed, progress.epoch, multiplier=100_003, modulus=None)))
     world = distributed.world_size()
     if world > 1:
         order = order.repeat(2)[: _shard_size(len(dataset)) * world][distributed.rank()::world]

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from cycleseg.core import seeding
 from cycleseg.data.cityscapes import Sample, load_label
 from cycleseg.data.classes import ClassTable
 from cycleseg.data.source import DataSource, SplitDataset, open_source
@@ -125,7 +126,7 @@ def _drawn(fraction: float, samples: list[Sample], seed: int, root: Path) -> lis
         raise DataError(f"{root}: data.labelled={fraction:g} needs at least 2 training images (labelled and "
                         f"unlabelled), the split has {n}")
     count = min(n - 1, max(1, math.floor(fraction * n + 0.5)))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 1_000_003 + 7) % 2**63)).tolist()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seeding.mix_seed(seed, 7))).tolist()
     chosen = [i for i in order if samples[i].label_path is not None][:count]
     if len(chosen) < count:
         raise DataError(f"{root}: data.labelled={fraction:g} needs {count} labelled training images, but only "
@@ -222,6 +223,6 @@ def stream_indices(n: int, seed: int, positions: Sequence[int]) -> list[int]:
     for position in positions:
         k = position // n
         if k not in passes:
-            passes[k] = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 1_000_003 + k) % 2**63)).tolist()
+            passes[k] = torch.randperm(n, generator=torch.Generator().manual_seed(seeding.mix_seed(seed, k))).tolist()
         out.append(passes[k][position % n])
     return out
