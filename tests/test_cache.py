@@ -79,6 +79,20 @@ def test_cache_files_and_manifest(data):
     assert not list(folder.glob("*.tmp"))
 
 
+def test_a_planted_tmp_link_in_the_cache_folder_is_not_written_through(data, tmp_path):
+    """A shared cache folder may bring `train_images.npy.tmp -> a user's file`: prepare replaces the link."""
+    folder = cache_folder(data, SIZE)
+    folder.mkdir(parents=True)
+    victims = {}
+    for name in ("train_images.npy", "train_labels.npy", "train_manifest.json"):
+        victims[name] = tmp_path / f"victim_{name}"
+        victims[name].write_text("the user's file")
+        (folder / f"{name}.tmp").symlink_to(victims[name])
+    prepare(data, SIZE, splits=("train",), progress=False)
+    assert all(v.read_text() == "the user's file" for v in victims.values())
+    assert cache_status(data, "train", SIZE) == ("ok", "up to date") and not list(folder.glob("*.tmp"))
+
+
 def test_status_missing_ok_stale(data):
     assert cache_status(data, "train", SIZE)[0] == "missing"
     prepare(data, SIZE, splits=("train",), progress=False)

@@ -18,9 +18,9 @@ Every function takes the dataset's format (`fmt`: auto | cityscapes | folder, so
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tqdm import tqdm
 from cycleseg.data.cityscapes import Sample, image_to_tensor, open_image_header, read_image, read_label
 from cycleseg.data.source import DataSource, SplitDataset, open_source
 from cycleseg.errors import DataError
+from cycleseg.fileio import atomic_file, atomic_write, write_fix
 
 __all__ = ["CACHE_FORMAT", "CachedDataset", "cache_folder", "cache_root", "cache_status", "class_pixel_counts",
            "manifest_name", "open_dataset", "parse_folder_size", "prepare", "prepare_split"]
@@ -102,14 +103,14 @@ def prepare_split(root: str | Path, split: str, size: tuple[int, int], cache_dir
     manifest.unlink(missing_ok=True)  # from here on the old cache is invalid
     height, width = size
     has_labels = samples[0].label_path is not None
-    tmp = {"images": folder / f"{split}_images.npy.tmp", "labels": folder / f"{split}_labels.npy.tmp"}
     shapes = {"images": (len(samples), height, width, 3), "labels": (len(samples), height, width)}
     kinds = ("images", "labels") if has_labels else ("images",)
     records, class_pixels = [], np.zeros(classes.num_classes, np.int64)
     try:
-        # Plain sequential writes, not a writable memmap: a full disk is then an OSError, not a SIGBUS.
-        outs = {kind: open(tmp[kind], "wb") for kind in kinds}  # noqa: SIM115 -- closed in finally
-        try:
+        # Plain sequential writes, not a writable memmap: a full disk is then an OSError, not a SIGBUS. Each array
+        # through its own *.tmp (never through a link planted there), renamed when all images are written.
+        with contextlib.ExitStack() as stack:
+            outs = {kind: stack.enter_context(atomic_file(folder / f"{split}_{kind}.npy")) for kind in kinds}
             for kind, f in outs.items():
                 np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shapes[kind]})
             for sample in tqdm(samples, desc=f"prepare {split} {width}x{height}", unit="img", disable=not progress,
@@ -123,17 +124,9 @@ def prepare_split(root: str | Path, split: str, size: tuple[int, int], cache_dir
                     source_size = list(source.size)
                 records.append({**_source_record(root, sample.image_path, "image"),
                                 **_source_record(root, sample.label_path, "label"), "source_size": source_size})
-        finally:
-            for f in outs.values():
-                f.close()
-        for kind in kinds:
-            os.replace(tmp[kind], folder / f"{split}_{kind}.npy")
     except OSError as e:
-        raise DataError(f"{folder}: cannot write the cache ({e.strerror or e}); free disk space or set "
+        raise DataError(f"{folder}: cannot write the cache ({e.strerror or e}); {write_fix(e, manifest)}, or set "
                         "data.cache_dir (prepare --cache-dir) to another folder") from None
-    finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
     if not has_labels:
         (folder / f"{split}_labels.npy").unlink(missing_ok=True)
     _write_manifest(manifest, {
@@ -231,15 +224,14 @@ def cache_status(root: str | Path, split: str, size: tuple[int, int],
     if refreshed:
         try:
             _write_manifest(manifest_path, manifest)
-        except OSError:
+        except DataError:
             pass  # a read-only cache stays valid, its check just hashes again next time
     return "ok", "up to date"
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    tmp.replace(path)
+    """The manifest, atomically (fileio.atomic_write): DataError naming it when it cannot be written."""
+    atomic_write(path, json.dumps(manifest, indent=1) + "\n", error=DataError)
 
 
 class CachedDataset(Dataset):
