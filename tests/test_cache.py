@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from cycleseg.cli import main
+from cycleseg.commands.train import train
 from cycleseg.config import load_config
 from cycleseg.data import CityscapesDataset, SplitDataset, open_source
 from cycleseg.data.cache import (
@@ -24,7 +25,6 @@ from cycleseg.data.cache import (
 )
 from cycleseg.errors import DataError
 from cycleseg.runs import LAST, load_checkpoint
-from cycleseg.commands.train import train
 
 SIZE = (32, 64)  # (H, W) of training; the fixture's files are 64x128, so the cache really resizes
 ERFNET_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "erfnet.yaml")

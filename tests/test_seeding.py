@@ -6,10 +6,10 @@ import random
 import pytest
 import torch
 
-import cycleseg.core.seeding as seeding
 from cycleseg.commands import train as train_module
 from cycleseg.commands.state import Progress, TrainState
 from cycleseg.config import load_config
+from cycleseg.core import seeding
 from cycleseg.core.augment import augment_generator
 from cycleseg.core.seeding import mix_seed
 from cycleseg.data import semi

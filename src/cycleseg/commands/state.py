@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cycleseg.core import distributed, seeding
 from cycleseg.config import Config, uses_d_y
-from cycleseg.errors import RunError
+from cycleseg.core import distributed, seeding
 from cycleseg.core.models import build_models
 from cycleseg.core.pool import ImagePool
 from cycleseg.core.precision import PRECISION_DTYPES, Precision, make_adam, precision_reason, resolve_precision
+from cycleseg.core.steps import lr_factor
+from cycleseg.errors import RunError
 from cycleseg.runs import (
     check_compatible,
     load_checkpoint,
@@ -31,7 +32,6 @@ from cycleseg.runs import (
     numpy_rng_to_plain,
     save_checkpoint,
 )
-from cycleseg.core.steps import lr_factor
 
 __all__ = ["Progress", "TrainState"]
 

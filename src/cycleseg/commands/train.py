@@ -28,10 +28,25 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from cycleseg import runs
-
+from cycleseg.commands.evaluate import evaluate_models
+from cycleseg.commands.monitor import RunLogger, StopSignals
+from cycleseg.commands.state import Progress, TrainState
+from cycleseg.config import Config, labelled_subset, uses_unlabelled
 from cycleseg.core import distributed, seeding
 from cycleseg.core.augment import augment_batch, augment_generator
-from cycleseg.config import Config, labelled_subset, uses_unlabelled
+from cycleseg.core.losses import enet_class_weights
+from cycleseg.core.models import resolve_device
+from cycleseg.core.precision import to_memory_format
+from cycleseg.core.steps import (
+    NonFiniteError,
+    bf16_agrees,
+    discriminator_step,
+    discriminator_y_step,
+    f_warmup_step,
+    generator_step,
+    plain_step,
+    semi_generator_step,
+)
 from cycleseg.data import ClassTable, open_split, resolve_classes
 from cycleseg.data.cache import class_pixel_counts
 from cycleseg.data.check import require_valid
@@ -44,23 +59,7 @@ from cycleseg.data.semi import (
     stream_indices,
 )
 from cycleseg.errors import ConfigError, DataError, Interrupted, RunError, user_message
-from cycleseg.commands.evaluate import evaluate_models
-from cycleseg.core.losses import enet_class_weights
-from cycleseg.core.models import resolve_device
-from cycleseg.commands.monitor import RunLogger, StopSignals
-from cycleseg.core.precision import to_memory_format
 from cycleseg.runs import BEST, LAST
-from cycleseg.commands.state import Progress, TrainState
-from cycleseg.core.steps import (
-    NonFiniteError,
-    bf16_agrees,
-    discriminator_step,
-    discriminator_y_step,
-    f_warmup_step,
-    generator_step,
-    plain_step,
-    semi_generator_step,
-)
 
 __all__ = ["train"]
 
