@@ -47,7 +47,7 @@ from cycleseg.core.steps import (
     plain_step,
     semi_generator_step,
 )
-from cycleseg.data import ClassTable, open_split, resolve_classes
+from cycleseg.data import ClassTable, DataSource, open_source, open_split, resolve_classes
 from cycleseg.data.cache import class_pixel_counts
 from cycleseg.data.check import require_valid
 from cycleseg.data.semi import (
@@ -93,10 +93,11 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, run_config
         _lock(lock, device)
     if main and not resume:
         runs.require_new_run(run_dir, overwrite)
-    classes = resolve_classes(cfg)  # the data's class table; model.num_classes from it when null
+    source = open_source(cfg.data.root, cfg.data.format)  # opened once: each split's folder is walked once
+    classes = resolve_classes(cfg, source=source)  # the data's class table; model.num_classes from it when null
     if resume and not (run_dir / LAST).is_file():  # stopped before its first checkpoint: start as it started
         init_from = (runs.read_status(run_dir).get("init_from") or {}).get("path")
-    data = _open_data(cfg, run_dir, resume)
+    data = _open_data(cfg, run_dir, resume, source)
     train_set, val_loader = data.labelled, data.val_loader
     init_record, init = runs.init_weights(init_from, cfg) if init_from is not None else (None, None)
     _lock(lock, device, create=not resume)  # before the first file is written or removed
@@ -369,21 +370,24 @@ class _TrainData:
     backward: Dataset | None = None  # data.unpaired_labels: the backward cycle's label maps, (H, W) items
 
 
-def _open_data(cfg: Config, run_dir: Path, resume: bool) -> _TrainData:
-    """The checked training data and the validation loader (this rank's share of it under torchrun).
+def _open_data(cfg: Config, run_dir: Path, resume: bool, source: DataSource) -> _TrainData:
+    """The checked training data and the validation loader (this rank's share of it under torchrun), all from
+    `source`, the run's data opened once.
 
     With data.labelled the labelled choice comes first (read back from RUN/labelled.txt on resume), so that the
     data check can leave the unlabelled images' labels unread."""
     progress = cfg.train.progress
     split = None
     if labelled_subset(cfg):
-        split = labelled_split(cfg, runs.read_labelled(run_dir) if resume else None, str(run_dir / runs.LABELLED))
+        split = labelled_split(cfg, runs.read_labelled(run_dir) if resume else None, str(run_dir / runs.LABELLED),
+                               source=source)
     if cfg.data.check != "off":  # minutes into a run is a bad time to find a missing label
         require_valid(cfg.data.root, ("train", "val"), full=cfg.data.check == "full", progress=progress,
-                      fmt=cfg.data.format, unlabelled=split.unlabelled_images() if split else frozenset())
+                      fmt=cfg.data.format, unlabelled=split.unlabelled_images() if split else frozenset(),
+                      source=source)
     unlabelled = backward = None
     if split is None:
-        train_set = open_split(cfg, "train", progress=progress)
+        train_set = open_split(cfg, "train", progress=progress, source=source)
     else:
         train_set, unlabelled = open_labelled_sets(cfg, split, progress)
         if not uses_unlabelled(cfg):  # the plain baseline on the labelled images: the others are not used
@@ -391,8 +395,8 @@ def _open_data(cfg: Config, run_dir: Path, resume: bool) -> _TrainData:
     if cfg.data.unpaired_labels is not None:  # the labelled images' label maps and the unpaired ones
         base, indices = (train_set.dataset, train_set.indices) if isinstance(train_set, Subset) else \
             (train_set, range(len(train_set)))
-        backward = ConcatDataset([LabelSubset(base, indices), open_unpaired_labels(cfg)])
-    val_set = open_split(cfg, "val", progress=progress)
+        backward = ConcatDataset([LabelSubset(base, indices), open_unpaired_labels(cfg, source)])
+    val_set = open_split(cfg, "val", progress=progress, source=source)
     if distributed.is_distributed():  # each rank validates its share; the confusion matrices are summed
         val_set = Subset(val_set, range(distributed.rank(), len(val_set), distributed.world_size()))
     val_loader = DataLoader(val_set, batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers,
