@@ -31,14 +31,21 @@ from cycleseg.data.cityscapes import (
     colorize,
     image_to_tensor,
     label_ids_to_train_ids,
-    list_samples,
     load_image,
     load_label,
     read_image,
     read_label,
 )
 from cycleseg.data.classes import ClassTable, load_classes
-from cycleseg.data.source import FORMATS, CityscapesDataset, DataSource, SplitDataset, data_format, open_source
+from cycleseg.data.source import (
+    FORMATS,
+    CityscapesDataset,
+    DataSource,
+    SplitDataset,
+    data_format,
+    list_samples,
+    open_source,
+)
 from cycleseg.errors import ConfigError
 
 if TYPE_CHECKING:

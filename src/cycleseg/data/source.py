@@ -30,7 +30,6 @@ from cycleseg.data.cityscapes import (
     LABEL_SUFFIX,
     SPLITS,
     Sample,
-    cityscapes_samples,
     load_image,
     load_label,
 )
@@ -38,7 +37,8 @@ from cycleseg.data.classes import CLASSES_FILE, ClassTable, load_classes
 from cycleseg.errors import DataError
 
 __all__ = ["FOLDER_IMAGE_SUFFIXES", "FORMATS", "CityscapesDataset", "DataSource", "SplitDataset", "SplitFiles",
-           "data_format", "folder_samples", "list_folder_samples", "open_source", "scan_split"]
+           "cityscapes_samples", "data_format", "folder_samples", "list_folder_samples", "list_samples",
+           "open_source", "scan_split"]
 
 FORMATS = ("auto", "cityscapes", "folder")
 FOLDER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -137,6 +137,42 @@ def open_source(root: str | Path, fmt: str = "auto") -> DataSource:
     fmt = data_format(root, fmt)
     classes = load_classes(root / CLASSES_FILE) if fmt == "folder" else CITYSCAPES
     return DataSource(root, fmt, classes)
+
+
+def list_samples(root: str | Path, split: str, require_labels: bool = True) -> list[Sample]:
+    """All (image, label) pairs of `split`, sorted by city and name; DataError on any missing or extra file.
+
+    require_labels=False: an image without a label file (an unlabelled image) gets label_path None."""
+    root = Path(root)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found; pass a Cityscapes folder or run "
+                        f"`cycleseg make-synthetic {root}`")
+    return cityscapes_samples(root, scan_split(root, "cityscapes", split), split, require_labels)
+
+
+def cityscapes_samples(root: Path, files: SplitFiles, split: str, require_labels: bool = True) -> list[Sample]:
+    """list_samples from the files one walk of the split found (source.scan_split)."""
+    image_dir, label_dir = files.image_dir, files.label_dir
+    if files.images is None:
+        raise DataError(f"{image_dir}: folder not found; {root} must hold leftImg8bit/{split}/<city>/ "
+                        "(the Cityscapes layout)")
+    images = {p.relative_to(image_dir).as_posix()[: -len(IMAGE_SUFFIX)]: p for p in files.images}
+    if not images:
+        raise DataError(f"{image_dir}: no *{IMAGE_SUFFIX} images in its city folders; the split is empty")
+    if split == "test" or (not require_labels and files.labels is None):
+        return [Sample(p, None, key.split("/")[0], key.split("/")[1]) for key, p in sorted(images.items())]
+    if files.labels is None:
+        raise DataError(f"{label_dir}: folder not found; labels belong in gtFine/{split}/<city>/")
+    labels = {p.relative_to(label_dir).as_posix()[: -len(LABEL_SUFFIX)]: p for p in files.labels}
+    for key in sorted(images.keys() - labels.keys()) if require_labels else ():
+        raise DataError(f"{images[key]}: image has no label {label_dir / (key + LABEL_SUFFIX)}; add it or "
+                        "remove the image")
+    for key in sorted(labels.keys() - images.keys()):
+        raise DataError(f"{labels[key]}: label has no image {image_dir / (key + IMAGE_SUFFIX)}; add it or "
+                        "remove the label")
+    return [Sample(images[k], labels.get(k), k.split("/")[0], k.split("/")[1]) for k in sorted(images)]
 
 
 def list_folder_samples(root: str | Path, split: str, require_labels: bool = True) -> list[Sample]:
