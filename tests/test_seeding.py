@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from cycleseg.commands import train as train_module
+from cycleseg.commands import train_data
 from cycleseg.commands.state import Progress, TrainState
 from cycleseg.config import load_config
 from cycleseg.core import seeding
@@ -61,7 +61,7 @@ def test_every_caller_goes_through_the_one_rule(monkeypatch, tiny_data):
     assert semi._drawn(0.5, samples, 9, tiny_data) == expected[:3]
     cfg = load_config(None, ["model.num_classes=20", "data.labelled=1/2", "optim.batch_size=1", "data.num_workers=0",
                              "model.arch=resnet_small", "optim.pool_size=2"])
-    loader = train_module._batches(list(range(6)), cfg, Progress(), total=6)
+    loader = train_data.epoch_batches(list(range(6)), cfg, Progress(), total=6)
     assert list(loader.dataset.indices) == expected
     calls.clear()
     state = TrainState(cfg, torch.device("cpu"))
