@@ -89,7 +89,7 @@ def _layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return ""
-    if parts[1] in ("errors", "version"):
+    if parts[1] in ("errors", "version", "fileio"):
         return "base"
     if parts[1] == "config":
         return "core"

@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from cycleseg.cli import main
+from cycleseg.commands.train import train
 from cycleseg.config import load_config
 from cycleseg.data import CityscapesDataset, SplitDataset, open_source
 from cycleseg.data.cache import (
@@ -24,7 +25,6 @@ from cycleseg.data.cache import (
 )
 from cycleseg.errors import DataError
 from cycleseg.runs import LAST, load_checkpoint
-from cycleseg.commands.train import train
 
 SIZE = (32, 64)  # (H, W) of training; the fixture's files are 64x128, so the cache really resizes
 ERFNET_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "erfnet.yaml")
@@ -77,6 +77,20 @@ def test_cache_files_and_manifest(data):
     assert first["source_size"] == [128, 64] and len(first["image_sha256"]) == 64
     assert sum(manifest["class_pixels"]) == 8 * 32 * 64
     assert not list(folder.glob("*.tmp"))
+
+
+def test_a_planted_tmp_link_in_the_cache_folder_is_not_written_through(data, tmp_path):
+    """A shared cache folder may bring `train_images.npy.tmp -> a user's file`: prepare replaces the link."""
+    folder = cache_folder(data, SIZE)
+    folder.mkdir(parents=True)
+    victims = {}
+    for name in ("train_images.npy", "train_labels.npy", "train_manifest.json"):
+        victims[name] = tmp_path / f"victim_{name}"
+        victims[name].write_text("the user's file")
+        (folder / f"{name}.tmp").symlink_to(victims[name])
+    prepare(data, SIZE, splits=("train",), progress=False)
+    assert all(v.read_text() == "the user's file" for v in victims.values())
+    assert cache_status(data, "train", SIZE) == ("ok", "up to date") and not list(folder.glob("*.tmp"))
 
 
 def test_status_missing_ok_stale(data):

@@ -76,7 +76,7 @@ HAND_IOU = {
 
 
 def test_class_iou_on_hand_made_matrix():
-    iou = class_iou(hand_confusion())
+    iou = class_iou(hand_confusion(), 19)
     assert iou.shape == (19,)
     for s in range(19):
         if s in HAND_IOU:
@@ -89,13 +89,13 @@ def test_class_iou_ignores_background_ground_truth_in_false_positives():
     c = hand_confusion()
     c[19, :] = 0
     c[19, 0] = 1000
-    assert class_iou(c)[0].item() == pytest.approx(5 / 11)
+    assert class_iou(c, 19)[0].item() == pytest.approx(5 / 11)
 
 
 def test_class_iou_predicting_background_is_a_false_negative():
     c = torch.zeros(20, 20, dtype=torch.int64)
     c[7, 7], c[7, 19] = 3, 5
-    assert class_iou(c)[7].item() == pytest.approx(3 / 8)
+    assert class_iou(c, 19)[7].item() == pytest.approx(3 / 8)
 
 
 def test_class_iou_small_matrix_with_num_eval_classes():
@@ -113,20 +113,30 @@ def test_class_iou_small_matrix_with_num_eval_classes():
 
 def test_mean_iou_skips_nan_classes():
     expected = sum(HAND_IOU.values()) / len(HAND_IOU)
-    assert mean_iou(hand_confusion()) == pytest.approx(expected)
+    assert mean_iou(hand_confusion(), 19) == pytest.approx(expected)
+
+
+def test_the_evaluated_class_count_has_no_default():
+    """The count comes from the data's class table (19 only for Cityscapes): a caller that forgets it fails."""
+    c = torch.eye(4, dtype=torch.int64)
+    with pytest.raises(TypeError):
+        class_iou(c)
+    with pytest.raises(TypeError):
+        mean_iou(c)
+    assert mean_iou(c, 3) == pytest.approx(1.0)
 
 
 def test_mean_iou_all_absent_is_nan():
     c = torch.zeros(20, 20, dtype=torch.int64)
     c[19, 19] = 10
-    assert math.isnan(mean_iou(c))
+    assert math.isnan(mean_iou(c, 19))
 
 
 def test_perfect_prediction_gives_iou_one():
     torch.manual_seed(2)
     target = torch.randint(0, 20, (2, 16, 16))
     conf = confusion_matrix(target, target, 20)
-    assert mean_iou(conf) == pytest.approx(1.0)
+    assert mean_iou(conf, 19) == pytest.approx(1.0)
 
 
 # --- PSNR (eq. 14), peak-to-peak 2 ---

@@ -10,15 +10,16 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from cycleseg.core.augment import AUGMENT_MODES
-from cycleseg.errors import ConfigError
 from cycleseg.core.noise import NOISE_KINDS, SIGMA_RULES
+from cycleseg.errors import ConfigError
 
 __all__ = [
     "F_INPUTS",
@@ -281,13 +282,25 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: {why}", key=key, reason=why)
 
 
-def _validate(cfg: Config, source: str) -> None:
-    """Cross-field and range rules, checked before anything is built."""
+_Fail = Callable[[str, str], NoReturn]  # raises the ConfigError of (key, why), naming the config file
 
-    def fail(key: str, why: str) -> None:
+
+def _validate(cfg: Config, source: str) -> None:
+    """Cross-field and range rules, checked before anything is built; the first broken rule is the error, in the
+    order: data, model and noise, the semi-supervised keys, optimization and training."""
+
+    def fail(key: str, why: str) -> NoReturn:
         raise ConfigError(f"{source}: {key} {why}", key=key, reason=f"{key} {why}")
 
-    d, m, n, lo, o, t = cfg.data, cfg.model, cfg.noise, cfg.loss, cfg.optim, cfg.train
+    _validate_data(cfg, fail)
+    _validate_model(cfg, fail)
+    _validate_semi(cfg, fail)
+    _validate_optim(cfg, fail)
+
+
+def _validate_data(cfg: Config, fail: _Fail) -> None:
+    """data.*: sizes, limits, the cache, check and augmentation modes (`off` in YAML arrives as false)."""
+    d, lo = cfg.data, cfg.loss
     for key, v in (("data.height", d.height), ("data.width", d.width)):
         if v < 32 or v % 8:
             fail(key, f"must be a multiple of 8 and at least 32 (ERFNet and D_X downsample by 8), got {v}")
@@ -308,6 +321,11 @@ def _validate(cfg: Config, source: str) -> None:
         fail("data.augment_scale", f"must be a finite number >= 1 (the largest zoom-in factor), got {d.augment_scale}")
     if d.cache_dir is not None and not d.cache_dir.strip():
         fail("data.cache_dir", "must be a folder or null (null: <data.root>/cycleseg_cache)")
+
+
+def _validate_model(cfg: Config, fail: _Fail) -> None:
+    """model.*, the laboratory's keys (loss.paired_f, optim.f_warmup_iters), data.format and noise.*."""
+    d, m, n, lo, o = cfg.data, cfg.model, cfg.noise, cfg.loss, cfg.optim
     if m.kind not in MODEL_KINDS:
         fail("model.kind", f"must be one of {', '.join(MODEL_KINDS)}, got {m.kind!r}")
     if m.f_input not in F_INPUTS:
@@ -341,6 +359,11 @@ def _validate(cfg: Config, source: str) -> None:
         fail("noise.sigma_rule", f"must be one of {', '.join(SIGMA_RULES)}, got {n.sigma_rule!r}")
     if m.kind == "plain" and n.kind != "none":
         fail("noise.kind", "must be none for model.kind=plain (the plain ERFNet has no forward cycle)")
+
+
+def _validate_semi(cfg: Config, fail: _Fail) -> None:
+    """Semi-supervised training: data.labelled, data.unpaired_labels, optim.unlabelled_batch_size, loss.adv_y."""
+    d, m, lo, o = cfg.data, cfg.model, cfg.loss, cfg.optim
     if isinstance(d.labelled, float) and not 0.0 < d.labelled <= 1.0:
         fail("data.labelled", f"must be a fraction in (0, 1] (e.g. 1/8), a file listing the labelled images or null "
                               f"(all labelled), got {d.labelled}")
@@ -359,6 +382,11 @@ def _validate(cfg: Config, source: str) -> None:
                                             "data.labelled below 1); remove it")
     if not (math.isfinite(lo.adv_y) and lo.adv_y >= 0.0):
         fail("loss.adv_y", f"must be a finite number >= 0 (0: no D_Y), got {lo.adv_y}")
+
+
+def _validate_optim(cfg: Config, fail: _Fail) -> None:
+    """The loss weights, optim.* and train.*."""
+    lo, o, t = cfg.loss, cfg.optim, cfg.train
     for key, v in (("loss.alpha", lo.alpha), ("loss.beta", lo.beta), ("loss.gamma", lo.gamma)):
         if not 0.0 <= v <= 1.0:
             fail(key, f"must be in [0, 1] (eqs. 5-7), got {v}")

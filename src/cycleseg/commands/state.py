@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cycleseg.core import distributed
 from cycleseg.config import Config, uses_d_y
-from cycleseg.errors import RunError
+from cycleseg.core import distributed, seeding
 from cycleseg.core.models import build_models
 from cycleseg.core.pool import ImagePool
 from cycleseg.core.precision import PRECISION_DTYPES, Precision, make_adam, precision_reason, resolve_precision
+from cycleseg.core.steps import lr_factor
+from cycleseg.errors import RunError
 from cycleseg.runs import (
     check_compatible,
     load_checkpoint,
@@ -31,7 +32,6 @@ from cycleseg.runs import (
     numpy_rng_to_plain,
     save_checkpoint,
 )
-from cycleseg.core.steps import lr_factor
 
 __all__ = ["Progress", "TrainState"]
 
@@ -78,8 +78,9 @@ class TrainState:
         schedule = lambda epoch: lr_factor(epoch, cfg.optim.epochs, cfg.optim.decay_start_epoch)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in self.optimizers]
         self.pool = ImagePool(cfg.optim.pool_size, seed=cfg.train.seed + distributed.rank())
-        self.pool_y = ImagePool(cfg.optim.pool_size, seed=cfg.train.seed + distributed.rank() + 1_000_003) \
-            if m.D_Y is not None else None
+        # D_Y's pool: the seed of D_X's pool plus 1_000_003 (mix_seed(1, s) = 1_000_003 + s), its own stream
+        pool_y_seed = seeding.mix_seed(1, cfg.train.seed + distributed.rank(), modulus=None)
+        self.pool_y = ImagePool(cfg.optim.pool_size, seed=pool_y_seed) if m.D_Y is not None else None
         self.progress = Progress()
 
     @property

@@ -5,52 +5,44 @@
 every epoch end, one step of the constant-then-linear-decay LR
 schedule and, every `train.eval_every` epochs, a validation that keeps the best model. The run directory is
 created, resumed and finished through `runs`; the state lives in `state.TrainState`; logging and signals in
-`monitor`. A run stopped at any moment (Ctrl-C, SIGTERM, SIGKILL, a data error) and resumed with `--resume`
-ends in the same state as one that never stopped.
+`monitor`; the data (opened once), the batch orders and the class weights in `train_data`. A run stopped at any
+moment (Ctrl-C, SIGTERM, SIGKILL, a data error) and resumed with `--resume` ends in the same state as one that
+never stopped.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import shutil
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cycleseg import runs
-
+from cycleseg.commands.evaluate import evaluate_models
+from cycleseg.commands.monitor import RunLogger, StopSignals
+from cycleseg.commands.state import Progress, TrainState
+from cycleseg.commands.train_data import (
+    TrainData,
+    describe_data,
+    enet_weights,
+    epoch_batches,
+    extra_batches,
+    open_train_data,
+    shard_size,
+)
+from cycleseg.config import Config
 from cycleseg.core import distributed
 from cycleseg.core.augment import augment_batch, augment_generator
-from cycleseg.config import Config, labelled_subset, uses_unlabelled
-from cycleseg.data import ClassTable, open_split, resolve_classes
-from cycleseg.data.cache import class_pixel_counts
-from cycleseg.data.check import require_valid
-from cycleseg.data.semi import (
-    LabelledSplit,
-    LabelSubset,
-    labelled_split,
-    open_labelled_sets,
-    open_unpaired_labels,
-    stream_indices,
-)
-from cycleseg.errors import ConfigError, DataError, Interrupted, RunError, user_message
-from cycleseg.commands.evaluate import evaluate_models
-from cycleseg.core.losses import enet_class_weights
 from cycleseg.core.models import resolve_device
-from cycleseg.commands.monitor import RunLogger, StopSignals
 from cycleseg.core.precision import to_memory_format
-from cycleseg.runs import BEST, LAST
-from cycleseg.commands.state import Progress, TrainState
 from cycleseg.core.steps import (
     NonFiniteError,
     bf16_agrees,
@@ -61,6 +53,9 @@ from cycleseg.core.steps import (
     plain_step,
     semi_generator_step,
 )
+from cycleseg.data import ClassTable, open_source, resolve_classes
+from cycleseg.errors import ConfigError, DataError, Interrupted, RunError, user_message
+from cycleseg.runs import BEST, LAST
 
 __all__ = ["train"]
 
@@ -94,30 +89,20 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, run_config
         _lock(lock, device)
     if main and not resume:
         runs.require_new_run(run_dir, overwrite)
-    classes = resolve_classes(cfg)  # the data's class table; model.num_classes from it when null
-    if resume and not (run_dir / LAST).is_file():  # stopped before its first checkpoint: start as it started
-        init_from = (runs.read_status(run_dir).get("init_from") or {}).get("path")
-    data = _open_data(cfg, run_dir, resume)
+    classes, data, init_record, init = _open_run(cfg, run_dir, resume, overwrite, init_from, device, lock)
     train_set, val_loader = data.labelled, data.val_loader
-    init_record, init = runs.init_weights(init_from, cfg) if init_from is not None else (None, None)
-    _lock(lock, device, create=not resume)  # before the first file is written or removed
-    if main and not resume:
-        runs.create_run(run_dir, cfg, overwrite, fields={"init_from": init_record} if init_record else None,
-                        classes=classes)
-    if main and data.split is not None and (not resume or runs.read_labelled(run_dir) is None):
-        runs.write_labelled(run_dir, data.split.paths(data.split.labelled))  # what a resume trains on
     state = None
     try:
         state, class_weights = _start(cfg, run_dir, device, run_config, train_set, resume, init)
         p = state.progress
-        per_epoch = math.ceil(_shard_size(len(train_set)) / cfg.optim.batch_size)
+        per_epoch = math.ceil(shard_size(len(train_set)) / cfg.optim.batch_size)
         total = min(cfg.optim.epochs * per_epoch, cfg.train.max_iters or math.inf)
         with RunLogger(run_dir, cfg.name, total, p.step, resumed=resume, validated=p.validated_step == p.step,
                        progress=cfg.train.progress, enabled=main) as log, StopSignals() as stop:
             world = distributed.world_size()
             log.write(f"{cfg.name}: {state.amp.name} ({state.precision_reason}); {per_epoch} iterations per epoch"
                       + (f"; {world} processes, batch {cfg.optim.batch_size} per process, global batch "
-                         f"{world * cfg.optim.batch_size}" if world > 1 else "") + _describe_data(data, cfg))
+                         f"{world * cfg.optim.batch_size}" if world > 1 else "") + describe_data(data, cfg))
             if init_record and p.step == 0:
                 log.write(f"initialised {', '.join(init_record['networks'])} from {init_record['path']} "
                           f"(step {init_record['step']})")
@@ -132,31 +117,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, run_config
                 _retain(run_dir, cfg.train.keep_checkpoints, p, cfg.train.keep_every)
                 if p.step >= total:
                     break
-                batches = _batches(train_set, cfg, p, total)  # the rest of this epoch
-                for (image, labels), (unlabelled, backward) in zip(batches, _extra_batches(data, cfg, p, len(batches))):
-                    image, labels = _augment(image.to(device, non_blocking=True),
-                                             labels.to(device, non_blocking=True), cfg, p)
-                    if unlabelled is not None:  # semi-supervised: this iteration's unlabelled images
-                        unlabelled = _augment_images(unlabelled.to(device, non_blocking=True), cfg, p, stream=1)
-                    if backward is not None:  # data.unpaired_labels: the backward cycle's label maps
-                        backward = _augment_labels(backward.to(device, non_blocking=True), cfg, p, stream=2)
-                    losses = _iteration(state, image, labels, cfg, class_weights, run_dir, unlabelled, backward)
-                    p.step += 1
-                    p.batch_in_epoch += 1
-                    log.advance()
-                    if "nonfinite_skipped" in losses or p.step % cfg.train.log_every == 0 or p.step == total:
-                        log.log(p.step, p.epoch, {k: float(v) for k, v in losses.items()} | {"lr": state.lr})
-                        log.show(losses)
-                    if main and cfg.train.image_every and p.step % cfg.train.image_every == 0:
-                        log.images(p.step, _sample_images(state, image, labels, cfg, classes.palette))
-                    if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
-                        state.save(run_dir / LAST)
-                    if distributed.any_rank(stop.signum is not None, device):  # all ranks stop at one step
-                        state.save(run_dir / LAST)
-                        signum = stop.signum or signal.SIGTERM
-                        raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {p.step}; checkpoint "
-                                          f"{run_dir / LAST}; continue with: cycleseg train --resume {run_dir}",
-                                          signum)
+                _train_batches(state, data, cfg, class_weights, total, log, stop, run_dir, classes)
         return _finish(state, cfg, run_dir)
     except Interrupted as e:
         _mark(run_dir, "interrupted", state, str(e))
@@ -172,6 +133,59 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, run_config
     except BaseException as e:
         _mark(run_dir, "failed", state, user_message(e) or type(e).__name__)
         raise
+
+
+def _train_batches(state: TrainState, data: TrainData, cfg: Config, class_weights: Tensor | None, total: int,
+                   log: RunLogger, stop: StopSignals, run_dir: Path, classes: ClassTable) -> None:
+    """The rest of the current epoch, up to iteration `total`: per batch the augmentation, one iteration
+    (`_iteration`), the log, sample images and checkpoints; Interrupted at the first step after a stop signal."""
+    p, device = state.progress, state.device
+    batches = epoch_batches(data.labelled, cfg, p, total)  # the rest of this epoch
+    for (image, labels), (unlabelled, backward) in zip(batches, extra_batches(data, cfg, p, len(batches))):
+        image, labels = _augment(image.to(device, non_blocking=True),
+                                 labels.to(device, non_blocking=True), cfg, p)
+        if unlabelled is not None:  # semi-supervised: this iteration's unlabelled images
+            unlabelled = _augment_images(unlabelled.to(device, non_blocking=True), cfg, p, stream=1)
+        if backward is not None:  # data.unpaired_labels: the backward cycle's label maps
+            backward = _augment_labels(backward.to(device, non_blocking=True), cfg, p, stream=2)
+        losses = _iteration(state, image, labels, cfg, class_weights, run_dir, unlabelled, backward)
+        p.step += 1
+        p.batch_in_epoch += 1
+        log.advance()
+        if "nonfinite_skipped" in losses or p.step % cfg.train.log_every == 0 or p.step == total:
+            log.log(p.step, p.epoch, {k: float(v) for k, v in losses.items()} | {"lr": state.lr})
+            log.show(losses)
+        if distributed.is_main() and cfg.train.image_every and p.step % cfg.train.image_every == 0:
+            log.images(p.step, _sample_images(state, image, labels, cfg, classes.palette))
+        if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
+            state.save(run_dir / LAST)
+        if distributed.any_rank(stop.signum is not None, device):  # all ranks stop at one step
+            state.save(run_dir / LAST)
+            signum = stop.signum or signal.SIGTERM
+            raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {p.step}; checkpoint "
+                              f"{run_dir / LAST}; continue with: cycleseg train --resume {run_dir}",
+                              signum)
+
+
+def _open_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, init_from: str | Path | None,
+              device: torch.device, lock: runs.RunLock
+              ) -> tuple[ClassTable, TrainData, dict[str, Any] | None, dict[str, Any] | None]:
+    """The run's data, opened once and checked, then its folder locked and, for a new run, created (nothing is
+    written before the data passed): (class table, data, the --init-from record and weights, or None, None)."""
+    main = distributed.is_main()
+    source = open_source(cfg.data.root, cfg.data.format)  # opened once: each split's folder is walked once
+    classes = resolve_classes(cfg, source=source)  # the data's class table; model.num_classes from it when null
+    if resume and not (run_dir / LAST).is_file():  # stopped before its first checkpoint: start as it started
+        init_from = (runs.read_status(run_dir).get("init_from") or {}).get("path")
+    data = open_train_data(cfg, run_dir, resume, source)
+    init_record, init = runs.init_weights(init_from, cfg) if init_from is not None else (None, None)
+    _lock(lock, device, create=not resume)  # before the first file is written or removed
+    if main and not resume:
+        runs.create_run(run_dir, cfg, overwrite, fields={"init_from": init_record} if init_record else None,
+                        classes=classes)
+    if main and data.split is not None and (not resume or runs.read_labelled(run_dir) is None):
+        runs.write_labelled(run_dir, data.split.paths(data.split.labelled))  # what a resume trains on
+    return classes, data, init_record, init
 
 
 def _lock(lock: runs.RunLock, device: torch.device, create: bool = False) -> None:
@@ -200,7 +214,7 @@ def _start(cfg: Config, run_dir: Path, device: torch.device, run_config: dict[st
     loaded = resume and (run_dir / LAST).is_file()  # a run killed before its first checkpoint starts anew
     if loaded:
         state.load(run_dir / LAST)
-    class_weights = _class_weights(cfg, train_set, run_dir, device)
+    class_weights = enet_weights(cfg, train_set, run_dir, device)
     if not loaded and cfg.train.precision == "auto" and state.amp.name == "bf16":
         _check_bf16(state, cfg, train_set, class_weights)
     if cfg.train.compile:  # in place: state_dict keys stay those of the plain modules
@@ -304,7 +318,7 @@ def _sample_images(state: TrainState, image: Tensor, labels: Tensor, cfg: Config
 
 def _check_bf16(state: TrainState, cfg: Config, train_set: Dataset, class_weights: Tensor | None) -> None:
     """train.precision=auto chose bf16: keep it only if its loss terms match fp32's on the first batch."""
-    image, labels = next(iter(_batches(train_set, cfg, state.progress, 1)))
+    image, labels = next(iter(epoch_batches(train_set, cfg, state.progress, 1)))
     image = to_memory_format(image.to(state.device), cfg.train.channels_last)
     agrees, why = bf16_agrees(state.models, image, labels.to(state.device), cfg.loss, class_weights)
     if not distributed.any_rank(not agrees, state.device):  # every rank keeps bf16, or none
@@ -359,61 +373,6 @@ def _device(cfg: Config) -> torch.device:
     return device
 
 
-@dataclass
-class _TrainData:
-    """What a run trains and validates on."""
-
-    labelled: Dataset  # (image, labels) items: the training split, or its labelled images (data.labelled)
-    val_loader: DataLoader  # this rank's share of the validation split
-    split: LabelledSplit | None = None  # data.labelled: the choice of labelled images (RUN/labelled.txt)
-    unlabelled: Dataset | None = None  # semi-supervised: the other training images, (3, H, W) items, no labels
-    backward: Dataset | None = None  # data.unpaired_labels: the backward cycle's label maps, (H, W) items
-
-
-def _open_data(cfg: Config, run_dir: Path, resume: bool) -> _TrainData:
-    """The checked training data and the validation loader (this rank's share of it under torchrun).
-
-    With data.labelled the labelled choice comes first (read back from RUN/labelled.txt on resume), so that the
-    data check can leave the unlabelled images' labels unread."""
-    progress = cfg.train.progress
-    split = None
-    if labelled_subset(cfg):
-        split = labelled_split(cfg, runs.read_labelled(run_dir) if resume else None, str(run_dir / runs.LABELLED))
-    if cfg.data.check != "off":  # minutes into a run is a bad time to find a missing label
-        require_valid(cfg.data.root, ("train", "val"), full=cfg.data.check == "full", progress=progress,
-                      fmt=cfg.data.format, unlabelled=split.unlabelled_images() if split else frozenset())
-    unlabelled = backward = None
-    if split is None:
-        train_set = open_split(cfg, "train", progress=progress)
-    else:
-        train_set, unlabelled = open_labelled_sets(cfg, split, progress)
-        if not uses_unlabelled(cfg):  # the plain baseline on the labelled images: the others are not used
-            unlabelled = None
-    if cfg.data.unpaired_labels is not None:  # the labelled images' label maps and the unpaired ones
-        base, indices = (train_set.dataset, train_set.indices) if isinstance(train_set, Subset) else \
-            (train_set, range(len(train_set)))
-        backward = ConcatDataset([LabelSubset(base, indices), open_unpaired_labels(cfg)])
-    val_set = open_split(cfg, "val", progress=progress)
-    if distributed.is_distributed():  # each rank validates its share; the confusion matrices are summed
-        val_set = Subset(val_set, range(distributed.rank(), len(val_set), distributed.world_size()))
-    val_loader = DataLoader(val_set, batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers,
-                            pin_memory=torch.cuda.is_available())
-    return _TrainData(train_set, val_loader, split, unlabelled, backward)
-
-
-def _describe_data(data: _TrainData, cfg: Config) -> str:
-    """The log's note on a run with labelled and unlabelled images or unpaired label maps ("" for the paper's)."""
-    parts = []
-    if data.split is not None:
-        parts.append(f"{len(data.split.labelled)} labelled training images of {len(data.split.samples)}"
-                     + (f", {len(data.unlabelled)} unlabelled ({cfg.optim.unlabelled_batch_size or cfg.optim.batch_size}"
-                        " per iteration)" if data.unlabelled is not None else " (the others are not used)"))
-    if data.backward is not None:
-        parts.append(f"backward cycle on {len(data.backward)} label maps "
-                     f"({len(data.backward) - len(data.labelled)} unpaired)")
-    return "".join(f"; {part}" for part in parts)
-
-
 def _retain(run_dir: Path, keep: int, progress: Progress, every: int = 1) -> None:
     """Keep a copy of last.pt at the end of every `every`-th epoch, the last `train.keep_checkpoints` of them
     (0 keeps none)."""
@@ -424,74 +383,3 @@ def _retain(run_dir: Path, keep: int, progress: Progress, every: int = 1) -> Non
     shutil.copyfile(run_dir / LAST, run_dir / f"epoch_{progress.epoch:04d}.pt")
     for old in sorted(run_dir.glob("epoch_*.pt"))[:-keep]:
         old.unlink()
-
-
-def _class_weights(cfg: Config, train_set: Dataset, run_dir: Path, device: torch.device) -> Tensor | None:
-    """loss.class_weights=enet: (S,) weights 1 / ln(1.02 + p_c) from the training labels' class frequencies.
-
-    Computed the same way at every start (a resumed run included), from the cache's counts when there is one;
-    written to RUN_DIR/class_weights.json.
-    """
-    if cfg.loss.class_weights == "none":
-        return None
-    counts = torch.from_numpy(class_pixel_counts(train_set, progress=cfg.train.progress))
-    weights = enet_class_weights(counts)
-    if distributed.is_main():
-        runs.write_json(run_dir / "class_weights.json", {"kind": cfg.loss.class_weights, "pixels": counts.tolist(),
-                                                          "weights": weights.tolist()})
-    return weights.to(device)
-
-
-def _shard_size(n: int) -> int:
-    """Images per rank and epoch: every rank gets the same count (the order wraps around, as
-    DistributedSampler pads), so all ranks run the same number of iterations."""
-    return math.ceil(n / distributed.world_size())
-
-
-def _extra_batches(data: _TrainData, cfg: Config, progress: Progress, count: int
-                   ) -> Iterator[tuple[Tensor | None, Tensor | None]]:
-    """(unlabelled images (B_u, 3, H, W), backward label maps (B, H, W)) of the next `count` iterations, None where
-    the run has none (always, for the paper's runs).
-
-    Each comes from an endless stream of shuffled passes over its dataset (data.semi.stream_indices), seeded by
-    train.seed and positioned by the iteration's step and the rank: iteration `step` of rank r takes positions
-    (step * world + r) * b .. + b - 1. A resumed run, mid-epoch or not, draws what it would have drawn, with
-    nothing in the checkpoint; every unlabelled image is used once per pass over the unlabelled images.
-    """
-    world, rank = distributed.world_size(), distributed.rank()
-    streams: list[Iterator[Tensor | None]] = []
-    for dataset, batch, salt in ((data.unlabelled, cfg.optim.unlabelled_batch_size or cfg.optim.batch_size, 1),
-                                 (data.backward, cfg.optim.batch_size, 2)):
-        if dataset is None:
-            streams.append(itertools.repeat(None))
-            continue
-        positions = [((progress.step + i) * world + rank) * batch + k for i in range(count) for k in range(batch)]
-        indices = stream_indices(len(dataset), cfg.train.seed * 1_009 + salt, positions)
-        streams.append(iter(DataLoader(Subset(dataset, indices), batch_size=batch, num_workers=cfg.data.num_workers,
-                                       generator=torch.Generator().manual_seed(cfg.train.seed),
-                                       pin_memory=torch.cuda.is_available())))
-    return zip(*streams)
-
-
-def _batches(dataset: Dataset, cfg: Config, progress: Progress, total: int) -> DataLoader:
-    """The rest of the current epoch, at most up to iteration `total`: a shuffle fixed by (seed, epoch), minus
-    the batches already trained.
-
-    The order depends on nothing else, so a run resumed mid-epoch sees exactly the batches it would have.
-    With several processes, rank r takes every world_size-th image of that order, starting at r.
-    """
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.train.seed * 100_003
-                                                                                  + progress.epoch))
-    world = distributed.world_size()
-    if world > 1:
-        order = order.repeat(2)[: _shard_size(len(dataset)) * world][distributed.rank()::world]
-    batch = cfg.optim.batch_size
-    remaining = order[progress.batch_in_epoch * batch:][: max(0, total - progress.step) * batch].tolist()
-    return DataLoader(
-        Subset(dataset, remaining),
-        batch_size=batch,
-        num_workers=cfg.data.num_workers,
-        # An explicit generator keeps the DataLoader from drawing its worker seed from the global RNG.
-        generator=torch.Generator().manual_seed(cfg.train.seed),
-        pin_memory=torch.cuda.is_available(),
-    )

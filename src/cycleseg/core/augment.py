@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor
 
+from cycleseg.core import seeding
+
 __all__ = ["AUGMENT_MODES", "augment_batch", "augment_generator"]
 
 AUGMENT_MODES = ("none", "flip", "flip+scale")
@@ -26,9 +28,9 @@ def augment_generator(seed: int, epoch: int, batch: int, rank: int = 0, stream: 
     """The CPU generator of one training batch: a function of (seed, epoch, batch index in the epoch, rank) only;
     `stream` > 0 gives another batch of the same iteration its own draws (semi-supervised: the unlabelled images 1,
     the backward cycle's label maps 2)."""
-    key = (((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 1_009 + rank) % (2**63)
+    key = seeding.mix_seed(seeding.mix_seed(seed, epoch, batch), rank, multiplier=1_009)
     if stream:
-        key = (key * 1_000_003 + stream) % (2**63)
+        key = seeding.mix_seed(key, stream)
     return torch.Generator().manual_seed(key)
 
 

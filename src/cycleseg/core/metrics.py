@@ -32,12 +32,13 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
     return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def class_iou(confusion: Tensor, num_eval_classes: int = 19) -> Tensor:
+def class_iou(confusion: Tensor, num_eval_classes: int) -> Tensor:
     """IoU_s = TP / (TP + FP + FN) (eq. 15) for the first num_eval_classes classes.
 
-    Classes from num_eval_classes on (background, index 19) are not evaluated: ground-truth background pixels
-    count for nothing, while predicting background on a real class is a false negative of that class
-    (as in the official Cityscapes evaluation).
+    Classes from num_eval_classes on (void: Cityscapes' background, index 19 of 20) are not evaluated: ground-truth
+    void pixels count for nothing, while predicting void on a real class is a false negative of that class
+    (as in the official Cityscapes evaluation). The count comes from the data's class table
+    (ClassTable.num_evaluated: 19 for Cityscapes), so it has no default here.
 
     Args:
         confusion: (K, K) with rows = ground truth, K >= num_eval_classes.
@@ -53,7 +54,7 @@ def class_iou(confusion: Tensor, num_eval_classes: int = 19) -> Tensor:
     return torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, math.nan))
 
 
-def mean_iou(confusion: Tensor, num_eval_classes: int = 19) -> float:
+def mean_iou(confusion: Tensor, num_eval_classes: int) -> float:
     """mIoU (eq. 16): mean of the non-NaN class IoUs; NaN if every class is absent."""
     iou = class_iou(confusion, num_eval_classes)
     present = ~torch.isnan(iou)

@@ -110,7 +110,7 @@ class _File:
 def check_data(root: str | Path, splits: tuple[str, ...] = SPLITS, full: bool = True,
                expect_size: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
                check_cache: bool = True, progress: bool = False, fmt: str = "auto",
-               unlabelled: frozenset[Path] = frozenset()) -> DataReport:
+               unlabelled: frozenset[Path] = frozenset(), source: DataSource | None = None) -> DataReport:
     """Check the dataset folder `root` (fmt: auto | cityscapes | folder); never raises for data problems, returns
     them in the report.
 
@@ -121,6 +121,7 @@ def check_data(root: str | Path, splits: tuple[str, ...] = SPLITS, full: bool = 
         cache_dir, check_cache: report stale caches of `cycleseg prepare` (cache.py) in this folder.
         unlabelled: image paths (as the split lists them) whose labels must not be read (the unlabelled images of
             semi-supervised training): their label files are neither opened nor required; the images are checked.
+        source: the dataset already opened (open_source of root and fmt): its folders are not walked again.
     """
     root = Path(root)
     report = DataReport(root, full)
@@ -130,7 +131,7 @@ def check_data(root: str | Path, splits: tuple[str, ...] = SPLITS, full: bool = 
                                              f"run `cycleseg make-synthetic {root}`"))
         return report
     try:
-        source = open_source(root, fmt)
+        source = source if source is not None else open_source(root, fmt)
     except DataError as e:  # a missing or invalid classes.yaml
         report.problems.append(Problem(root, str(e).removeprefix(f"{root}: ")))
         return report
@@ -144,16 +145,19 @@ def check_data(root: str | Path, splits: tuple[str, ...] = SPLITS, full: bool = 
     if full:
         _count_classes(files, report)
     if check_cache:
-        _check_caches(root, [s for s in splits if s in report.splits], cache_dir, report, source.format)
+        _check_caches(source, [s for s in splits if s in report.splits], cache_dir, report)
     return report
 
 
 def require_valid(root: str | Path, splits: tuple[str, ...], full: bool = False, progress: bool = False,
-                  fmt: str = "auto", unlabelled: frozenset[Path] = frozenset()) -> None:
+                  fmt: str = "auto", unlabelled: frozenset[Path] = frozenset(),
+                  source: DataSource | None = None) -> None:
     """check_data for `train`: raise DataError naming the first problem (and how many more there are).
 
-    unlabelled: image paths whose labels are neither read nor required (check_data)."""
-    report = check_data(root, splits, full=full, check_cache=False, progress=progress, fmt=fmt, unlabelled=unlabelled)
+    unlabelled: image paths whose labels are neither read nor required; source: the data already opened
+    (check_data)."""
+    report = check_data(root, splits, full=full, check_cache=False, progress=progress, fmt=fmt, unlabelled=unlabelled,
+                        source=source)
     if report.problems:
         more = len(report.problems) - 1
         suffix = f" ({more} more problem{'s' * (more > 1)}; list them with `cycleseg check-data {root}`)" if more else ""
@@ -163,26 +167,26 @@ def require_valid(root: str | Path, splits: tuple[str, ...], full: bool = False,
 def _check_folder_layout(source: DataSource, split: str, report: DataReport,
                          unlabelled: frozenset[Path] = frozenset()) -> list[_File]:
     """A folder dataset's split: images/<split>/ and labels/<split>/ paired by path and stem."""
-    image_dir, label_dir = source.image_dir(split), source.label_dir(split)
-    if not image_dir.is_dir():
+    found = source.files(split)
+    image_dir, label_dir = found.image_dir, found.label_dir
+    if found.images is None:
         if split != "test":
             report.problems.append(Problem(image_dir, f"split folder not found; a folder dataset holds images/{split}/ "
                                                       f"and labels/{split}/"))
         return []
-    images = {p.relative_to(image_dir).with_suffix("").as_posix(): p for p in sorted(image_dir.rglob("*"))
-              if p.is_file() and p.suffix.lower() in FOLDER_IMAGE_SUFFIXES}
+    images = {p.relative_to(image_dir).with_suffix("").as_posix(): p for p in found.images
+              if p.suffix.lower() in FOLDER_IMAGE_SUFFIXES}
     if not images:
         report.problems.append(Problem(image_dir, "no .png/.jpg/.jpeg images; the split is empty"))
         return []
     report.splits[split] = SplitSummary(cities=len({k.rpartition("/")[0] for k in images}), images=len(images))
     files = [_File(p, False, split) for p in images.values()]
-    if not label_dir.is_dir():
+    if found.labels is None:
         if split != "test":
             report.problems.append(Problem(label_dir, f"folder not found; the labels of {split} belong in "
                                                       f"labels/{split}/, one PNG per image with the same name"))
         return files
-    labels = {p.relative_to(label_dir).with_suffix("").as_posix(): p for p in sorted(label_dir.rglob("*"))
-              if p.is_file()}
+    labels = {p.relative_to(label_dir).with_suffix("").as_posix(): p for p in found.labels}
     for key in sorted(images.keys() - labels.keys()):
         if images[key] in unlabelled:
             continue
@@ -200,16 +204,15 @@ def _check_folder_layout(source: DataSource, split: str, report: DataReport,
 def _check_layout(source: DataSource, split: str, report: DataReport,
                   unlabelled: frozenset[Path] = frozenset()) -> list[_File]:
     """Folders, names, cities and image/label pairing of one Cityscapes split; returns the PNGs to inspect."""
-    root = source.root
-    image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    root, found = source.root, source.files(split)
+    image_dir, label_dir = found.image_dir, found.label_dir
     problems = report.problems
-    if not image_dir.is_dir():
+    if found.images is None:
         if split != "test":  # the test split is optional
             problems.append(Problem(image_dir, f"split folder not found; {root} must hold leftImg8bit/{split}/<city>/ "
                                                "(the Cityscapes layout)"))
         return []
-    images = {p.relative_to(image_dir).as_posix()[: -len(IMAGE_SUFFIX)]: p
-              for p in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))}
+    images = {p.relative_to(image_dir).as_posix()[: -len(IMAGE_SUFFIX)]: p for p in found.images}
     if not images:
         problems.append(Problem(image_dir, f"no *{IMAGE_SUFFIX} images in its city folders; the split is empty"))
         return []
@@ -235,12 +238,11 @@ def _check_layout(source: DataSource, split: str, report: DataReport,
     if split == "test":
         return files  # the test labels of the official download are placeholders; nothing reads them
 
-    if not label_dir.is_dir():
+    if found.labels is None:
         problems.append(Problem(label_dir, f"folder not found; the labels of {split} belong in "
                                            f"gtFine/{split}/<city>/ (gtFine_trainvaltest.zip)"))
         return files
-    labels = {p.relative_to(label_dir).as_posix()[: -len(LABEL_SUFFIX)]: p
-              for p in sorted(label_dir.glob(f"*/*{LABEL_SUFFIX}"))}
+    labels = {p.relative_to(label_dir).as_posix()[: -len(LABEL_SUFFIX)]: p for p in found.labels}
     for key in sorted(images.keys() - labels.keys()):
         if images[key] in unlabelled:
             continue
@@ -340,11 +342,11 @@ def _count_classes(files: list[_File], report: DataReport) -> None:
             summary.class_pixels = np.bincount(to_class, weights=by_id, minlength=s + 1)[:s].astype(np.int64)
 
 
-def _check_caches(root: Path, splits: list[str], cache_dir: str | Path | None, report: DataReport,
-                  fmt: str = "auto") -> None:
+def _check_caches(source: DataSource, splits: list[str], cache_dir: str | Path | None, report: DataReport) -> None:
     """Each cache of `cycleseg prepare` for these splits: up to date, or a problem naming its manifest."""
     from cycleseg.data import cache  # cache builds on data.py like this module; imported here to keep startup light
 
+    root = source.root
     base = cache.cache_root(root, cache_dir)
     for folder in sorted(p for p in base.glob("*x*") if p.is_dir()) if base.is_dir() else []:
         size = cache.parse_folder_size(folder.name)
@@ -355,7 +357,7 @@ def _check_caches(root: Path, splits: list[str], cache_dir: str | Path | None, r
             if not manifest.exists():
                 continue
             try:
-                status, reason = cache.cache_status(root, split, size, cache_dir, fmt)
+                status, reason = cache.cache_status(root, split, size, cache_dir, source.format, source=source)
             except DataError:
                 continue  # the data problem itself is already reported
             if status == "ok":

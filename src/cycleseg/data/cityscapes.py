@@ -40,7 +40,6 @@ __all__ = [
     "colorize",
     "image_to_tensor",
     "label_ids_to_train_ids",
-    "list_samples",
     "load_image",
     "load_label",
     "open_image",
@@ -99,40 +98,6 @@ class Sample:
     label_path: Path | None
     city: str
     name: str
-
-
-def list_samples(root: str | Path, split: str, require_labels: bool = True) -> list[Sample]:
-    """All (image, label) pairs of `split`, sorted by city and name; DataError on any missing or extra file.
-
-    require_labels=False: an image without a label file (an unlabelled image) gets label_path None."""
-    root = Path(root)
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if not root.is_dir():
-        raise DataError(f"{root}: data folder not found; pass a Cityscapes folder or run "
-                        f"`cycleseg make-synthetic {root}`")
-    image_dir = root / "leftImg8bit" / split
-    label_dir = root / "gtFine" / split
-    if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: folder not found; {root} must hold leftImg8bit/{split}/<city>/ "
-                        "(the Cityscapes layout)")
-    images = {p.relative_to(image_dir).as_posix()[: -len(IMAGE_SUFFIX)]: p
-              for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}")}
-    if not images:
-        raise DataError(f"{image_dir}: no *{IMAGE_SUFFIX} images in its city folders; the split is empty")
-    if split == "test" or (not require_labels and not label_dir.is_dir()):
-        return [Sample(p, None, key.split("/")[0], key.split("/")[1]) for key, p in sorted(images.items())]
-    if not label_dir.is_dir():
-        raise DataError(f"{label_dir}: folder not found; labels belong in gtFine/{split}/<city>/")
-    labels = {p.relative_to(label_dir).as_posix()[: -len(LABEL_SUFFIX)]: p
-              for p in label_dir.glob(f"*/*{LABEL_SUFFIX}")}
-    for key in sorted(images.keys() - labels.keys()) if require_labels else ():
-        raise DataError(f"{images[key]}: image has no label {label_dir / (key + LABEL_SUFFIX)}; add it or "
-                        "remove the image")
-    for key in sorted(labels.keys() - images.keys()):
-        raise DataError(f"{labels[key]}: label has no image {image_dir / (key + IMAGE_SUFFIX)}; add it or "
-                        "remove the label")
-    return [Sample(images[k], labels.get(k), k.split("/")[0], k.split("/")[1]) for k in sorted(images)]
 
 
 def open_image(path: Path) -> Image.Image:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from cycleseg.core import seeding
 from cycleseg.data.cityscapes import Sample, load_label
 from cycleseg.data.classes import ClassTable
 from cycleseg.data.source import DataSource, SplitDataset, open_source
@@ -65,11 +66,13 @@ class LabelledSplit:
         return frozenset(self.samples[i].image_path for i in self.unlabelled)
 
 
-def labelled_split(cfg: Config, saved: list[str] | None = None, saved_from: str = "labelled.txt") -> LabelledSplit:
+def labelled_split(cfg: Config, saved: list[str] | None = None, saved_from: str = "labelled.txt",
+                   source: DataSource | None = None) -> LabelledSplit:
     """The labelled choice of the run of `cfg`: `saved` (a run's labelled.txt, read back on resume, named
     `saved_from` in errors) when given, else data.labelled. DataError naming the file or image on any problem.
+    `source`: the run's data already opened (open_source), whose training folder is then not walked again.
     """
-    source = open_source(cfg.data.root, cfg.data.format)
+    source = source if source is not None else open_source(cfg.data.root, cfg.data.format)
     samples = source.samples("train", require_labels=False)
     if cfg.data.max_train_images is not None:
         samples = samples[: cfg.data.max_train_images]
@@ -125,7 +128,7 @@ def _drawn(fraction: float, samples: list[Sample], seed: int, root: Path) -> lis
         raise DataError(f"{root}: data.labelled={fraction:g} needs at least 2 training images (labelled and "
                         f"unlabelled), the split has {n}")
     count = min(n - 1, max(1, math.floor(fraction * n + 0.5)))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 1_000_003 + 7) % 2**63)).tolist()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seeding.mix_seed(seed, 7))).tolist()
     chosen = [i for i in order if samples[i].label_path is not None][:count]
     if len(chosen) < count:
         raise DataError(f"{root}: data.labelled={fraction:g} needs {count} labelled training images, but only "
@@ -162,16 +165,17 @@ def open_labelled_sets(cfg: Config, split: LabelledSplit, progress: bool = False
     rebuilds it, because that reads every label of the split: a missing or stale cache means reading the PNGs
     (data.cache=require refuses), and so does a split with images that have no label file.
     """
-    from cycleseg.data.cache import CachedDataset, cache_folder, cache_status, manifest_name
+    from cycleseg.data.cache import CachedDataset, cache_folder, manifest_name, read_cache_status
 
     size, root, cache_dir = (cfg.data.height, cfg.data.width), cfg.data.root, cfg.data.cache_dir
     dataset: Dataset = SplitDataset(split.source, "train", size, samples=split.samples)
     if cfg.data.cache != "off":
         unlabelled_files = sum(s.label_path is None for s in split.samples)
-        status, reason = ("missing", f"{unlabelled_files} training images have no label file") if unlabelled_files \
-            else cache_status(root, "train", size, cache_dir, split.source.format)
+        status, reason, manifest = ("missing", f"{unlabelled_files} training images have no label file", None) \
+            if unlabelled_files else read_cache_status(Path(root), "train", size, cache_dir, split.source.format,
+                                                       split.source)
         if status == "ok":
-            dataset = CachedDataset(split.source, "train", size, cache_dir)
+            dataset = CachedDataset(split.source, "train", size, cache_dir, manifest)
         elif status == "stale" and cfg.data.cache == "auto":
             print(f"cycleseg: the train cache at {size[1]}x{size[0]} is stale ({reason}); a semi-supervised run reads "
                   "the PNGs instead of rebuilding it (that reads every label): run `cycleseg prepare` to use it",
@@ -205,9 +209,10 @@ class UnpairedLabels(Dataset):
         return load_label(self.files[index], self.size, self.classes)
 
 
-def open_unpaired_labels(cfg: Config) -> UnpairedLabels:
-    """The folder of data.unpaired_labels (relative to the data root, or absolute) as UnpairedLabels."""
-    source = open_source(cfg.data.root, cfg.data.format)
+def open_unpaired_labels(cfg: Config, source: DataSource | None = None) -> UnpairedLabels:
+    """The folder of data.unpaired_labels (relative to the data root, or absolute) as UnpairedLabels; `source`:
+    the run's data already opened (its class table)."""
+    source = source if source is not None else open_source(cfg.data.root, cfg.data.format)
     folder = Path(cfg.data.unpaired_labels)
     return UnpairedLabels(folder if folder.is_absolute() else source.root / folder, (cfg.data.height, cfg.data.width),
                           source.classes)
@@ -222,6 +227,6 @@ def stream_indices(n: int, seed: int, positions: Sequence[int]) -> list[int]:
     for position in positions:
         k = position // n
         if k not in passes:
-            passes[k] = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 1_000_003 + k) % 2**63)).tolist()
+            passes[k] = torch.randperm(n, generator=torch.Generator().manual_seed(seeding.mix_seed(seed, k))).tolist()
         out.append(passes[k][position % n])
     return out
