@@ -47,7 +47,7 @@ def test_a_failed_write_leaves_the_previous_file(run, tmp_path, monkeypatch):
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("cycleseg.runs.files.os.fsync", disk_full)
+    monkeypatch.setattr("cycleseg.fileio.os.fsync", disk_full)
     with pytest.raises(RunError, match="g.onnx: could not write .No space left on device"):
         export_onnx(run, out, check=False)
     assert out.read_bytes() == b"previous export"

@@ -150,7 +150,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypa
     def dies(fd):
         raise KeyboardInterrupt  # the process dies with the new file half on disk, before the rename
 
-    monkeypatch.setattr("cycleseg.runs.files.os.fsync", dies)
+    monkeypatch.setattr("cycleseg.fileio.os.fsync", dies)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"value": torch.zeros(3)})
     assert torch.equal(load_checkpoint(path)["value"], torch.ones(3))
@@ -163,7 +163,7 @@ def test_disk_full_is_a_clear_error_and_keeps_the_previous_one(tmp_path, monkeyp
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("cycleseg.runs.files.os.fsync", disk_full)
+    monkeypatch.setattr("cycleseg.fileio.os.fsync", disk_full)
     with pytest.raises(RunError, match="could not write .No space left on device.*intact"):
         save_checkpoint(path, {"value": torch.zeros(3)})
     assert not (tmp_path / (LAST + ".tmp")).exists()

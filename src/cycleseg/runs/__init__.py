@@ -27,7 +27,7 @@ The modules, lowest first: paths (the file names, `artifact`), files (atomic wri
 (`RunLock`: one writer per run), checkpoint (save/load/upgrade, formats v1 and v2), record (run.json,
 create/resume, the class table), models (`load_run`, `init_weights`, `seeded_inference`) and summary (one reader
 of a run). This package re-exports their public names: `runs.X` is the way in. A test that monkeypatches a
-function must patch the module that owns it (`cycleseg.runs.files.os.fsync`): the package attribute is only a
+function must patch the module that owns it (`cycleseg.fileio.os.fsync`): the package attribute is only a
 second name, which the callers inside the package do not read. `runs.summary` is the function; its module is
 `sys.modules["cycleseg.runs.summary"]`.
 """
