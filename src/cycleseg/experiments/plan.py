@@ -34,7 +34,7 @@ __all__ = ["ACTIONS", "MAX_SEEDS", "RunSpec", "SweepEntry", "check_request", "de
 MAX_SEEDS = 1000  # a larger --seeds is a typo, not a study: refused before any planning
 ACTIONS = ("new", "continue", "retrain", "done")  # what `decide` answers (and "unknown" when told not to measure)
 SNR_FROM = "from "  # noise.snr_db: from RUN
-_SEED_DIR = re.compile(r"seed(\d+)")
+_DIGITS = re.compile(r"\d+$")
 
 
 def seed_dir(seed: int) -> str:
@@ -43,9 +43,10 @@ def seed_dir(seed: int) -> str:
 
 
 def seed_of(folder: str) -> int | None:
-    """The seed of a run folder named by `seed_dir` ("seed3" -> 3), or None for any other name."""
-    match = _SEED_DIR.fullmatch(folder)
-    return int(match.group(1)) if match else None
+    """The seed of a run folder named by `seed_dir` ("seed3" -> 3), or None for any other name (also "seed03")."""
+    digits = _DIGITS.search(folder)
+    seed = int(digits.group()) if digits else None
+    return seed if seed is not None and seed_dir(seed) == folder else None  # seed_dir alone says what the names are
 
 
 def snr_source(value: Any) -> str | None:
