@@ -17,12 +17,12 @@ import torch
 import cycleseg
 from cycleseg import runs
 from cycleseg.cli import main
+from cycleseg.commands.state import TrainState
 from cycleseg.config import load_config
 from cycleseg.data.cityscapes import MAX_IMAGE_PIXELS, open_image
 from cycleseg.data.classes import load_classes
 from cycleseg.errors import ConfigError, DataError, RunError, UnsafeCheckpoint
 from cycleseg.runs import BEST, LAST, load_checkpoint, save_checkpoint, upgrade_checkpoint
-from cycleseg.commands.state import TrainState
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cycleseg"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

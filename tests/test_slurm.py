@@ -23,7 +23,6 @@ import torch
 
 from cycleseg.cli import main
 from cycleseg.errors import RunError
-from cycleseg.runs import LAST, METRICS, RunLock, artifact, load_checkpoint, run_in_use
 from cycleseg.experiments.slurm import (
     ENDED,
     SlurmTask,
@@ -35,6 +34,7 @@ from cycleseg.experiments.slurm import (
     sweep_jobs,
     sweep_tasks,
 )
+from cycleseg.runs import LAST, METRICS, RunLock, artifact, load_checkpoint, run_in_use
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
 # 8 images, batch 1: 8 iterations per epoch, 16 in all (about 0.3 s each); every step logged, to see progress.

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cycleseg.experiments import plan, sweep
 from cycleseg.cli import main
 from cycleseg.config import load_config
 from cycleseg.errors import ConfigError, RunError
+from cycleseg.experiments import plan, sweep
 from cycleseg.report import build_report, collect_runs, format_table, load_paper_table, paired_rows, table2_rows
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
