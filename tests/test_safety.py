@@ -17,12 +17,12 @@ import torch
 import cycleseg
 from cycleseg import runs
 from cycleseg.cli import main
+from cycleseg.commands.state import TrainState
 from cycleseg.config import load_config
 from cycleseg.data.cityscapes import MAX_IMAGE_PIXELS, open_image
 from cycleseg.data.classes import load_classes
 from cycleseg.errors import ConfigError, DataError, RunError, UnsafeCheckpoint
 from cycleseg.runs import BEST, LAST, load_checkpoint, save_checkpoint, upgrade_checkpoint
-from cycleseg.commands.state import TrainState
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cycleseg"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -212,7 +212,7 @@ def test_no_command_runs_a_planted_checkpoint(planted, tiny_data, capsys, reader
 
 @pytest.mark.slow
 def test_the_python_api_and_the_slurm_worker_refuse_a_planted_checkpoint(planted, tiny_data):
-    from cycleseg.experiments.slurm import SlurmTask, _plan
+    from cycleseg.experiments.launchers.slurm_job import SlurmTask, _torchrun_plan
 
     run, marker, _ = planted
     for kwargs in ({}, {"checkpoint": "last"}, {"trust": True}):
@@ -221,7 +221,7 @@ def test_the_python_api_and_the_slurm_worker_refuse_a_planted_checkpoint(planted
     task = SlurmTask(name="quant2", config=str(CONFIGS / "demo" / "quant2.yaml"), run_dir=str(run),
                      overrides=tuple(FIXTURE), data_root=str(tiny_data))
     with pytest.raises(RunError, match=rf"^{re.escape(str(run / LAST))}: refused"):
-        _plan(task)  # what each array task reads before it trains
+        _torchrun_plan(task)  # what each array task reads before it trains
     assert not marker.exists()
 
 

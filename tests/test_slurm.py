@@ -23,7 +23,6 @@ import torch
 
 from cycleseg.cli import main
 from cycleseg.errors import RunError
-from cycleseg.runs import LAST, METRICS, RunLock, artifact, load_checkpoint, run_in_use
 from cycleseg.experiments.slurm import (
     ENDED,
     SlurmTask,
@@ -35,6 +34,7 @@ from cycleseg.experiments.slurm import (
     sweep_jobs,
     sweep_tasks,
 )
+from cycleseg.runs import LAST, METRICS, RunLock, artifact, load_checkpoint, run_in_use
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
 # 8 images, batch 1: 8 iterations per epoch, 16 in all (about 0.3 s each); every step logged, to see progress.
@@ -253,10 +253,10 @@ def _assert_same(a, b, where: str) -> None:
 
 
 def test_tasks_with_seeds_get_their_own_folder_and_seed(tmp_path):
-    tasks = sweep_tasks([DEMO / "quant2.yaml"], tmp_path, ["optim.epochs=1"], data_root="data", seeds=[0, 3])
+    tasks = sweep_tasks([DEMO / "quant2.yaml"], tmp_path, ["optim.epochs=3"], data_root="data", seeds=[0, 3])
     assert [t.name for t in tasks] == ["quant2/seed0", "quant2/seed3"]
     assert [Path(t.run_dir) for t in tasks] == [tmp_path / "quant2" / "seed0", tmp_path / "quant2" / "seed3"]
-    assert tasks[1].overrides == ("optim.epochs=1", f"data.root={Path('data').absolute()}", "train.seed=3")
+    assert tasks[1].overrides == ("optim.epochs=3", f"data.root={Path('data').absolute()}", "train.seed=3")
     plain = sweep_tasks([DEMO / "quant2.yaml"], tmp_path)
     assert [(t.name, Path(t.run_dir)) for t in plain] == [("quant2", tmp_path / "quant2")]
 
@@ -265,7 +265,9 @@ def test_a_run_whose_snr_comes_from_another_waits_for_it(tmp_path):
     gauss = tmp_path / "gauss.yaml"
     gauss.write_text("model: {kind: cyclegan}\nnoise: {kind: gaussian, snr_db: from quant2}\n")
     tasks = sweep_tasks([gauss, DEMO / "quant2.yaml"], tmp_path, seeds=[0])
-    assert tasks[0].overrides[-1] == f'noise.snr_db="from {tmp_path / "quant2" / "seed0"}"'  # the same seed's run
+    assert [t.name for t in tasks] == ["quant2/seed0", "gauss/seed0"]  # the sweep's order: the SNR source first
+    assert tasks[1].overrides[-1] == f'noise.snr_db="from {tmp_path / "quant2" / "seed0"}"'  # the same seed's run
+    assert tasks[1].depends_on == "quant2/seed0" and tasks[0].depends_on is None
     outcome: dict[str, Submitted] = {}
     waves = _waves(tasks, tasks, outcome)
     first, deps = next(waves)

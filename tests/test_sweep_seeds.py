@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cycleseg.experiments import sweep
 from cycleseg.cli import main
 from cycleseg.config import load_config
 from cycleseg.errors import ConfigError, RunError
+from cycleseg.experiments import plan, sweep
 from cycleseg.report import build_report, collect_runs, format_table, load_paper_table, paired_rows, table2_rows
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
@@ -201,20 +201,22 @@ def test_seeds_plan_takes_the_snr_of_the_same_seed(tmp_path):
     gauss = (PAPER / "gauss_7.38.yaml").read_text()
     (configs / "a_gauss.yaml").write_text(gauss.replace("snr_db: 7.38", "snr_db: from quant2"))
     (configs / "b_gauss.yaml").write_text(gauss.replace("snr_db: 7.38", "snr_db: from a_gauss"))  # a chain
-    entries = sweep._ordered(sweep.find_configs([configs]), [])
+    entries = plan.order(sweep.find_configs([configs]))
     assert [e.name for e in entries] == ["quant2", "a_gauss", "b_gauss"]  # each after its SNR source
-    jobs = sweep._plan(entries, [], tmp_path / "out", seeds=2)
-    assert [j.entry.run_name for j in jobs] == ["quant2/seed0", "a_gauss/seed0", "b_gauss/seed0", "quant2/seed1",
-                                                "a_gauss/seed1", "b_gauss/seed1"]
-    gauss1 = jobs[4]
-    assert gauss1.depends == "quant2/seed1" and gauss1.cfg.train.seed == 1
-    assert gauss1.cfg.noise.snr_db == f"from {tmp_path / 'out' / 'quant2' / 'seed1'}"
-    assert jobs[5].depends == "a_gauss/seed1"
-    unseeded = sweep._plan(entries, [], tmp_path / "out", seeds=None)
-    assert unseeded[1].depends == "quant2" and unseeded[1].cfg.noise.snr_db == "from quant2"
+    specs = plan.plan(sweep.find_configs([configs]), tmp_path / "out", seeds=2)
+    assert [s.name for s in specs] == ["quant2/seed0", "a_gauss/seed0", "b_gauss/seed0", "quant2/seed1",
+                                       "a_gauss/seed1", "b_gauss/seed1"]
+    assert [s.index for s in specs] == [1, 2, 3, 4, 5, 6]
+    gauss1 = specs[4]
+    assert gauss1.depends_on == "quant2/seed1" and gauss1.config.train.seed == 1 and gauss1.seed == 1
+    assert gauss1.config.noise.snr_db == f"from {tmp_path / 'out' / 'quant2' / 'seed1'}"
+    assert gauss1.run_dir == tmp_path / "out" / "a_gauss" / "seed1" and gauss1.config_name == "a_gauss"
+    assert specs[5].depends_on == "a_gauss/seed1"
+    unseeded = plan.plan(entries, tmp_path / "out", seeds=None)
+    assert unseeded[1].depends_on == "quant2" and unseeded[1].config.noise.snr_db == "from quant2"
     (configs / "quant2.yaml").write_text(gauss.replace("snr_db: 7.38", "snr_db: from b_gauss"))
     with pytest.raises(ConfigError, match="take their SNR from each other"):
-        sweep._ordered(sweep.find_configs([configs]), [])
+        plan.plan(sweep.find_configs([configs]), tmp_path / "out")
 
 
 def test_sweep_refuses_before_training(tmp_path, tiny_data):
