@@ -119,7 +119,8 @@ def _energy(r: dict[str, Any]) -> list[str]:
         "",
         "| vectors | residual share | unexplained share |",
         "|---|---|---|",
-        f"| G's logits | {percent(energy['logits']['residual_share'])} | {percent(energy['logits']['unexplained_share'])} |",
+        (f"| G's logits | {percent(energy['logits']['residual_share'])} | "
+         f"{percent(energy['logits']['unexplained_share'])} |"),
         (f"| F's input noise(G(x)) | {percent(energy['f_input']['residual_share'])} | "
          f"{percent(energy['f_input']['unexplained_share'])} |"),
         "",
