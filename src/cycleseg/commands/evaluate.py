@@ -21,7 +21,7 @@ from cycleseg.core.models import Models
 from cycleseg.core.precision import resolve_precision
 from cycleseg.data import ClassTable
 from cycleseg.errors import RunError
-from cycleseg.runs import LAST, seeded_inference
+from cycleseg.runs import LAST, load_run, seeded_inference  # noqa: F401 (load_run: tests import it from here)
 from cycleseg.runs.formats import finite_or_none, fmt, iou_results
 
 __all__ = ["evaluate_models", "evaluate_run", "format_results"]
