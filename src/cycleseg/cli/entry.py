@@ -23,6 +23,7 @@ COMMANDS = {"make-synthetic": handlers.cmd_make_synthetic, "train": handlers.cmd
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `cycleseg` with `argv` (default sys.argv[1:]); returns the exit code (0: done)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["sweep", "status"]:  # `cycleseg sweep status DIR` is `cycleseg sweep-status DIR`

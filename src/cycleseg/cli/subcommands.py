@@ -11,7 +11,7 @@ from cycleseg.runs import BEST, LAST
 
 __all__ = ["SUBCOMMANDS"]
 
-Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Subparsers = argparse._SubParsersAction  # what add_subparsers returns; each function below adds one subcommand
 
 
 def _add(sub: Subparsers, name: str, help: str, description: str, *parents: argparse.ArgumentParser,
