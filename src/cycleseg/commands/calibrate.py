@@ -16,16 +16,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from cycleseg.commands.session import open_session
 from cycleseg.config import Config, NoiseConfig, apply_overrides, config_from_dict
-from cycleseg.data import open_split
-from cycleseg.errors import ConfigError, RunError
 from cycleseg.core.metrics import snr_db
-from cycleseg.core.models import resolve_device
 from cycleseg.core.noise import NoiseInjection
-from cycleseg.runs import LAST, artifact, load_run, read_json, seeded_inference, write_json, writes_into_run
+from cycleseg.errors import ConfigError, RunError
+from cycleseg.runs import LAST, artifact, read_json, seeded_inference, write_json, writes_into_run
 
 __all__ = ["calibrate_run", "calibration_path", "measure_snr", "resolve_snr_from"]
 
@@ -52,7 +49,8 @@ def measure_snr(G: torch.nn.Module, noise: NoiseInjection, batches: Iterable[tup
 def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
                   noise_overrides: list[str] = (), checkpoint: str = LAST, progress: bool = False) -> dict[str, Any]:
     """Measure the mean per-image SNR of a run's noise (or of `noise_overrides`) on `split`, opened as every
-    command opens it (`data.open_split`: the run's cache settings and data.max_*_images).
+    command opens it (`session.open_session`: the data's classes checked against the run's; the run's cache
+    settings and data.max_*_images).
 
     Args:
         noise_overrides: `key=value` settings of the noise section (e.g. ["kind=quantize", "bits=1"]) to
@@ -60,16 +58,12 @@ def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val"
     Writes RUN_DIR/calibrate_<split>.json when the run's own noise is measured; returns
     {"snr_db": mean dB, "snr_db_std", "snr_db_min", "snr_db_max", "num_images", "noise": {...}, "run", "split"}.
     """
-    dev = resolve_device(device)
-    models, cfg = load_run(run_dir, dev, checkpoint)
+    session = open_session(run_dir, data_root, split, device, checkpoint)
+    models, cfg = session.models, session.config
     noise_cfg = _noise_config(cfg.noise, noise_overrides)
     noise = models.noise if not noise_overrides else NoiseInjection(
         noise_cfg.kind, bits=noise_cfg.bits, snr_db=noise_cfg.snr_db, sigma_rule=noise_cfg.sigma_rule)
-    dataset = open_split(cfg, split, root=data_root)
-    loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-    batches = tqdm(loader, desc=f"calibrate {split}", unit="batch", disable=not progress, dynamic_ncols=True,
-                   leave=False)
-    snrs = measure_snr(models.G, noise, batches, dev, seed=cfg.train.seed)
+    snrs = measure_snr(models.G, noise, session.batches("calibrate", progress), session.device, seed=cfg.train.seed)
     finite = snrs[torch.isfinite(snrs)]
     if len(finite) < len(snrs):
         raise RunError(f"{run_dir}: noise {noise_cfg.kind} leaves the logits of {len(snrs) - len(finite)} images "

@@ -6,6 +6,10 @@ For a trained cycle run, on one split (val by default), in RUN_DIR:
 - diagnose_<split>.md     a self-contained Markdown summary, image links relative to RUN_DIR;
 - diagnose_<split>/*.png  sensitivity.png, energy.png, spectrum.png, examples.png.
 
+This module measures; `diagnose_figures` draws the figures and `diagnose_report` writes the Markdown and the
+printed summary, both from the results document alone. The run and its split are opened by `session.open_session`
+(the data's classes checked against the run's).
+
 What is measured (the tensor work is in `cycleseg.core.diagnostics`):
 
 1. Watermark gap: PSNR of F(noise(G(x))), the reconstruction training optimises (the run's own noise
@@ -35,15 +39,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from cycleseg import runs
+from cycleseg.commands.diagnose_figures import training_figure, write_figures
+from cycleseg.commands.diagnose_report import format_markdown, format_summary
+from cycleseg.commands.session import open_session
 from cycleseg.config import Config
-from cycleseg.data import CITYSCAPES, CLASS_NAMES, ClassTable, open_source, open_split, resolve_classes
 from cycleseg.core.diagnostics import (
     INPUTS,
     SCALE_REFERENCES,
@@ -60,11 +65,12 @@ from cycleseg.core.diagnostics import (
     unexplained_energy,
     watermark_inputs,
 )
-from cycleseg.errors import RunError
-from cycleseg.runs.formats import figure, finite_or_none, fmt, iou_results, noise_label, save_figure, to_rgb
 from cycleseg.core.metrics import confusion_matrix, psnr_db, snr_db
-from cycleseg.core.models import Models, resolve_device
-from cycleseg.runs import LAST, load_run, seeded_inference
+from cycleseg.core.models import Models
+from cycleseg.data import CLASS_NAMES, ClassTable, open_split, resolve_classes
+from cycleseg.errors import RunError
+from cycleseg.runs import LAST, seeded_inference
+from cycleseg.runs.formats import finite_or_none, iou_results, noise_label, save_figure
 
 __all__ = ["DEFAULT_SNRS", "TRAINING_SNRS", "data_reward", "diagnose_models", "diagnose_run", "diagnose_training",
            "format_summary", "training_checkpoints"]
@@ -74,9 +80,8 @@ TRAINING_SNRS = (30.0, 20.0, 10.0)  # dB, the sensitivity points followed along 
 HIGH_FREQUENCY_CUTOFF = 0.25  # cycles per pixel: half the Nyquist frequency
 SPECTRA = ("image", "logits_residual", "f_input_residual")
 FIGURES = ("sensitivity", "energy", "spectrum", "examples")  # diagnose_<split>/<name>.png
-INPUT_TITLES = {"noisy": "F(noise(G(x)))", "decision": "F(decision)", "class_mean": "F(class means)",
-                "split_class_mean": "F(split class means)",
-                "ground_truth": "F(ground truth)"}
+PLAIN_RUN = ("diagnose needs a cycle model (model.kind=cyclegan); this run is a plain ERFNet, which has no F to "
+             "reconstruct the image from its class scores")
 
 
 def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device, seed: int = 0,
@@ -277,20 +282,12 @@ def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
         raise RunError(f"--max-images must be at least 1, got {max_images}")
     if not snrs or not all(math.isfinite(v) for v in snrs):
         raise RunError("--snrs must be a comma-separated list of finite numbers in dB, e.g. 40,20,0,-10")
-    dev = resolve_device(device)
     run_dir = Path(run_dir)
-    models, cfg = load_run(run_dir, dev, checkpoint)
-    if not models.is_cycle:
-        raise RunError(f"{run_dir}: diagnose needs a cycle model (model.kind=cyclegan); this run is a plain ERFNet, "
-                       "which has no F to reconstruct the image from its class scores")
-    dataset = open_split(cfg, split, root=data_root)
-    if max_images is not None and max_images < len(dataset):
-        dataset = Subset(dataset, range(max_images))
-    loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-    batches = tqdm(loader, desc=f"diagnose {split}", unit="batch", disable=not progress, dynamic_ncols=True,
-                   leave=False)
-    classes = runs.require_same_classes(run_dir, open_source(data_root, cfg.data.format).classes, data_root)
-    results, examples = diagnose_models(models, batches, dev, seed=cfg.train.seed, snrs=snrs, scale_to=scale_to,
+    session = open_session(run_dir, data_root, split, device, checkpoint, max_images=max_images,
+                           require_cycle=PLAIN_RUN)
+    cfg, classes = session.config, session.classes
+    results, examples = diagnose_models(session.models, session.batches("diagnose", progress), session.device,
+                                        seed=cfg.train.seed, snrs=snrs, scale_to=scale_to,
                                         num_examples=num_examples, classes=classes)
     figure_dir = runs.artifact(run_dir, "diagnose_figures", split)
     markdown = runs.artifact(run_dir, "diagnose_md", split)
@@ -373,19 +370,16 @@ def diagnose_training(run_dir: str | Path, data_root: str | Path, split: str = "
     if len(checkpoints) == 1:
         print(f"cycleseg: {run_dir} kept only {checkpoints[0][1]}; train with train.keep_checkpoints=N to follow the "
               "watermark over N epochs", flush=True)
-    dev = resolve_device(device)
+    session = None
     points = []
     for step, name in tqdm(checkpoints, desc="diagnose checkpoints", unit="ckpt", disable=not progress,
                            dynamic_ncols=True):
-        models, cfg = load_run(run_dir, dev, name)
-        if not models.is_cycle:
-            raise RunError(f"{run_dir}: diagnose needs a cycle model (model.kind=cyclegan); this run is a plain ERFNet")
-        classes = runs.require_same_classes(run_dir, open_source(data_root, cfg.data.format).classes, data_root)
-        dataset = open_split(cfg, split, root=data_root)
-        if max_images is not None and max_images < len(dataset):
-            dataset = Subset(dataset, range(max_images))
-        loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-        r, _ = diagnose_models(models, loader, dev, seed=cfg.train.seed, snrs=snrs, num_examples=1, classes=classes)
+        session = (open_session(run_dir, data_root, split, device, name, max_images=max_images,
+                                require_cycle=PLAIN_RUN) if session is None
+                   else session.reload(name, require_cycle=PLAIN_RUN))  # the split opened once
+        cfg = session.config
+        r, _ = diagnose_models(session.models, session.loader(), session.device, seed=cfg.train.seed, snrs=snrs,
+                               num_examples=1, classes=session.classes)
         gap, psnr = r["watermark_gap"]["gap_db"], r["watermark_gap"]["psnr_db"]
         points.append({"step": step, "checkpoint": name, "psnr_db": psnr.get("noisy"),
                        "watermark_gap_db": gap.get("decision"), "class_mean_gap_db": gap.get("class_mean"),
@@ -397,283 +391,9 @@ def diagnose_training(run_dir: str | Path, data_root: str | Path, split: str = "
                        "ground_truth_psnr_db": psnr.get("ground_truth"), "num_images": r["num_images"]})
     results = {"run": cfg.name, "split": split, "noise_label": noise_label(cfg), "snrs_db": list(snrs),
                "oracle": r["oracle"], "points": points, "figure": runs.artifact(run_dir, "diagnose_training_png", split).name}
-    save_figure(_training_figure(results), runs.artifact(run_dir, "diagnose_training_png", split))
+    save_figure(training_figure(results), runs.artifact(run_dir, "diagnose_training_png", split))
     runs.write_json(runs.artifact(run_dir, "diagnose_training", split), results)
     return results
-
-
-def _training_figure(results: dict[str, Any]):
-    """Three panels over training steps: the two gaps, the PSNR under extra noise, the unexplained share."""
-    points = results["points"]
-    steps = [p["step"] for p in points]
-    fig = figure(12, 3.2, layout="constrained")
-    ax_gap, ax_sens, ax_share = fig.subplots(1, 3)
-    ax_gap.plot(steps, [_nan(p["watermark_gap_db"]) for p in points], "o-", label="gap to decision")
-    ax_gap.plot(steps, [_nan(p["class_mean_gap_db"]) for p in points], "s-", label="gap to class means")
-    ax_gap.plot(steps, [_nan(p.get("split_mean_gap_db")) for p in points], "^-", label="gap to split class means")
-    ax_gap.axhline(0, color="k", linewidth=0.6)
-    ax_gap.set(xlabel="iteration", ylabel="dB", title="watermark gap")
-    ax_sens.plot(steps, [_nan(p["psnr_db"]) for p in points], "k--", label="no extra noise")
-    for snr in results["snrs_db"]:
-        ax_sens.plot(steps, [_nan(p["sensitivity_psnr_db"].get(f"{snr:g}")) for p in points], "o-",
-                     label=f"extra noise {snr:g} dB")
-    ax_sens.set(xlabel="iteration", ylabel="PSNR of x_rec [dB]", title="sensitivity")
-    ax_share.plot(steps, [100 * _nan(p["unexplained_share"]) for p in points], "o-", color="C3")
-    ax_share.set(xlabel="iteration", ylabel="% of the logits' energy", title="unexplained by class means")
-    for ax in (ax_gap, ax_sens):
-        ax.legend(fontsize=7)
-    for ax in (ax_gap, ax_sens, ax_share):
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{results['run']} ({results['noise_label']}): the watermark along training, {results['split']}")
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------- figures
-
-
-def write_figures(figure_dir: Path, results: dict[str, Any], examples: dict[str, Tensor],
-                  classes: ClassTable = CITYSCAPES) -> dict[str, Path]:
-    """sensitivity.png, energy.png, spectrum.png and examples.png in `figure_dir`; returns name -> path."""
-    figures = {"sensitivity": _sensitivity_figure(results), "energy": _energy_figure(results),
-               "spectrum": _spectrum_figure(results), "examples": _examples_figure(examples, classes)}
-    return {name: save_figure(fig, figure_dir / f"{name}.png") for name, fig in figures.items()}
-
-
-def _sensitivity_figure(results: dict[str, Any]):
-    points = results["sensitivity"]["points"]
-    snr = [p["snr_db"] if p["snr_db"] is not None else p["snr_target_db"] for p in points]
-    fig = figure(9, 3.4, layout="constrained")
-    ax_psnr, ax_miou = fig.subplots(1, 2)
-    ax_psnr.plot(snr, [_nan(p["psnr_db"]) for p in points], "o-", color="C0", label="F(noise(G(x) + extra))")
-    styles = {"noisy": ("C0", "--"), "decision": ("C3", ":"), "class_mean": ("C2", ":"),
-              "split_class_mean": ("C4", ":"), "ground_truth": ("C7", "-.")}
-    for name, value in results["watermark_gap"]["psnr_db"].items():
-        if value is not None:
-            color, style = styles[name]
-            ax_psnr.axhline(value, color=color, linestyle=style, linewidth=1,
-                            label=f"{INPUT_TITLES[name]}, no extra noise")
-    ax_psnr.set(xlabel="SNR of the extra noise on G's logits [dB]", ylabel="PSNR [dB]",
-                title="reconstruction")
-    ax_psnr.legend(fontsize=7)
-    ax_miou.plot(snr, [_nan(p["miou"]) for p in points], "o-", color="C1", label="argmax(G(x) + extra)")
-    if results["miou"] is not None:
-        ax_miou.axhline(results["miou"], color="C1", linestyle="--", linewidth=1, label="no extra noise")
-    ax_miou.set(xlabel="SNR of the extra noise on G's logits [dB]", ylabel="mIoU [%]", title="segmentation")
-    ax_miou.legend(fontsize=7)
-    for ax in (ax_psnr, ax_miou):
-        ax.invert_xaxis()
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{results.get('run', '')}: sensitivity to Gaussian noise in the latent segmentation space",
-                 fontsize=9)
-    return fig
-
-
-def _energy_figure(results: dict[str, Any]):
-    energy = results["energy"]
-    names = [n for n, count in energy["logits"]["pixels_per_class"].items() if count > 0]
-    fig = figure(10, 3.6, layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    x = np.arange(len(names))
-    panels = (("per_class", "residual_share", "outside the decision one-hot (residual)"),
-              ("per_class_unexplained", "unexplained_share", "outside the class means (unexplained)"))
-    for ax, (key, overall, title) in zip(axes, panels):
-        for offset, space, label in ((-0.2, "logits", "G's logits"), (0.2, "f_input", "F's input noise(G(x))")):
-            values = [100 * _nan(energy[space][key][n]) for n in names]
-            ax.bar(x + offset, values, width=0.4, label=f"{label}: {_pct(energy[space][overall])} overall")
-        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
-        ax.set(ylim=(0, 119), yticks=range(0, 101, 20), title=f"energy {title}")
-        ax.title.set_fontsize(9)
-        ax.legend(fontsize=7, loc="upper center", ncol=2)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("% of the energy of the pixels\ndecided as the class")
-    return fig
-
-
-def _spectrum_figure(results: dict[str, Any]):
-    spectrum = results["spectrum"]
-    freq = spectrum["frequency"]
-    labels = {"image": "image x", "logits_residual": "residual of G's logits",
-              "f_input_residual": "residual of F's input"}
-    fig = figure(5.5, 3.6, layout="constrained")
-    ax = fig.subplots()
-    if spectrum["power"]["f_input_residual"] == spectrum["power"]["logits_residual"]:
-        labels = {"image": "image x", "logits_residual": "residual of G's logits = F's input"}
-    for name, label in labels.items():
-        share = spectrum["high_frequency_share"][name]
-        ax.semilogy(freq, [max(v, 1e-12) for v in spectrum["power"][name]],
-                    label=f"{label} ({_pct(share)} above {spectrum['high_frequency_cutoff']})")
-    ax.axvline(spectrum["high_frequency_cutoff"], color="k", linewidth=0.5)
-    ax.set(xlabel="spatial frequency [cycles/pixel]", ylabel="share of the power per bin",
-           title="radially averaged power spectra (each normalised)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def _examples_figure(examples: dict[str, Tensor], classes: ClassTable):
-    columns = [("image", "image x"), ("labels", "ground truth"), ("decision", "decision argmax G(x)"),
-               ("residual", "residual of G(x),\n3 PCs amplified"),
-               ("unexplained", "G(x) - class means,\n3 PCs amplified")]
-    columns += [(f"out_{name}", INPUT_TITLES[name]) for name in INPUTS if f"out_{name}" in examples]
-    rows = examples["image"].shape[0]
-    height, width = examples["image"].shape[2:]
-    cell = 1.55
-    fig = figure(cell * len(columns), cell * height / width * rows + 0.5, layout="constrained")
-    axes = np.atleast_2d(fig.subplots(rows, len(columns), squeeze=False))
-    for r in range(rows):
-        image = examples["image"][r]
-        for c, (key, title) in enumerate(columns):
-            ax = axes[r, c]
-            value = examples[key][r]
-            if key in ("labels", "decision"):
-                shown = classes.colorize(value.numpy().clip(0, classes.num_classes - 1))
-            elif key in ("residual", "unexplained"):
-                shown = _amplify(value)
-            else:
-                shown = to_rgb(value)
-            ax.imshow(shown, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if key.startswith("out_"):
-                ax.set_xlabel(f"{psnr_db(image[None], value[None]).item():.2f} dB", fontsize=7)
-            if r == 0:
-                ax.set_title(title, fontsize=7)
-    return fig
-
-
-def _amplify(maps: Tensor) -> np.ndarray:
-    """(3, H, W) -> (H, W, 3): each map stretched so its 1st..99th percentiles span the full range [0, 1]."""
-    array = maps.permute(1, 2, 0).numpy().astype(np.float64)
-    low, high = np.percentile(array, 1, axis=(0, 1)), np.percentile(array, 99, axis=(0, 1))
-    return ((array - low) / np.maximum(high - low, 1e-12)).clip(0.0, 1.0)
-
-
-# ---------------------------------------------------------------------------------------------- text
-
-
-def format_markdown(r: dict[str, Any]) -> str:
-    """The self-contained Markdown summary diagnose_<split>.md (image links relative to the run directory)."""
-    gap, energy, spectrum = r["watermark_gap"], r["energy"], r["spectrum"]
-    psnr = gap["psnr_db"]
-    scale = {"f_input": "the per-pixel L2 norm of F's usual input noise(G(x))",
-             "logits": "the per-pixel L2 norm of G's logits (before the noise injection)",
-             "unit": "1 (plain one-hots, as in the backward cycle)"}[r["scale_to"]]
-    lines = [
-        f"# Steganography diagnostics: {r['run']} ({r['noise_label']}), {r['split']} split",
-        "",
-        (f"{r['num_images']} images, checkpoint `{r['checkpoint']}`, seed {r['seed']}; mIoU {fmt(r['miou'], 1)} %, "
-         f"SNR of the run's own noise injection {fmt(r['snr_db'], 2)} dB."),
-        "",
-        "## 1. Watermark gap",
-        "",
-        ("PSNR of F's reconstruction of the image from five inputs. Only the first is what training sees; the "
-         "others carry the segmentation decision (or the ground truth) and nothing else. One-hots are scaled to "
-         f"{scale}; none of the last four goes through the noise injection."),
-        "",
-        "| F's input | PSNR dB | gap dB |",
-        "|---|---|---|",
-    ]
-    descriptions = {"noisy": "noise(G(x)), the training path",
-                    "decision": "one-hot of the decision argmax G(x), scaled",
-                    "class_mean": "each pixel's class-mean vector of noise(G(x)) (per image)",
-                    "split_class_mean": "each pixel's class-mean vector of noise(G(x)) over the whole split",
-                    "ground_truth": "one-hot of the ground truth, scaled"}
-    for name in INPUTS:
-        if name in psnr:
-            lines.append(f"| {descriptions[name]} | {fmt(psnr[name], 2)} | "
-                         f"{fmt(gap['gap_db'].get(name), 2) if name != 'noisy' else '-'} |")
-    lines += [
-        "",
-        ("gap = PSNR(noisy) - PSNR(that input): how much better F rebuilds the image from G's full class scores "
-         "than from the decision alone. A large gap means F reads information that is not in the segmentation "
-         "decision (watermarks, or honest confidence information); a gap near 0 means it does not. The class "
-         "means per image still carry per-image detail (the colour of this image's sky, one object); the split's "
-         "class means carry none, so a gap to them above the gap to per-image class means is detail of that kind."),
-        "",
-        "## The reward for hiding",
-        "",
-        ("PSNR of the image painted from its ground-truth label map: every pixel with its class's mean colour over "
-         "the split (labels only), or with its class's mean colour in this image (labels and the regions' colours). "
-         "The difference is what hiding detail in the class scores can win at most against an F that reads only "
-         "the labels; under about 3 dB there is little worth hiding."),
-        "",
-        "| oracle | PSNR dB |",
-        "|---|---|",
-        f"| labels only | {fmt(r['oracle']['labels_only_psnr_db'], 2)} |",
-        f"| labels and each image's class colours | {fmt(r['oracle']['image_colours_psnr_db'], 2)} |",
-        f"| reward (difference) | {fmt(r['oracle']['reward_db'], 2)} |",
-        "",
-        "## 2. Sensitivity to extra Gaussian noise",
-        "",
-        ("Extra Gaussian noise at each target SNR is added to G's logits (sigma per image by the equal-SNR rule, so "
-         "the measured SNR of eq. 11 equals the target); the run's own noise injection then runs as in training. "
-         "A hidden low-amplitude channel dies at high SNR, long before the decision (mIoU) suffers."),
-        "",
-        "| target SNR dB | measured SNR dB | PSNR dB | mIoU % |",
-        "|---|---|---|---|",
-    ]
-    for p in r["sensitivity"]["points"]:
-        lines.append(f"| {p['snr_target_db']:g} | {fmt(p['snr_db'], 2)} | {fmt(p['psnr_db'], 2)} | {fmt(p['miou'], 1)} |")
-    lines += [
-        f"| no extra noise | - | {fmt(psnr.get('noisy'), 2)} | {fmt(r['miou'], 1)} |",
-        "",
-        f"![sensitivity]({r['figures']['sensitivity']})",
-        "",
-        "## 3. Hidden-signal energy",
-        "",
-        ("Residual share: the share of the energy sum ||v||^2 outside the projection of each pixel's vector v on "
-         "the one-hot of its decided class, i.e. the energy of all other class scores. Unexplained share: the "
-         "share outside each image's class means (what the decision map cannot predict at all)."),
-        "",
-        "| vectors | residual share | unexplained share |",
-        "|---|---|---|",
-        f"| G's logits | {_pct(energy['logits']['residual_share'])} | {_pct(energy['logits']['unexplained_share'])} |",
-        (f"| F's input noise(G(x)) | {_pct(energy['f_input']['residual_share'])} | "
-         f"{_pct(energy['f_input']['unexplained_share'])} |"),
-        "",
-        f"![energy per class]({r['figures']['energy']})",
-        "",
-        (f"Spectra: share of the power above {spectrum['high_frequency_cutoff']} cycles/pixel (finer than 4 pixels "
-         f"per period): image {_pct(spectrum['high_frequency_share']['image'])}, residual of G's logits "
-         f"{_pct(spectrum['high_frequency_share']['logits_residual'])}, residual of F's input "
-         f"{_pct(spectrum['high_frequency_share']['f_input_residual'])}."),
-        "",
-        f"![spectra]({r['figures']['spectrum']})",
-        "",
-        "## 4. Pictures",
-        "",
-        ("Per row: the image, ground truth, decision, the residual of G's logits (its 3 principal components as "
-         "RGB, each stretched so that its 1st-99th percentiles fill the range), G's logits minus their class "
-         "means (likewise), then F's reconstructions from the four inputs above with their PSNR. Image edges and "
-         "textures visible inside the regions of one decided class in the residual are detail hidden in the "
-         "segmentation."),
-        "",
-        f"![examples]({r['figures']['examples']})",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def format_summary(r: dict[str, Any], run_dir: Path) -> str:
-    """The few lines `cycleseg diagnose` prints."""
-    psnr = r["watermark_gap"]["psnr_db"]
-    gap = r["watermark_gap"]["gap_db"]
-    return "\n".join([
-        f"{r['run']} ({r['noise_label']}), {r['num_images']} {r['split']} images",
-        (f"PSNR dB: noisy {fmt(psnr.get('noisy'), 2)}, decision {fmt(psnr.get('decision'), 2)}, class means "
-         f"{fmt(psnr.get('class_mean'), 2)}, split class means {fmt(psnr.get('split_class_mean'), 2)}, ground truth "
-         f"{fmt(psnr.get('ground_truth'), 2)}"),
-        f"watermark gap {fmt(gap.get('decision'), 2)} dB (noisy - decision)",
-        (f"reward for hiding {fmt(r['oracle']['reward_db'], 2)} dB (oracles: labels only "
-         f"{fmt(r['oracle']['labels_only_psnr_db'], 2)}, with each image's class colours "
-         f"{fmt(r['oracle']['image_colours_psnr_db'], 2)})"),
-        (f"residual energy share: G's logits {_pct(r['energy']['logits']['residual_share'])}, F's input "
-         f"{_pct(r['energy']['f_input']['residual_share'])}"),
-        "sensitivity PSNR dB: " + ", ".join(f"{p['snr_target_db']:g} dB -> {fmt(p['psnr_db'], 2)}"
-                                            for p in r["sensitivity"]["points"]),
-        (f"wrote {run_dir / ('diagnose_' + r['split'] + '.json')}, {run_dir / r['summary']} and "
-         f"{run_dir / ('diagnose_' + r['split'])}/*.png"),
-    ])
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -693,11 +413,3 @@ def _ratio(part: Tensor, whole: Tensor) -> float | None:
 
 def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
-
-
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else value
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f} %"

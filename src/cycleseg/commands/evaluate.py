@@ -12,19 +12,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from cycleseg import runs
-
 from cycleseg.commands import predict
-from cycleseg.data import ClassTable, open_source, open_split
-from cycleseg.errors import RunError
-from cycleseg.runs.formats import finite_or_none, fmt, iou_results
+from cycleseg.commands.session import open_session
 from cycleseg.core.metrics import confusion_matrix, psnr_db, snr_db
-from cycleseg.core.models import Models, resolve_device
+from cycleseg.core.models import Models
 from cycleseg.core.precision import resolve_precision
-from cycleseg.runs import LAST, load_run, seeded_inference
+from cycleseg.data import ClassTable
+from cycleseg.errors import RunError
+from cycleseg.runs import LAST, load_run, seeded_inference  # noqa: F401 (load_run: tests import it from here)
+from cycleseg.runs.formats import finite_or_none, fmt, iou_results
 
 __all__ = ["evaluate_models", "evaluate_run", "format_results"]
 
@@ -99,17 +97,11 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
         raise RunError("the Cityscapes test split has no labels; evaluate on train or val")
     if predictions is not None and not official:
         raise RunError("--predictions is the folder for --official; add --official")
-    dev = resolve_device(device)
-    models, cfg = load_run(run_dir, dev, checkpoint)
-    models.to(memory_format=torch.channels_last)  # NHWC convolutions: faster inference on CPUs and GPUs
-    amp = resolve_precision(precision, dev)
-    classes = runs.require_same_classes(run_dir, open_source(data_root, cfg.data.format).classes, data_root)
-    dataset = open_split(cfg, split, root=data_root)
-    loader = DataLoader(dataset, batch_size=batch_size or cfg.optim.batch_size, shuffle=False,
-                        num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
-    batches = tqdm(loader, desc=f"evaluate {split}", unit="batch", disable=not progress, dynamic_ncols=True,
-                   leave=False)
-    results = evaluate_models(models, batches, dev, seed=cfg.train.seed, precision=amp.name, classes=classes)
+    session = open_session(run_dir, data_root, split, device, checkpoint, precision, channels_last=True)
+    models, cfg, dev, amp, classes, dataset = (session.models, session.config, session.device, session.amp,
+                                               session.classes, session.dataset)
+    results = evaluate_models(models, session.batches("evaluate", progress, batch_size), dev, seed=cfg.train.seed,
+                              precision=amp.name, classes=classes)
     results = {"run": cfg.name, "split": split, "noise": cfg.noise.kind, "size": f"{cfg.data.width}x{cfg.data.height}",
                "precision": amp.name, **results}
     if full_res or official:

@@ -36,7 +36,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from cycleseg.commands.session import open_session
 from cycleseg.config import Config
+from cycleseg.core.metrics import confusion_matrix
+from cycleseg.core.models import Models
+from cycleseg.core.precision import Precision
 from cycleseg.data import (
     CITYSCAPES,
     CLASS_NAMES,
@@ -46,26 +50,21 @@ from cycleseg.data import (
     ClassTable,
     Sample,
     list_samples,
-    open_split,
     read_label,
 )
 from cycleseg.data.cityscapes import open_image, open_image_header
 from cycleseg.errors import DataError, RunError
-from cycleseg.runs.formats import finite_or_none, iou_results, to_rgb
-from cycleseg.core.metrics import confusion_matrix
-from cycleseg.core.models import Models, resolve_device
-from cycleseg.core.precision import Precision, resolve_precision
 from cycleseg.runs import (
     LAST,
     artifact,
     atomic_write,
     inside_run,
-    load_run,
     run_classes,
     seeded_inference,
     write_json,
     writes_into_run,
 )
+from cycleseg.runs.formats import finite_or_none, iou_results, to_rgb
 
 __all__ = [
     "Prediction",
@@ -181,20 +180,18 @@ def _save(image: Image.Image, path: Path) -> None:
 def predict_run(run_dir: str | Path, data_root: str | Path, split: str, out: str | Path, checkpoint: str = LAST,
                 device: str = "auto", reconstruction: bool = False, batch_size: int | None = None,
                 progress: bool = False, precision: str = "auto") -> dict[str, Any]:
-    """`cycleseg predict`: the run's predictions of every image of `split`, written under `out`.
+    """`cycleseg predict`: the run's predictions of every image of `split`, written under `out` (nothing written
+    when the data's classes are not the run's: the label values and colours would be another table's).
 
     `precision` as in `evaluate_run`: bf16 where native (the default, auto), else fp32."""
     out = Path(out)
-    dev = resolve_device(device)
-    models, cfg = load_run(run_dir, dev, checkpoint)
-    models.to(memory_format=torch.channels_last)  # NHWC convolutions: faster inference
-    amp = resolve_precision(precision, dev)
-    if reconstruction and not models.is_cycle:
-        raise RunError(f"{run_dir}: --reconstruction needs a cycle model; this run is a plain ERFNet (no F)")
-    classes = run_classes(run_dir)
-    dataset = open_split(cfg, split, root=data_root)
-    predictions = iter_predictions(models, dataset, dev, batch_size or cfg.optim.batch_size, cfg.data.num_workers,
-                                   cfg.train.seed, reconstruction, progress, amp)
+    session = open_session(run_dir, data_root, split, device, checkpoint, precision, channels_last=True,
+                           require_cycle=("--reconstruction needs a cycle model; this run is a plain ERFNet (no F)"
+                                          if reconstruction else None))
+    cfg, amp, classes = session.config, session.amp, session.classes
+    predictions = iter_predictions(session.models, session.dataset, session.device,
+                                   batch_size or cfg.optim.batch_size, cfg.data.num_workers, cfg.train.seed,
+                                   reconstruction, progress, amp)
     count = write_predictions(predictions, out, classes)
     summary = {"run": str(run_dir), "checkpoint": checkpoint, "split": split, "data": str(data_root),
                "num_images": count, "size": f"{cfg.data.width}x{cfg.data.height}", "precision": amp.name,

@@ -26,14 +26,15 @@ import torch.nn.functional as F_
 from PIL import Image
 from tqdm import tqdm
 
+from cycleseg.commands.session import open_model
 from cycleseg.config import Config
+from cycleseg.core.models import Models
+from cycleseg.core.precision import resolve_precision, to_memory_format
 from cycleseg.data import ClassTable, image_to_tensor
 from cycleseg.data.cityscapes import open_image
 from cycleseg.errors import DataError, RunError
+from cycleseg.runs import BEST, LAST, atomic_write, seeded_inference, write_json
 from cycleseg.runs.formats import to_rgb
-from cycleseg.core.models import Models, resolve_device
-from cycleseg.core.precision import resolve_precision, to_memory_format
-from cycleseg.runs import BEST, LAST, atomic_write, load_run, run_classes, seeded_inference, write_json
 
 __all__ = ["IMAGE_SUFFIXES", "Segmenter", "find_images", "load", "segment_files"]
 
@@ -120,9 +121,8 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", pr
         have = ", ".join(sorted(p.name for p in run_dir.glob("*.pt"))) or "none"
         raise RunError(f"{run_dir / name}: checkpoint not found (the run has: {have}); pass checkpoint='last' or "
                        "a file name")
-    dev = resolve_device(device)
-    models, cfg = load_run(run_dir, dev, name, trust=trust)
-    return Segmenter(models, cfg, run_classes(run_dir), dev, precision)
+    session = open_model(run_dir, device, name, precision, trust=trust)
+    return Segmenter(session.models, session.config, session.classes, session.device, precision)
 
 
 def find_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
