@@ -31,7 +31,7 @@ from cycleseg import runs
 from cycleseg.config import Config
 from cycleseg.core.models import Models, resolve_device
 from cycleseg.core.precision import Precision, resolve_precision
-from cycleseg.data import ClassTable, open_source, open_split
+from cycleseg.data import ClassTable, DataSource, open_source, open_split
 from cycleseg.errors import RunError
 from cycleseg.runs import LAST
 
@@ -85,10 +85,13 @@ class Session:
         return dataclasses.replace(self, checkpoint=checkpoint, models=models, config=cfg)
 
 
-def check_classes(run_dir: str | Path, cfg: Config, data_root: str | Path) -> ClassTable:
-    """The run's class table, after checking that the data folder `data_root` (read in the run's data.format) has
-    the same classes; RunError naming both otherwise. Every command that reads data with a run goes through here."""
-    return runs.require_same_classes(run_dir, open_source(data_root, cfg.data.format).classes, data_root)
+def check_classes(run_dir: str | Path, cfg: Config, data_root: str | Path, source: DataSource | None = None
+                  ) -> ClassTable:
+    """The run's class table, after checking that the data folder `data_root` (read in the run's data.format, or
+    the already opened `source`) has the same classes; RunError naming both otherwise. Every command that reads
+    data with a run goes through here."""
+    source = source or open_source(data_root, cfg.data.format)
+    return runs.require_same_classes(run_dir, source.classes, data_root)
 
 
 def open_model(run_dir: str | Path, device: str = "auto", checkpoint: str = LAST, precision: str = "fp32",
@@ -116,8 +119,9 @@ def open_session(run_dir: str | Path, data_root: str | Path, split: str, device:
     """`open_model`, then the data folder's classes checked against the run's (`check_classes`) and `split` opened
     once as every command opens it (`data.open_split`), cut to its first `max_images` when given."""
     session = open_model(run_dir, device, checkpoint, precision, channels_last, require_cycle=require_cycle)
-    classes = check_classes(run_dir, session.config, data_root)
-    dataset = open_split(session.config, split, root=data_root)
+    source = open_source(data_root, session.config.data.format)  # opened once: the split's folder is walked once
+    classes = check_classes(run_dir, session.config, data_root, source)
+    dataset = open_split(session.config, split, root=data_root, source=source)
     if max_images is not None and max_images < len(dataset):
         dataset = Subset(dataset, range(max_images))
     return dataclasses.replace(session, classes=classes, data_root=data_root, split=split, dataset=dataset)
