@@ -11,7 +11,7 @@ WITH_DBD=${WITH_DBD:-1}
 T=$(mktemp -d /tmp/slurm-XXXXXX)
 chmod 755 "$T"                        # munged insists the socket dir is world-executable
 HOST=$(hostname -s)
-NCPU=$(nproc)
+NCPU=$(nproc --all)  # --all: OMP_NUM_THREADS (set by the tests) would make nproc say 1
 MEM=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 - 1024 ))
 BASE=${SLURM_TEST_PORT_BASE:-16800}
 CTLD_PORT=$((BASE+17)); SLURMD_PORT=$((BASE+18)); DBD_PORT=$((BASE+19)); DB_PORT=$((BASE+6))
