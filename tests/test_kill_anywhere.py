@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cycleseg.fileio as fileio_module
 import cycleseg.runs as runs_module
 import cycleseg.commands.train as train_module
 from cycleseg.cli import main
@@ -73,15 +74,15 @@ MOMENTS = {
     "start-up, before the first checkpoint": (TrainState, "__init__", 1, None, False),
     "inside step 3": (train_module, "generator_step", 3, None, False),
     "inside the last step": (train_module, "generator_step", 6, None, False),
-    "inside a checkpoint write": (runs_module.os, "replace", 4, lambda a, b: Path(b).name == LAST, False),
-    "inside the last step's checkpoint write": (runs_module.os, "replace", 9, lambda a, b: Path(b).name == LAST,
+    "inside a checkpoint write": (fileio_module.os, "replace", 4, lambda a, b: Path(b).name == LAST, False),
+    "inside the last step's checkpoint write": (fileio_module.os, "replace", 9, lambda a, b: Path(b).name == LAST,
                                                 False),
-    "inside the last checkpoint write": (runs_module.os, "replace", 10, lambda a, b: Path(b).name == LAST, False),
+    "inside the last checkpoint write": (fileio_module.os, "replace", 10, lambda a, b: Path(b).name == LAST, False),
     "at an epoch end, before the schedule step": (TrainState, "close_epoch", 2, None, False),
     "at the last epoch end, after the schedule step": (TrainState, "close_epoch", 3, None, True),
     "inside a validation": (train_module, "evaluate_models", 2, None, False),
     "inside the final validation": (train_module, "evaluate_models", 3, None, False),
-    "inside the best.pt write": (runs_module.os, "replace", 1, lambda a, b: Path(b).name == BEST, False),
+    "inside the best.pt write": (fileio_module.os, "replace", 1, lambda a, b: Path(b).name == BEST, False),
     "between the last checkpoint and metrics.json": (runs_module, "write_json", 1, _named("metrics.json"), False),
     "after metrics.json, before run.json says finished": (runs_module, "set_status", 1,
                                                           lambda run_dir, state, *a, **k: state == "finished", False),

@@ -93,6 +93,17 @@ def test_values_p_and_holm_by_hand():
     assert anchor["detectable_strict"] > anchor["detectable"] > 0
 
 
+def test_the_ceiling_is_the_plain_model_on_every_label():
+    """With a plain ERFNet at fraction 1, each smaller fraction's plain model gets an "all labels" row: the
+    ceiling minus it, at the smaller fraction (8 - 5, 9 - 6: +3, +3)."""
+    groups = _study() + [Group("1_plain", _config(1.0, "plain"), {0: 31.0, 1: 32.0, 2: 33.0})]
+    rows = [r for r in semi_contrasts(groups, _fraction) if r["kind"] == "all labels"]
+    assert [(r["fraction"], r["run"], r["reference"]) for r in rows] == [(0.125, "1_plain", "1-8_plain"),
+                                                                        (0.25, "1_plain", "1-4_plain")]
+    assert rows[0]["per_seed"] == {0: 3.0, 1: 3.0, 2: 3.0}
+    assert rows[1]["per_seed"] == {0: 0.0, 1: 1.0}  # 31 - 31, 32 - 31: only the seeds both have
+
+
 def test_no_rows_without_a_fraction_below_one():
     groups = [Group("plain", _config(1.0, "plain"), {0: 1.0}), Group("paper", _config(1.0), {0: 2.0})]
     assert semi_contrasts(groups, _fraction) == []

@@ -9,7 +9,9 @@ the same labelled images, initial weights and data order):
 - "semi − labelled-only": every cycle model minus the plain ERFNet of its fraction (at fraction 1, with no
   unlabelled images, "cycle − plain");
 - "anchor's choices": a cycle model with them minus the paper's cycle with the same noise;
-- "2-bit noise": a cycle model with noise minus the same model without.
+- "2-bit noise": a cycle model with noise minus the same model without;
+- "all labels": the plain ERFNet on every label (fraction 1) minus the plain ERFNet of a smaller fraction: what
+  the setting pays for the missing labels, the room the unlabelled images could win back (the ceiling).
 
 Every contrast is starred only after Holm's correction over the whole table, and each says the smallest
 difference its seeds could have detected (80 % power), at 5 % and at the Bonferroni level 5 % / m, the strictest
@@ -98,8 +100,11 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
     is_paper = lambda c: not is_plain(c) and design_label(c) == "cycle, paper"  # noqa: E731
     no_noise = lambda c: (c.get("noise") or {}).get("kind", "none") == "none"  # noqa: E731
     pairs = []
+    ceiling = next((r for r in groups if is_plain(r.config) and (fraction_of(r.config) or 0.0) == 1.0), None)
     for g in groups:
         if is_plain(g.config):
+            if ceiling is not None and g is not ceiling and (fraction_of(g.config) or 1.0) < 1.0:
+                pairs.append(("all labels", ceiling, g))
             continue
         fraction = fraction_of(g.config)
         plain = next((r for r in groups if is_plain(r.config) and fraction_of(r.config) == fraction), None)
@@ -116,12 +121,13 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
         diff = paired_difference(g.per_seed(metric), ref.per_seed(metric))
         if diff.interval.mean is None:
             continue
-        rows.append({"fraction": fraction_of(g.config), "kind": kind, "run": g.name, "reference": ref.name,
+        fraction = fraction_of(ref.config if kind == "all labels" else g.config)
+        rows.append({"fraction": fraction, "kind": kind, "run": g.name, "reference": ref.name,
                      "difference": diff, "per_seed": dict(zip(diff.seeds, diff.interval.values, strict=True)),
                      "p": t_p_value(diff.interval), "detectable": detectable_effect(diff.interval)})
     strict = (1 - CONFIDENCE) / max(len(rows), 1)
     adjusted = holm({str(i): r["p"] for i, r in enumerate(rows)})
-    kinds = ("semi − labelled-only", "cycle − plain", "anchor's choices", "2-bit noise", "noise")
+    kinds = ("all labels", "semi − labelled-only", "cycle − plain", "anchor's choices", "2-bit noise", "noise")
     for i, r in enumerate(rows):
         r["p_holm"] = adjusted[str(i)]
         r["detectable_strict"] = detectable_effect(r["difference"].interval, alpha=strict)
