@@ -141,8 +141,8 @@ def _semi_section(semi: list[dict[str, Any]]) -> _Section:
         "chooses the same labelled images, initial weights and data order): semi − labelled-only (a cycle model "
         "minus the plain ERFNet on the same labels; at fraction 1, cycle − plain), the anchor's choices (minus the "
         "paper's cycle with the same noise), the noise (minus the same model without) and all labels (the plain "
-        "ERFNet on every label minus the plain ERFNet of the fraction: the room there is to win back). Mean ± 95 % interval "
-        "(Student t), each seed's difference, the paired t test's p and Holm's adjusted p over every row of this "
+        "ERFNet on every label minus the plain ERFNet of the fraction: the room there is to win back). Mean ± 95 % "
+        "interval (Student t), each seed's difference, the paired t test's p and Holm's adjusted p over every row of this "
         "table (* : adjusted p < 0.05), and the smallest true difference the seeds detect with 80 % power, "
         "two-sided at 5 % and at 5 % / rows (the strictest level a Holm step asks for).",
         table=(["labelled", "contrast", "run", "minus", "seeds", "Δ mIoU %", "95 % interval", "per seed", "p",
