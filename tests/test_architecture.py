@@ -198,7 +198,7 @@ def test_the_core_does_no_io():
     """The paper core reads no files: no open(), Path.read_*, torch.load/save, yaml or json in cycleseg.core."""
     import re
     pattern = re.compile(r"\bopen\(|\.read_text\(|\.read_bytes\(|\.write_text\(|torch\.(load|save)\(|^import (yaml|json)",
-                         re.M)
+                         re.MULTILINE)
     allowed = {"cycleseg.config": "reads the YAML configs", "cycleseg.core.precision": "reads /proc/cpuinfo (native bf16?)"}
     bad = [f"{MODULES[m].relative_to(SRC.parent)}: {hit.group(0)}" for m in MODULES if _layer(m) == "core"
            and m not in allowed for hit in [pattern.search(MODULES[m].read_text())] if hit]

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F_
 
+from cycleseg.commands.train import train
 from cycleseg.config import Config, load_config
+from cycleseg.core.losses import enet_class_weights, segmentation_loss
 from cycleseg.data import CityscapesDataset
 from cycleseg.data.cache import prepare
 from cycleseg.errors import ConfigError
-from cycleseg.core.losses import enet_class_weights, segmentation_loss
-from cycleseg.commands.train import train
 
 ERFNET_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "erfnet.yaml")
 

@@ -180,8 +180,8 @@ def test_train_out_is_a_file(tiny_data, tmp_path, capsys):
 
 
 def test_resolve_device_rejects_unknown_names():
-    from cycleseg.errors import ConfigError
     from cycleseg.core.models import resolve_device
+    from cycleseg.errors import ConfigError
 
     assert resolve_device("cpu").type == "cpu"
     for name in ("gpu", "cuda:x", "cuda:", "CPU"):

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from cycleseg import runs
-from cycleseg.core.augment import augment_batch, augment_generator
 from cycleseg.cli import main
+from cycleseg.commands.train import train
 from cycleseg.config import RESUMABLE_KEYS, load_config
+from cycleseg.core.augment import augment_batch, augment_generator
 from cycleseg.errors import ConfigError
 from cycleseg.runs import BEST, LAST, load_checkpoint, save_checkpoint
-from cycleseg.commands.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PLAIN, CYCLE = str(CONFIGS / "erfnet.yaml"), str(CONFIGS / "cyclegan.yaml")
@@ -184,8 +184,8 @@ def test_best_checkpoint_holds_weights_only_and_evaluates(trained_cycle_run, tin
     assert runs.read_status(run)["evaluations"]["val"] == runs.read_status(run)["evaluations"]["val"] | {
         "checkpoint": BEST, "step": best["step"]}
     assert json.loads(runs.artifact(run, "eval", "val").read_text())["miou"] is not None
-    from cycleseg.errors import RunError
     from cycleseg.commands.state import TrainState
+    from cycleseg.errors import RunError
 
     cfg = load_config(None, ["noise.kind=quantize", "noise.bits=2", "model.num_classes=20"])
     with pytest.raises(RunError, match="holds weights only.*--init-from"):

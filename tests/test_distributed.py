@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cycleseg.config import load_config
-from cycleseg.data import CityscapesDataset
 from cycleseg.commands.evaluate import evaluate_models, load_run
 from cycleseg.commands.train import train
+from cycleseg.config import load_config
+from cycleseg.data import CityscapesDataset
 
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
 # quantize noise: deterministic, so the distributed and the single-process validation see the same inputs to F

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import cycleseg.commands.train as train_module
 import cycleseg.fileio as fileio_module
 import cycleseg.runs as runs_module
-import cycleseg.commands.train as train_module
 from cycleseg.cli import main
-from cycleseg.runs import BEST, LAST, load_checkpoint
 from cycleseg.commands.state import TrainState
+from cycleseg.runs import BEST, LAST, load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from cycleseg.config import load_config
-from cycleseg.data.synthetic import SHAPE_CLASSES, render_shapes
 from cycleseg.commands.diagnose import diagnose_models
+from cycleseg.config import load_config
 from cycleseg.core.diagnostics import colour_oracles
-from cycleseg.errors import ConfigError
 from cycleseg.core.models import build_models, one_hot
 from cycleseg.core.networks import ResidualGenerator, image_generator, segmentation_generator
 from cycleseg.core.noise import NoiseInjection
 from cycleseg.core.steps import f_warmup_step, semi_generator_step
+from cycleseg.data.synthetic import SHAPE_CLASSES, render_shapes
+from cycleseg.errors import ConfigError
 
 torch.set_num_threads(1)
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from cycleseg.config import Config, ModelConfig, NoiseConfig
-from cycleseg.errors import ConfigError
 from cycleseg.core.models import build_models
 from cycleseg.core.pool import ImagePool
 from cycleseg.core.precision import make_adam, resolve_precision, to_memory_format
 from cycleseg.core.steps import discriminator_step, generator_step
+from cycleseg.errors import ConfigError
 
 # Comparisons between kernels, memory formats or precisions are made after ONE step, where they are well
 # defined on any CPU. Over several iterations they are not: at the paper's initialisation the training

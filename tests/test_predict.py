@@ -13,13 +13,13 @@ import torch.nn.functional as F_
 from PIL import Image
 
 from cycleseg.cli import main
+from cycleseg.commands.evaluate import load_run
+from cycleseg.commands.predict import official_evaluate, score_predictions
+from cycleseg.commands.train import train
 from cycleseg.config import load_config
 from cycleseg.data import LABEL_ID_TO_TRAIN_ID, PALETTE, TRAIN_ID_TO_LABEL_ID, list_samples, load_image
 from cycleseg.data.synthetic import make_synthetic
 from cycleseg.errors import RunError
-from cycleseg.commands.evaluate import load_run
-from cycleseg.commands.predict import official_evaluate, score_predictions
-from cycleseg.commands.train import train
 
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
 

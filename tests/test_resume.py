@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import cycleseg.core.steps as steps_module
-from cycleseg.config import load_config
-from cycleseg.errors import RunError
-from cycleseg.core.models import build_models
-from cycleseg.runs import BEST, LAST, load_checkpoint, save_checkpoint
 from cycleseg.commands.state import Progress, TrainState
 from cycleseg.commands.train import train
+from cycleseg.config import load_config
+from cycleseg.core.models import build_models
+from cycleseg.errors import RunError
+from cycleseg.runs import BEST, LAST, load_checkpoint, save_checkpoint
 
 CYCLEGAN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml")
 # 8 images / batch 2 = 4 iterations per epoch; 3 epochs = 12 iterations; Gaussian noise so that the torch RNG

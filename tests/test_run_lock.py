@@ -25,11 +25,11 @@ import torch
 
 from cycleseg import runs
 from cycleseg.cli import main
+from cycleseg.commands.train import train
 from cycleseg.config import config_from_dict
 from cycleseg.errors import RunError
-from cycleseg.runs import LAST, LOCK, RunLock, load_checkpoint, run_in_use
 from cycleseg.experiments.sweep import EXIT_IN_USE, IN_USE, sweep_status
-from cycleseg.commands.train import train
+from cycleseg.runs import LAST, LOCK, RunLock, load_checkpoint, run_in_use
 from test_resume import CYCLEGAN_YAML, _cfg, assert_same_state
 from test_resume import TINY as RESUME_TINY
 

@@ -22,17 +22,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import cycleseg.data.source as source_module
 import cycleseg.commands.train as train_module
+import cycleseg.data.source as source_module
 from cycleseg.cli import main
+from cycleseg.commands.train import train
 from cycleseg.config import load_config, uses_d_y
-from cycleseg.data.semi import labelled_split, stream_indices
-from cycleseg.errors import ConfigError, DataError
 from cycleseg.core.models import build_models
 from cycleseg.core.pool import ImagePool
-from cycleseg.runs import LABELLED, LAST, load_checkpoint
 from cycleseg.core.steps import discriminator_y_step, semi_generator_step
-from cycleseg.commands.train import train
+from cycleseg.data.semi import labelled_split, stream_indices
+from cycleseg.errors import ConfigError, DataError
+from cycleseg.runs import LABELLED, LAST, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CYCLEGAN_YAML = str(ROOT / "configs" / "cyclegan.yaml")

@@ -13,14 +13,14 @@ import torch
 import yaml
 from PIL import Image
 
-from cycleseg.commands.calibrate import calibrate_run
 from cycleseg.cli import main
+from cycleseg.commands.calibrate import calibrate_run
+from cycleseg.commands.evaluate import load_run
 from cycleseg.config import load_config
 from cycleseg.data import CityscapesDataset
 from cycleseg.errors import ConfigError, RunError
-from cycleseg.commands.evaluate import load_run
-from cycleseg.report import build_report, collect_runs, load_paper_table, table2_key, table2_rows
 from cycleseg.experiments.sweep import find_configs
+from cycleseg.report import build_report, collect_runs, load_paper_table, table2_key, table2_rows
 from system_deps import chromium_command
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"

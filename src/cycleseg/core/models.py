@@ -11,9 +11,9 @@ import torch.nn.functional as F_
 from torch import Tensor, nn
 
 from cycleseg.config import ModelConfig, NoiseConfig
-from cycleseg.errors import ConfigError, RunError
 from cycleseg.core.networks import PatchDiscriminator, image_generator, init_weights, segmentation_generator
 from cycleseg.core.noise import NoiseInjection
+from cycleseg.errors import ConfigError, RunError
 
 __all__ = ["Models", "build_models", "one_hot", "resolve_device"]
 

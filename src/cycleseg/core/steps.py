@@ -21,8 +21,8 @@ import copy
 import torch
 from torch import Tensor
 
-from cycleseg.core import distributed
 from cycleseg.config import LossConfig
+from cycleseg.core import distributed
 from cycleseg.core.losses import (
     GeneratorTerms,
     adversarial_loss,

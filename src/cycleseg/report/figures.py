@@ -16,7 +16,7 @@ from cycleseg.report.records import RunRecord, labelled_fraction
 from cycleseg.report.semi import model_label
 from cycleseg.report.tables import WATERMARK_METRICS, _fmt, _watermark_value
 from cycleseg.runs import CONFIG, load_run, run_classes, seeded_inference
-from cycleseg.runs.formats import figure, noise_label, to_rgb
+from cycleseg.runs.formats import figure, to_rgb
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

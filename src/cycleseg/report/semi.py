@@ -96,9 +96,9 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
     labelled_fraction). Empty unless some config has a labelled fraction below 1."""
     if not any((fraction_of(g.config) or 1.0) < 1.0 for g in groups):
         return []
-    is_plain = lambda c: (c.get("model") or {}).get("kind") == "plain"  # noqa: E731
-    is_paper = lambda c: not is_plain(c) and design_label(c) == "cycle, paper"  # noqa: E731
-    no_noise = lambda c: (c.get("noise") or {}).get("kind", "none") == "none"  # noqa: E731
+    is_plain = lambda c: (c.get("model") or {}).get("kind") == "plain"
+    is_paper = lambda c: not is_plain(c) and design_label(c) == "cycle, paper"
+    no_noise = lambda c: (c.get("noise") or {}).get("kind", "none") == "none"
     pairs = []
     ceiling = next((r for r in groups if is_plain(r.config) and (fraction_of(r.config) or 0.0) == 1.0), None)
     for g in groups:
