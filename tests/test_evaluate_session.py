@@ -62,7 +62,7 @@ def test_every_command_that_reads_data_checks_the_classes_in_the_session(run, ti
     all stop there; segment, which reads photos and no data split, does not ask it."""
     asked = []
 
-    def refuse(run_dir, cfg, data_root):
+    def refuse(run_dir, cfg, data_root, source=None):
         asked.append((Path(run_dir), Path(data_root)))
         raise RunError(f"{data_root}: refused by the replaced check")
 

@@ -257,10 +257,15 @@ def _command_line() -> str:
     """This process's command line, shortened, for a refused writer's message."""
     argv = list(sys.argv) or ["python"]
     path = Path(argv[0])
-    if path.name == "cycleseg" or (path.parent.name == "cycleseg" and path.stem in ("cli", "__main__")):
+    # the package is the last folder named cycleseg (a checkout may be named cycleseg too)
+    package = max((i for i, part in enumerate(path.parts) if part == "cycleseg"), default=None) if path.suffix else None
+    module = list(path.with_suffix("").parts[package:]) if package is not None else []
+    if module[-1:] == ["__main__"] or module[-1:] == ["__init__"]:
+        module.pop()
+    if path.name == "cycleseg" or module == ["cycleseg", "cli"]:  # the console script, or python -m cycleseg.cli
         name = "cycleseg"
-    elif path.parent.name == "cycleseg":
-        name = f"python -m cycleseg.{path.stem}"
+    elif module:
+        name = "python -m " + ".".join(module)
     else:
         name = path.name
     return " ".join([name, *argv[1:]])[:200]
