@@ -9,13 +9,18 @@ import torch
 
 from cycleseg.data.synthetic import make_synthetic
 
-# Two threads, or fewer when the tests are pinned to fewer cores (`taskset -c 1 make test` beside a study on core 0):
-# more threads than cores makes OpenMP spin and the tests crawl.
-torch.set_num_threads(max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                 else os.cpu_count() or 1)))
+# The cores this process may use, shared among the pytest-xdist workers (`make test` runs one per core): more
+# threads than cores makes OpenMP spin and the tests crawl (`taskset -c 1 make test` beside a study on core 0 also
+# gets one thread). The commands a test starts inherit OMP_NUM_THREADS, so they share the worker's cores too.
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, _CORES // _WORKERS))
+torch.set_num_threads(THREADS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
-# Slow tests of test files that are being rewritten by others right now: marked here rather than in the file
-# (move them into the file as @pytest.mark.slow when convenient). A renamed test is simply no longer marked.
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """8 train and 4 val images of 64x32 (W x H) in the Cityscapes layout."""

@@ -103,6 +103,18 @@ class ModelConfig:
     num_classes: int | None = None
 
 
+SNR_FROM = "from "  # noise.snr_db: from RUN, the SNR measured for another run (cycleseg calibrate)
+
+
+def snr_source(value: Any) -> str | None:
+    """RUN of a `noise.snr_db: from RUN` value (of a loaded config, a YAML file or an override); None for a
+    number, None or any other value. The one reader of that syntax: validation, the sweep's plan and
+    calibrate's resolve_snr_from all ask it."""
+    if isinstance(value, str) and value.startswith(SNR_FROM):
+        return value[len(SNR_FROM):].strip() or None
+    return None
+
+
 @dataclass
 class NoiseConfig:
     kind: str = "none"  # none | max_only | quantize | gaussian
@@ -351,7 +363,7 @@ def _validate_model(cfg: Config, fail: _Fail) -> None:
         fail("noise.bits", f"is only used with noise.kind=quantize (kind is {n.kind}); remove it")
     if n.kind == "gaussian" and n.snr_db is None:
         fail("noise.snr_db", "is required for noise.kind=gaussian (target SNR in dB, e.g. 7.38)")
-    if isinstance(n.snr_db, str) and not (n.snr_db.startswith("from ") and n.snr_db[5:].strip()):
+    if isinstance(n.snr_db, str) and snr_source(n.snr_db) is None:
         fail("noise.snr_db", f"must be a number in dB or 'from RUN_DIR', got {n.snr_db!r}")
     if n.kind != "gaussian" and n.snr_db is not None:
         fail("noise.snr_db", f"is only used with noise.kind=gaussian (kind is {n.kind}); remove it")

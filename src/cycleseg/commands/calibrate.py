@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from cycleseg.commands.session import open_session
-from cycleseg.config import Config, NoiseConfig, apply_overrides, config_from_dict
+from cycleseg.config import Config, NoiseConfig, apply_overrides, config_from_dict, snr_source
 from cycleseg.core.metrics import snr_db
 from cycleseg.core.noise import NoiseInjection
 from cycleseg.errors import ConfigError, RunError
@@ -87,7 +87,7 @@ def resolve_snr_from(cfg: Config, base_dir: str | Path = ".", device: str = "aut
     source = cfg.noise.snr_db
     if not isinstance(source, str):
         return cfg
-    name = source.removeprefix("from ").strip()
+    name = snr_source(source) or source
     candidates = [Path(name), Path(base_dir) / name]
     run_dir = next((p for p in candidates if (p / LAST).is_file()), None)
     if run_dir is None:

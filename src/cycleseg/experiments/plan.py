@@ -25,7 +25,14 @@ from typing import Any
 import yaml
 
 from cycleseg import runs
-from cycleseg.config import RESUMABLE_KEYS, Config, config_from_dict, flat_items, load_config
+from cycleseg.config import (  # snr_source: plan's callers read it here (tests patch plan.snr_source)
+    RESUMABLE_KEYS,
+    Config,
+    config_from_dict,
+    flat_items,
+    load_config,
+    snr_source,
+)
 from cycleseg.errors import ConfigError, DataError, RunError
 
 __all__ = ["ACTIONS", "MAX_SEEDS", "RunSpec", "SweepEntry", "check_request", "decide", "find_configs", "plan",
@@ -33,7 +40,6 @@ __all__ = ["ACTIONS", "MAX_SEEDS", "RunSpec", "SweepEntry", "check_request", "de
 
 MAX_SEEDS = 1000  # a larger --seeds is a typo, not a study: refused before any planning
 ACTIONS = ("new", "continue", "retrain", "done")  # what `decide` answers (and "unknown" when told not to measure)
-SNR_FROM = "from "  # noise.snr_db: from RUN
 _DIGITS = re.compile(r"\d+$")
 
 
@@ -47,14 +53,6 @@ def seed_of(folder: str) -> int | None:
     digits = _DIGITS.search(folder)
     seed = int(digits.group()) if digits else None
     return seed if seed is not None and seed_dir(seed) == folder else None  # seed_dir alone says what the names are
-
-
-def snr_source(value: Any) -> str | None:
-    """RUN of a `noise.snr_db: from RUN` value (of a loaded config, a YAML file or an override); None for a
-    number, None or any other value."""
-    if isinstance(value, str) and value.startswith(SNR_FROM):
-        return value[len(SNR_FROM):].strip() or None
-    return None
 
 
 @dataclass
