@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from cycleseg.core.stats import CONFIDENCE, detectable_effect, holm, paired_difference, t_p_value
 from cycleseg.runs.formats import noise_label
 
-__all__ = ["DESIGN_KEYS", "design_label", "model_label", "semi_contrasts"]
+__all__ = ["DESIGN_KEYS", "design_label", "model_label", "same_but", "semi_contrasts"]
 
 # What the anchor changes, as (section, key): F's input, the paired loss of F, F's warm-up.
 DESIGN_KEYS = (("model", "f_input"), ("loss", "paired_f"), ("optim", "f_warmup_iters"))
@@ -83,7 +83,7 @@ def _without(config: Mapping[str, Any], keys: Sequence[tuple[str, str | None]]) 
     return stripped
 
 
-def _reference(groups: Sequence[Group], g: Group, keys: Sequence[tuple[str, str | None]], wanted) -> Group | None:
+def same_but(groups: Sequence[Group], g: Group, keys: Sequence[tuple[str, str | None]], wanted) -> Group | None:
     """The one other group equal to g but for `keys`, and `wanted` of it (e.g. "has no noise")."""
     target = _without(g.config, keys)
     return next((r for r in groups if r is not g and wanted(r.config) and _without(r.config, keys) == target), None)
@@ -110,10 +110,10 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
         plain = next((r for r in groups if is_plain(r.config) and fraction_of(r.config) == fraction), None)
         pairs.append(("semi − labelled-only" if (fraction or 1.0) < 1.0 else "cycle − plain", g, plain))
         if not is_paper(g.config):
-            pairs.append(("anchor's choices", g, _reference(groups, g, DESIGN_KEYS, is_paper)))
+            pairs.append(("anchor's choices", g, same_but(groups, g, DESIGN_KEYS, is_paper)))
         if not no_noise(g.config):
             pairs.append(("2-bit noise" if (g.config.get("noise") or {}).get("bits") == 2 else "noise", g,
-                          _reference(groups, g, (("noise", None),), no_noise)))
+                          same_but(groups, g, (("noise", None),), no_noise)))
     rows = []
     for kind, g, ref in pairs:
         if ref is None:

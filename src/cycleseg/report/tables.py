@@ -21,6 +21,7 @@ from cycleseg.core.stats import (
 from cycleseg.errors import RunError
 from cycleseg.experiments.sweep import expand_runs
 from cycleseg.report.records import RunRecord, group_runs, labelled_fraction, read_run
+from cycleseg.report.semi import same_but
 from cycleseg.runs import CONFIG, artifact, read_json
 from cycleseg.runs.formats import fmt, noise_label
 
@@ -72,14 +73,15 @@ def table2_rows(runs: list[RunRecord], paper: list[dict[str, Any]]) -> list[dict
 
 def paired_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
     """For each noise row (a cycle model with noise), its difference to the no-noise row of the same labelled
-    fraction (`nonoise`, else the first cycle model without noise; every run of the paper's sweep has fraction 1)
-    paired by seed: {"run", "label", "reference", "miou", "psnr_db"} with stats.PairedDifference values."""
+    fraction: the config equal to it but for the noise (report.semi), else `nonoise`, else the first cycle model
+    without noise (every run of the paper's sweep has fraction 1), paired by seed: {"run", "label", "reference", "miou", "psnr_db"} with stats.PairedDifference values."""
     groups = group_runs(runs)
     rows = []
     for g in groups:
         if not g.is_cycle or g.key in ("none", "plain"):
             continue
-        reference = _same_fraction(groups, g, lambda r: r.is_cycle and r.key == "none", "nonoise")
+        reference = (same_but(groups, g, (("noise", None),), lambda c: (c.get("noise") or {}).get("kind") == "none")
+                     or _same_fraction(groups, g, lambda r: r.is_cycle and r.key == "none", "nonoise"))
         if reference is not None:
             rows.append({"run": g.name, "label": noise_label(g.config), "reference": reference.name,
                          **{m: paired_difference(g.per_seed(m), reference.per_seed(m)) for m in ("miou", "psnr_db")}})
