@@ -64,7 +64,7 @@ study: $(STAMP)
 # The semi-supervised study (docs/semi-supervised.md): labelled fractions 1/8 and 1/4, each with the plain ERFNet on
 # the labels, the paper's cycle and the anchor's cycle (Mondal et al. 2019), both with and without 2-bit noise, and
 # the plain ERFNet on every label (the ceiling); 5 seeds, fp32, 64x32, 600 iterations; two runs at a time, one torch
-# thread each; about 80 min on 2 cores, resumable.
+# thread each; about 90 min on 2 cores, resumable.
 semi-study: $(STAMP) $(DATA)/leftImg8bit
 	$(BIN)/cycleseg prepare $(DATA) --size 64x32
 	$(BIN)/cycleseg sweep configs/semi-study --data $(DATA) --out runs/semi-study --seeds 5 --launcher local --jobs 2
