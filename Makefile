@@ -5,9 +5,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   := data/synthetic
-# The tests run one pytest-xdist worker per core; a test file stays on one worker (its fixtures, e.g. the Slurm
-# cluster of test_slurm.py, start once). PARALLEL= runs them in one process.
-PARALLEL ?= -n auto --dist loadfile
 RUNS   := runs/demo
 DEMO_RUNS := erfnet cyclegan quant2
 
@@ -93,7 +90,7 @@ mechanism: $(STAMP)
 	$(BIN)/cycleseg report runs/mechanism --data $(MECH_DATA)
 
 test: $(STAMP) test-deps
-	$(BIN)/python -m pytest -q $(PARALLEL)
+	$(BIN)/python -m pytest -q
 
 # The Debian packages of the Slurm tests (a one-node cluster) and the browser tests (Chromium), when missing.
 # Where they cannot be installed (not root, no apt-get) it says in one line which tests skip and goes on.
@@ -105,7 +102,7 @@ slurm-deps:
 
 # The fast tier (under a minute on 2 cores): everything but the tests marked slow.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PARALLEL)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

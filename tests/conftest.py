@@ -9,9 +9,9 @@ import torch
 
 from cycleseg.data.synthetic import make_synthetic
 
-# The cores this process may use, shared among the pytest-xdist workers (`make test` runs one per core): more
-# threads than cores makes OpenMP spin and the tests crawl (`taskset -c 1 make test` beside a study on core 0 also
-# gets one thread). The commands a test starts inherit OMP_NUM_THREADS, so they share the worker's cores too.
+# Two threads, or fewer when the tests are pinned to fewer cores (`taskset -c 1 make test` beside a study on core 0)
+# or shared among pytest-xdist workers (`pytest -n 2`, not the default: measured slower here, see the closing note
+# of issue 23): more threads than cores makes OpenMP spin and the tests crawl.
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, min(2, _CORES // _WORKERS))
