@@ -142,17 +142,24 @@ def _semi_section(semi: list[dict[str, Any]]) -> _Section:
         "minus the plain ERFNet on the same labels; at fraction 1, cycle − plain), the anchor's choices (minus the "
         "paper's cycle with the same noise), the noise (minus the same model without) and all labels (the plain "
         "ERFNet on every label minus the plain ERFNet of the fraction: the room there is to win back). Mean ± 95 % "
-        "interval (Student t), each seed's difference, the paired t test's p and Holm's adjusted p over every row of this "
-        "table (* : adjusted p < 0.05), and the smallest true difference the seeds detect with 80 % power, "
+        "interval (Student t), each seed's difference, the paired t test's p and Holm's adjusted p over every row "
+        "of this table (* : adjusted p < 0.05), and the smallest true difference the seeds detect with 80 % power, "
         "two-sided at 5 % and at 5 % / rows (the strictest level a Holm step asks for).",
         table=(["labelled", "contrast", "run", "minus", "seeds", "Δ mIoU %", "95 % interval", "per seed", "p",
                 "Holm p", "detectable ±", "at 5 %/rows"],
                [[f"{r['fraction']:g}" if r["fraction"] is not None else "file", r["kind"], r["run"], r["reference"],
-                 str(len(r["difference"].seeds)),
-                 format_interval(r["difference"].interval, 1, sign=True, missing="–"), _bounds(r["difference"], 1),
-                 ", ".join(f"{v:+.1f}" for v in r["per_seed"].values()), _fmt(r["p"], 4),
-                 _fmt(r["p_holm"], 4) + (" *" if r["p_holm"] is not None and r["p_holm"] < 0.05 else ""),
-                 _fmt(r["detectable"], 1), _fmt(r["detectable_strict"], 1)] for r in semi]))
+                 *_contrast_cells(r, 1), _fmt(r["detectable_strict"], 1)] for r in semi]))
+
+
+def _contrast_cells(row: dict[str, Any], digits: int) -> list[str]:
+    """The cells every paired-contrast table shows: seeds, Δ ± half-width, interval, each seed's difference, p,
+    Holm's p (* below 0.05) and the detectable effect."""
+    diff = row["difference"]
+    return [str(len(diff.seeds)), format_interval(diff.interval, digits, sign=True, missing="–"),
+            _bounds(diff, digits), ", ".join(f"{v:+.{digits}f}" for v in row["per_seed"].values()),
+            _fmt(row["p"], 4),
+            _fmt(row["p_holm"], 4) + (" *" if row["p_holm"] is not None and row["p_holm"] < 0.05 else ""),
+            _fmt(row["detectable"], digits)]
 
 
 def _watermark_section(watermark: list[dict[str, Any]], figures: dict[str, Path]) -> _Section:
@@ -209,13 +216,7 @@ def _contrast_section(contrasts: list[dict[str, Any]]) -> _Section:
         "< 0.05), and the smallest true difference these seeds detect with 80 % power at 5 % (two-sided), "
         "from the differences' SD: a null is informative only about effects above it.",
         table=(["run", "metric", "seeds", "Δ", "95 % interval", "per seed", "p", "Holm p", "detectable ±"],
-               [[c["run"], f"{c['title']} {c['unit']}", str(len(c["difference"].seeds)),
-                 format_interval(c["difference"].interval, c["digits"], sign=True, missing="–"),
-                 _bounds(c["difference"], c["digits"]),
-                 ", ".join(f"{v:+.{c['digits']}f}" for v in c["per_seed"].values()),
-                 _fmt(c["p"], 4), _fmt(c["p_holm"], 4) + (" *" if c["p_holm"] is not None and c["p_holm"] < 0.05
-                                                          else ""),
-                 _fmt(c["detectable"], c["digits"])] for c in contrasts]))
+               [[c["run"], f"{c['title']} {c['unit']}", *_contrast_cells(c, c["digits"])] for c in contrasts]))
 
 
 def _diagnostics_sections(records: list[RunRecord]) -> list[_Section]:
