@@ -93,8 +93,12 @@ mechanism: $(STAMP)
 	    OMP_NUM_THREADS=1 $(BIN)/cycleseg diagnose RUN --data $(MECH_DATA) --quiet > /dev/null || exit 255' RUN
 	$(BIN)/cycleseg report runs/mechanism --data $(MECH_DATA)
 
+# Tests run in as many processes as there are cores (pytest-xdist), a file whole in one process; tests/conftest.py
+# gives each cores / processes torch threads, and hands out the longest files first.
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+
 test: $(STAMP) test-deps
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # The Debian packages of the Slurm tests (a one-node cluster) and the browser tests (Chromium), when missing.
 # Where they cannot be installed (not root, no apt-get) it says in one line which tests skip and goes on.
@@ -106,7 +110,7 @@ slurm-deps:
 
 # The fast tier (under a minute on 2 cores): everything but the tests marked slow.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -9,16 +9,28 @@ import torch
 
 from cycleseg.data.synthetic import make_synthetic
 
-# Two threads, or fewer when the tests are pinned to fewer cores (`taskset -c 1 make test` beside a study on core 0)
-# or shared among pytest-xdist workers (`pytest -n 2`, not the default: measured slower here, see the closing note
-# of issue 23): more threads than cores makes OpenMP spin and the tests crawl.
+# Two threads per test process, or fewer when the tests are pinned to fewer cores (`taskset -c 1 make test` beside
+# a study on core 0) or shared among pytest-xdist workers (`make test` runs `pytest -n auto`): more threads than
+# cores makes OpenMP spin and the tests crawl. The processes the tests start get the same number (OMP_NUM_THREADS),
+# so that a run trained in a subprocess is bit-identical to one trained here. No test module sets its own.
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, min(2, _CORES // _WORKERS))
 torch.set_num_threads(THREADS)
-if _WORKERS > 1:
-    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
+# The longest files first (measured with --durations=0): under `pytest -n auto --dist loadfile` a file runs whole
+# on one worker, and a long file handed out last would keep one worker busy while the other sits idle. Only the
+# order of the files changes, and no test depends on it.
+LONGEST_FIRST = ("test_kill_anywhere.py", "test_slurm.py", "test_docs.py", "test_sweep_seeds.py", "test_resume.py",
+                 "test_run_lock.py", "test_sweep_report.py", "test_integration.py", "test_runs.py",
+                 "test_diagnose_training.py", "test_progress.py", "test_semi.py", "test_comforts.py",
+                 "test_distributed.py", "test_diagnostics.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file, the order is kept
 
 
 @pytest.fixture(scope="session")

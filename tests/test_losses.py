@@ -16,8 +16,6 @@ from cycleseg.core.losses import (
     segmentation_reconstruction_loss,
 )
 
-torch.set_num_threads(2)
-
 
 def np_cross_entropy(logits, labels, ignore_index=None):
     """Mean over evaluated pixels of -log softmax(logits)[label], log-softmax written out by hand."""

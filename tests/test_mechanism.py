@@ -17,9 +17,6 @@ from cycleseg.core.steps import f_warmup_step, semi_generator_step
 from cycleseg.data.synthetic import SHAPE_CLASSES, render_shapes
 from cycleseg.errors import ConfigError
 
-torch.set_num_threads(1)
-
-
 # ------------------------------------------------------------------------------------ the small generator
 
 

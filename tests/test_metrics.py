@@ -8,8 +8,6 @@ import torch
 
 from cycleseg.core.metrics import class_iou, confusion_matrix, mean_iou, psnr_db, snr_db
 
-torch.set_num_threads(2)
-
 
 # --- Confusion matrix ---
 def test_confusion_matrix_matches_loop_count_and_skips_invalid_targets():

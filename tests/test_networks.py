@@ -6,7 +6,6 @@ from torch import nn
 
 from cycleseg.core.networks import PatchDiscriminator, image_generator, init_weights, segmentation_generator
 
-torch.set_num_threads(2)
 S = 20
 
 

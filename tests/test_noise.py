@@ -8,8 +8,6 @@ import torch
 
 from cycleseg.core.noise import NOISE_KINDS, NoiseInjection, max_only, quantize, snr_db
 
-torch.set_num_threads(2)
-
 KWARGS = {"none": {}, "max_only": {}, "quantize": {"bits": 2}, "gaussian": {"snr_db": 10.0}}
 
 

@@ -8,8 +8,6 @@ import torch
 
 from cycleseg.core.pool import ImagePool
 
-torch.set_num_threads(2)
-
 
 def tagged(ids):
     """A batch of (1, 2, 2) images whose every value is the image's id, so that images can be told apart."""
