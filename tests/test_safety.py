@@ -98,6 +98,19 @@ def test_save_refuses_what_a_safe_load_would_refuse(tmp_path):
     assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "x.pt") == []
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_state_with_a_non_finite_weight_is_not_saved_and_the_last_checkpoint_is_kept(tmp_path, bad):
+    state = _state()
+    state.save(tmp_path / LAST)
+    kept = (tmp_path / LAST).read_bytes()
+    name, param = list(state.models.named_parameters())[5]
+    with torch.no_grad():
+        param.view(-1)[3] = bad
+    with pytest.raises(RunError, match=rf"parameter {re.escape(name)} is not finite; not writing a checkpoint"):
+        state.save(tmp_path / LAST)
+    assert (tmp_path / LAST).read_bytes() == kept
+
+
 # ------------------------------------------------------------------------------------ checkpoints of 0.1.0
 
 def _state(seed: int = 0) -> TrainState:

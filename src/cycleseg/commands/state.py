@@ -107,9 +107,12 @@ class TrainState:
         self.progress.batch_in_epoch = 0
 
     def state_dict(self) -> dict[str, Any]:
-        for name, p in self.models.named_parameters():
-            if not torch.isfinite(p).all():  # never let a checkpoint carry NaN weights
-                raise RunError(f"parameter {name} is not finite; not writing a checkpoint (the last one is kept)")
+        # Never let a checkpoint carry NaN weights. One check over all weights (one device sync, not one per
+        # parameter); the name of the first bad one only when there is one.
+        params = dict(self.models.named_parameters())
+        if not torch.isfinite(torch.cat([p.detach().reshape(-1) for p in params.values()])).all():
+            name = next(n for n, p in params.items() if not torch.isfinite(p).all())
+            raise RunError(f"parameter {name} is not finite; not writing a checkpoint (the last one is kept)")
         return {
             "config": self.run_config,
             "model": {"kind": self.models.kind, "num_classes": self.models.num_classes},
