@@ -22,10 +22,9 @@ os.environ["OMP_NUM_THREADS"] = str(THREADS)
 # The longest files first (measured with --durations=0): under `pytest -n auto --dist loadfile` a file runs whole
 # on one worker, and a long file handed out last would keep one worker busy while the other sits idle. Only the
 # order of the files changes, and no test depends on it.
-LONGEST_FIRST = ("test_kill_anywhere.py", "test_slurm.py", "test_docs.py", "test_sweep_seeds.py", "test_resume.py",
-                 "test_run_lock.py", "test_sweep_report.py", "test_integration.py", "test_runs.py",
-                 "test_diagnose_training.py", "test_progress.py", "test_semi.py", "test_comforts.py",
-                 "test_distributed.py", "test_diagnostics.py")
+LONGEST_FIRST = ("test_slurm.py", "test_docs.py", "test_sweep_seeds.py", "test_kill_anywhere.py", "test_resume.py",
+                 "test_run_lock.py", "test_sweep_report.py", "test_semi.py", "test_progress.py", "test_integration.py",
+                 "test_diagnose_training.py", "test_distributed.py", "test_comforts.py", "test_diagnostics.py")
 
 
 def pytest_collection_modifyitems(config, items):

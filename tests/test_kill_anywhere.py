@@ -1,15 +1,18 @@
 """A run killed at any moment and resumed ends in the state of a run that never stopped (issue 17).
 
-A kill is simulated in process by raising `Killed` (a BaseException, which train() does not catch, so nothing
-is saved or marked: as with SIGKILL) at one precise point: start-up, inside a step, inside a checkpoint write
+One run is trained, and at each of 13 precise moments its folder is copied as a kill there would leave it on
+disk (nothing unwinds, nothing is saved: as with SIGKILL): start-up, inside a step, inside a checkpoint write
 (after the temporary file, before the rename), at an epoch end (before and after the LR-schedule step), inside a
 validation (the final one included), inside the best.pt write, between the last checkpoint and metrics.json,
-and while run.json is marked finished. Then `cycleseg train --resume` runs to the end, and last.pt (progress,
-schedulers, optimizer param groups and states, weights, pool), best.pt and metrics.json are compared with an
-uninterrupted run. `tests/test_resume.py` adds real SIGKILLs at random moments.
+and while run.json is marked finished. Each copy is resumed with `cycleseg train --resume` to the end, and
+last.pt (progress, schedulers, optimizer param groups and states, weights, pool), best.pt and metrics.json are
+compared with the run that went on (copying files does not change what it computes). One run for 13 moments,
+not 13 runs: `tests/test_resume.py` adds real SIGKILLs at random moments.
 """
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,35 +35,25 @@ TINY = ["train.precision=fp32", "data.height=32", "data.width=64", "optim.epochs
         "train.checkpoint_every=1"]
 
 
-class Killed(BaseException):
-    """The process dies here."""
-
-
 def _train(data, out, *extra):
     return main(["train", CYCLEGAN_YAML, "--data", str(data), "--out", str(out), *TINY, *extra])
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted")
-    assert _train(tiny_data, out) == 0
-    return out
-
-
-def _kill_on_call(monkeypatch, owner, name, n, when=lambda *a, **k: True, after=False):
-    """Raise Killed at the n-th call of owner.name (counting calls for which `when` holds), before the call
+def _on_call(monkeypatch, owner, name, n, when, after, action):
+    """Call `action()` at the n-th call of owner.name (counting calls for which `when` holds), before the call
     or, with `after`, once it has returned."""
     real = getattr(owner, name)
     calls = {"n": 0}
 
     def wrapper(*args, **kwargs):
-        if when(*args, **kwargs):
+        hit = when(*args, **kwargs)
+        if hit:
             calls["n"] += 1
             if calls["n"] == n and not after:
-                raise Killed(name)
+                action()
         result = real(*args, **kwargs)
-        if when(*args, **kwargs) and calls["n"] == n and after:
-            raise Killed(name)
+        if hit and calls["n"] == n and after:
+            action()
         return result
 
     monkeypatch.setattr(owner, name, wrapper)
@@ -89,14 +82,32 @@ MOMENTS = {
 }
 
 
+@pytest.fixture(scope="module")
+def killed(tiny_data, tmp_path_factory):
+    """({moment: the run folder as a kill at that moment leaves it}, the run that went on to its end)."""
+    base = tmp_path_factory.mktemp("killed")
+    out, copies = base / "run", {}
+
+    def copy(moment):
+        copies[moment] = shutil.copytree(out, base / re.sub(r"\W+", "_", moment))
+
+    with pytest.MonkeyPatch.context() as m:
+        for moment, (owner, name, n, when, after) in MOMENTS.items():
+            _on_call(m, owner, name, n, when or (lambda *a, **k: True), after, lambda moment=moment: copy(moment))
+        assert _train(tiny_data, out) == 0
+    assert set(copies) == set(MOMENTS), set(MOMENTS) - set(copies)
+    return copies, out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(killed):
+    return killed[1]
+
+
 @pytest.mark.parametrize("moment", list(MOMENTS))
-def test_killed_then_resumed_ends_like_the_uninterrupted_run(tiny_data, tmp_path, uninterrupted, monkeypatch, moment):
-    owner, name, n, when, after = MOMENTS[moment]
-    out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        _kill_on_call(m, owner, name, n, when or (lambda *a, **k: True), after)
-        with pytest.raises(Killed):
-            _train(tiny_data, out)
+def test_killed_then_resumed_ends_like_the_uninterrupted_run(killed, tmp_path, moment):
+    copies, uninterrupted = killed
+    out = shutil.copytree(copies[moment], tmp_path / "run")
     assert main(["train", "--resume", str(out)]) == 0
     _assert_same_end(out, uninterrupted)
 

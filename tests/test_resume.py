@@ -56,7 +56,8 @@ def reference(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_after", [2, 5, 8])  # mid-epoch (2, 5) and at an epoch end (8)
+# stopped by train.max_iters mid-epoch; tests/test_kill_anywhere.py stops a run at 13 other moments (epoch ends too)
+@pytest.mark.parametrize("stop_after", [5])
 def test_resume_in_process_is_exact(tiny_data, tmp_path, reference, stop_after):
     train(_cfg(tiny_data, f"train.max_iters={stop_after}"), tmp_path)
     assert load_checkpoint(tmp_path / LAST)["progress"]["step"] == stop_after
@@ -241,7 +242,7 @@ def _nan_after(monkeypatch, name, first_bad, last_bad=10**9):
 @pytest.mark.slow
 def test_nan_loss_is_skipped_and_counted(tiny_data, tmp_path, monkeypatch):
     _nan_after(monkeypatch, "image_reconstruction_loss", 3, 4)
-    metrics = train(_cfg(tiny_data, "train.eval_every=0"), tmp_path)
+    metrics = train(_cfg(tiny_data, "train.eval_every=0", "train.checkpoint_every=0"), tmp_path)
     assert metrics["nonfinite_skipped"] == 2 and metrics["iterations"] == 12
     state = load_checkpoint(tmp_path / LAST)
     assert all(torch.isfinite(v).all() for v in state["models"].values() if v.is_floating_point())
@@ -284,3 +285,21 @@ def test_a_skipped_generator_step_leaves_d_trainable(tiny_data, monkeypatch):
     with pytest.raises(steps_module.NonFiniteError, match="J_gen is nan"):
         steps_module.generator_step(models, opt_g, image, labels, cfg.loss)
     assert all(p.requires_grad for p in models.D.parameters())
+
+
+@pytest.mark.parametrize("extra, steps", [
+    ([], [0, 12]),  # the start and the end: the 6 epoch ends in between add nothing a step checkpoint lacks
+    (["train.eval_every=2"], [0, 8, 12]),  # after each validation (epochs 2 and 3 end at steps 8 and 12)
+    (["train.checkpoint_every=0"], [0, 4, 8, 12]),  # 0: at every epoch end
+    (["train.checkpoint_every=5"], [0, 5, 10, 12]),  # every 5 steps, and the end
+])
+def test_last_pt_is_written_at_an_epoch_end_only_when_it_adds_something(tiny_data, tmp_path, monkeypatch, extra,
+                                                                          steps):
+    written = []
+    real = TrainState.save
+    monkeypatch.setattr(TrainState, "save", lambda self, path, weights_only=False: (
+        written.append(self.progress.step) if Path(path).name == LAST else None, real(self, path, weights_only))[1])
+    cfg = _cfg(tiny_data, "model.kind=plain", "noise.kind=none", "noise.snr_db=null", "train.eval_every=0",
+               "train.checkpoint_every=500", *extra)
+    train(cfg, tmp_path)  # 8 images, batch 2: 4 steps an epoch, 12 in all
+    assert sorted(set(written)) == steps

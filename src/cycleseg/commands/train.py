@@ -110,10 +110,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, run_config
                 if p.batch_in_epoch >= per_epoch:  # an epoch's batches are done (>=: a shorter epoch on resume)
                     state.close_epoch()  # one step of the LR schedule
                 every = cfg.train.eval_every
-                if p.validated_step != p.step and (p.step >= total or (every and p.step and p.batch_in_epoch == 0
-                                                                       and p.epoch % every == 0)):
+                validate = p.validated_step != p.step and (p.step >= total or (every and p.step and
+                                                                               p.batch_in_epoch == 0
+                                                                               and p.epoch % every == 0))
+                if validate:
                     _validate(state, val_loader, cfg, log, run_dir, classes)  # and best.pt
-                state.save(run_dir / LAST)
+                if _checkpoint_at_epoch_end(cfg, p, validate, total):
+                    state.save(run_dir / LAST)
                 _retain(run_dir, cfg.train.keep_checkpoints, p, cfg.train.keep_every)
                 if p.step >= total:
                     break
@@ -371,6 +374,16 @@ def _device(cfg: Config) -> torch.device:
     if distributed.init_from_env(device.type) and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank())  # torchrun: one GPU per process
     return device
+
+
+def _checkpoint_at_epoch_end(cfg: Config, p: Progress, validated: bool, total: int) -> bool:
+    """Whether last.pt is written at this epoch end: at the start and the end of the run, after a validation,
+    where an epoch's copy is kept (train.keep_checkpoints) and with train.checkpoint_every 0 (epoch ends only);
+    otherwise the step checkpoints every train.checkpoint_every iterations suffice. A resume from a step checkpoint
+    closes the epoch it ended (the same schedule step), so skipping changes no result; it saves short epochs
+    (a few labelled images) a checkpoint write per handful of iterations."""
+    kept = cfg.train.keep_checkpoints and p.step and p.batch_in_epoch == 0 and p.epoch % cfg.train.keep_every == 0
+    return bool(p.step == 0 or p.step >= total or validated or kept or not cfg.train.checkpoint_every)
 
 
 def _retain(run_dir: Path, keep: int, progress: Progress, every: int = 1) -> None:
