@@ -164,7 +164,8 @@ class TrainConfig:
     eval_every: int = 10  # epochs between validations (the last epoch is always validated); 0 = last only
     max_iters: int | None = None  # stop after this many iterations (smoke tests); None = full schedule
     progress: bool = True  # tqdm progress bar
-    checkpoint_every: int = 500  # iterations between checkpoints (last.pt); 0 = at epoch ends only
+    # iterations between checkpoints (last.pt; also at the start, the end and after validations); 0 = every epoch end
+    checkpoint_every: int = 500
     keep_checkpoints: int = 0  # also keep a copy of the last N epochs' checkpoints (epoch_NNNN.pt)
     keep_every: int = 1  # ... of every k-th epoch only (curves over a long run: diagnose --along-training)
     max_nonfinite: int = 10  # stop after this many iterations in a row with a NaN/inf loss or gradient
