@@ -48,11 +48,18 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_data, tmp_path_factory):
-    """The uninterrupted run."""
+def reference_run(tiny_data, tmp_path_factory):
+    """The folder of the uninterrupted run; it also keeps its last 2 epochs' checkpoints (train.keep_checkpoints
+    copies last.pt and changes nothing that is trained)."""
     out = tmp_path_factory.mktemp("reference")
-    train(_cfg(tiny_data), out)
-    return load_checkpoint(out / LAST)
+    train(_cfg(tiny_data, "train.keep_checkpoints=2"), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    """The uninterrupted run's last.pt."""
+    return load_checkpoint(reference_run / LAST)
 
 
 @pytest.mark.slow
@@ -261,13 +268,12 @@ def test_a_run_of_nan_losses_stops_with_the_last_good_checkpoint(tiny_data, tmp_
 
 
 @pytest.mark.slow
-def test_best_checkpoint_tracks_validation_miou(tmp_path, tiny_data):
-    train(_cfg(tiny_data, "train.keep_checkpoints=2"), tmp_path)
-    best = load_checkpoint(tmp_path / BEST)
-    vals = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if "val/miou" in line]
+def test_best_checkpoint_tracks_validation_miou(reference_run):
+    best = load_checkpoint(reference_run / BEST)
+    vals = [line for line in (reference_run / "log.jsonl").read_text().splitlines() if "val/miou" in line]
     assert len(vals) == 3
     assert best["progress"]["best_miou"] == max(json.loads(v)["val/miou"] for v in vals)
-    assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_0002.pt", "epoch_0003.pt"]
+    assert sorted(p.name for p in reference_run.glob("epoch_*.pt")) == ["epoch_0002.pt", "epoch_0003.pt"]
 
 
 def test_progress_round_trips():
