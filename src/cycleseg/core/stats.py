@@ -74,7 +74,11 @@ def t_cdf(t: float, df: float) -> float:
         raise ValueError(f"degrees of freedom must be > 0, got {df}")
     if math.isinf(t):
         return 1.0 if t > 0 else 0.0
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
+    x, y = df / (df + t * t), t * t / (df + t * t)  # y = 1 - x without the cancellation of 1 - x near t = 0
+    if x > 0.5:  # |t| < sqrt(df): P(|T| < |t|) = I_y(1/2, df/2) from its own small argument
+        centre = 0.5 * _betainc(0.5, df / 2.0, y)  # P(0 < T < |t|)
+        return 0.5 + centre if t > 0 else 0.5 - centre
+    tail = 0.5 * _betainc(df / 2.0, 0.5, x)  # P(T > |t|)
     return 1.0 - tail if t > 0 else tail
 
 
