@@ -110,9 +110,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, run_config
                 if p.batch_in_epoch >= per_epoch:  # an epoch's batches are done (>=: a shorter epoch on resume)
                     state.close_epoch()  # one step of the LR schedule
                 every = cfg.train.eval_every
-                validate = p.validated_step != p.step and (p.step >= total or (every and p.step and
-                                                                               p.batch_in_epoch == 0
-                                                                               and p.epoch % every == 0))
+                due = p.step >= total or (every and p.step and p.batch_in_epoch == 0 and p.epoch % every == 0)
+                validate = p.validated_step != p.step and bool(due)
                 if validate:
                     _validate(state, val_loader, cfg, log, run_dir, classes)  # and best.pt
                 if _checkpoint_at_epoch_end(cfg, p, validate, total):
@@ -382,16 +381,19 @@ def _checkpoint_at_epoch_end(cfg: Config, p: Progress, validated: bool, total: i
     otherwise the step checkpoints every train.checkpoint_every iterations suffice. A resume from a step checkpoint
     closes the epoch it ended (the same schedule step), so skipping changes no result; it saves short epochs
     (a few labelled images) a checkpoint write per handful of iterations."""
-    kept = cfg.train.keep_checkpoints and p.step and p.batch_in_epoch == 0 and p.epoch % cfg.train.keep_every == 0
-    return bool(p.step == 0 or p.step >= total or validated or kept or not cfg.train.checkpoint_every)
+    kept = _keeps_copy(cfg.train.keep_checkpoints, p, cfg.train.keep_every)
+    return p.step == 0 or p.step >= total or validated or kept or not cfg.train.checkpoint_every
+
+
+def _keeps_copy(keep: int, progress: Progress, every: int) -> bool:
+    """Whether this epoch end keeps a copy of last.pt: every `every`-th epoch when `keep` > 0."""
+    return keep > 0 and progress.batch_in_epoch == 0 and progress.step > 0 and progress.epoch % every == 0
 
 
 def _retain(run_dir: Path, keep: int, progress: Progress, every: int = 1) -> None:
     """Keep a copy of last.pt at the end of every `every`-th epoch, the last `train.keep_checkpoints` of them
     (0 keeps none)."""
-    if keep == 0 or progress.batch_in_epoch != 0 or progress.step == 0 or not distributed.is_main():
-        return
-    if progress.epoch % every:
+    if not _keeps_copy(keep, progress, every) or not distributed.is_main():
         return
     shutil.copyfile(run_dir / LAST, run_dir / f"epoch_{progress.epoch:04d}.pt")
     for old in sorted(run_dir.glob("epoch_*.pt"))[:-keep]:
