@@ -26,7 +26,7 @@ import cycleseg.commands.train as train_module
 import cycleseg.data.source as source_module
 from cycleseg.cli import main
 from cycleseg.commands.train import train
-from cycleseg.config import load_config, uses_d_y
+from cycleseg.config import load_config, uses_d_y, uses_unlabelled
 from cycleseg.core.models import build_models
 from cycleseg.core.pool import ImagePool
 from cycleseg.core.steps import discriminator_y_step, semi_generator_step
@@ -119,7 +119,9 @@ def test_config_rules_of_the_semi_keys():
                               (["optim.unlabelled_batch_size=2"], "optim.unlabelled_batch_size is only used by a semi"),
                               (["data.labelled=1/8", "model.kind=plain", "optim.unlabelled_batch_size=2"],
                                "optim.unlabelled_batch_size is only used by a semi"),
-                              (["data.labelled=1/8", "optim.unlabelled_batch_size=0"], "must be >= 1 or null"),
+                              (["data.labelled=1/8", "optim.unlabelled_batch_size=-1"], "must be >= 0 or null"),
+                              (["data.labelled=1", "optim.unlabelled_batch_size=0"],
+                               "optim.unlabelled_batch_size is only used by a semi"),
                               (["model.kind=plain", "data.unpaired_labels=maps"], "data.unpaired_labels is only used"),
                               (["loss.adv_y=-1"], "loss.adv_y must be a finite number >= 0")]:
         with pytest.raises(ConfigError) as e:
@@ -131,6 +133,8 @@ def test_config_rules_of_the_semi_keys():
     assert not uses_d_y(load_config(None, ["data.labelled=1/8", "loss.adv_y=0"]))
     assert not uses_d_y(load_config(None, ["data.labelled=1"]))  # fraction 1 is the paper's run
     assert not uses_d_y(load_config(None, ["data.labelled=1/8", "model.kind=plain"]))
+    labelled_only = load_config(None, ["data.labelled=1/8", "optim.unlabelled_batch_size=0"])
+    assert not uses_unlabelled(labelled_only) and not uses_d_y(labelled_only)  # the cycle on its labels alone
 
 
 def test_stream_indices_use_every_item_once_per_pass():
@@ -362,7 +366,10 @@ def test_discriminator_y_step_matches_the_equation():
 
 # --------------------------------------------------------------------------------- the plain baseline, the CLI
 
-def test_plain_baseline_trains_on_exactly_the_labelled_images(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", [["model.kind=plain", "noise.kind=none"], ["optim.unlabelled_batch_size=0"]],
+                         ids=["plain", "cycle-labelled-only"])
+def test_labelled_only_models_train_on_exactly_the_labelled_images(tiny_data, tmp_path, monkeypatch, model):
+    """The plain baseline, and the cycle with optim.unlabelled_batch_size 0, read the labelled images alone."""
     read = []
     real_image, real_label = source_module.SplitDataset.image, source_module.SplitDataset.label
 
@@ -379,7 +386,7 @@ def test_plain_baseline_trains_on_exactly_the_labelled_images(tiny_data, tmp_pat
     monkeypatch.setattr(source_module.SplitDataset, "image", image)
     monkeypatch.setattr(source_module.SplitDataset, "label", label)
     out = tmp_path / "plain"
-    metrics = train(_cfg(tiny_data, "model.kind=plain", "noise.kind=none"), out)
+    metrics = train(_cfg(tiny_data, *model), out)
     split = labelled_split(_cfg(tiny_data))  # the semi run's choice of the same seed
     labelled = {tiny_data / p for p in split.paths(split.labelled)}
     assert metrics["iterations"] == 2  # 4 labelled images / batch 2: one epoch over the labelled part

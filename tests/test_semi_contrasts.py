@@ -107,3 +107,23 @@ def test_the_ceiling_is_the_plain_model_on_every_label():
 def test_no_rows_without_a_fraction_below_one():
     groups = [Group("plain", _config(1.0, "plain"), {0: 1.0}), Group("paper", _config(1.0), {0: 2.0})]
     assert semi_contrasts(groups, _fraction) == []
+
+
+def test_unlabelled_images_are_weighed_against_the_same_cycle_on_its_labels_alone():
+    """optim.unlabelled_batch_size 0 is the cycle model without unlabelled images: it is a "cycle − plain" row
+    (not a semi-supervised one), and the semi-supervised model of the same design and noise is weighed against it
+    ("unlabelled images": 30 - 27, 32 - 31, 31 - 29 = +3, +1, +2)."""
+    alone = _config(0.125, anchor=True)
+    alone["optim"]["unlabelled_batch_size"] = 0
+    groups = _study() + [Group("1-8_anchor_labelled", alone, {0: 27.0, 1: 31.0, 2: 29.0})]
+    assert design_label(alone) == "cycle, anchor (F reads softmax, paired F 0.3226), labelled only"
+    rows = {(r["kind"], r["run"]): r for r in semi_contrasts(groups, _fraction)}
+    assert rows[("unlabelled images", "1-8_anchor")]["reference"] == "1-8_anchor_labelled"
+    assert rows[("unlabelled images", "1-8_anchor")]["per_seed"] == {0: 3.0, 1: 1.0, 2: 2.0}
+    assert rows[("cycle − plain", "1-8_anchor_labelled")]["reference"] == "1-8_plain"
+    assert ("semi − labelled-only", "1-8_anchor_labelled") not in rows
+    # no labelled-only partner of the 2-bit anchor or the paper's cycle: no row for them
+    assert ("unlabelled images", "1-8_anchor_quant2") not in rows and ("unlabelled images", "1-8_paper") not in rows
+    # the labelled-only anchor has no labelled-only paper cycle: no anchor's-choices row; the semi anchor keeps its own
+    assert ("anchor's choices", "1-8_anchor_labelled") not in rows
+    assert rows[("anchor's choices", "1-8_anchor")]["reference"] == "1-8_paper"

@@ -149,7 +149,9 @@ class OptimConfig:
     epochs: int = 200  # total epochs
     decay_start_epoch: int = 100  # constant LR before this epoch, then linear decay to 0 at `epochs`
     pool_size: int = 50  # image history buffer for D_X (and for D_Y of a semi-supervised run)
-    unlabelled_batch_size: int | None = None  # semi-supervised: unlabelled images per iteration; null = batch_size
+    # semi-supervised: unlabelled images per iteration; null = batch_size; 0 = none: the cycle model on the labelled
+    # images alone (no unlabelled forward cycle, no D_Y), the reference that isolates what unlabelled images add
+    unlabelled_batch_size: int | None = None
     kernel: str = "auto"  # Adam implementation: auto (fused) | fused | foreach | loop
     # the first N iterations of the schedule train F alone on labels -> image, mean |F(onehot(y)) - x| (G and
     # D_X untouched), so that F can use what G passes before the cycle starts; 0 = none (the paper)
@@ -387,10 +389,10 @@ def _validate_semi(cfg: Config, fail: _Fail) -> None:
         fail("data.unpaired_labels", "must be a folder of label PNGs or null")
     if d.unpaired_labels is not None and m.kind != "cyclegan":
         fail("data.unpaired_labels", "is only used by the backward cycle of model.kind=cyclegan; remove it")
-    if o.unlabelled_batch_size is not None and o.unlabelled_batch_size < 1:
-        fail("optim.unlabelled_batch_size", f"must be >= 1 or null (null: optim.batch_size), got "
-                                            f"{o.unlabelled_batch_size}")
-    if o.unlabelled_batch_size is not None and not uses_unlabelled(cfg):
+    if o.unlabelled_batch_size is not None and o.unlabelled_batch_size < 0:
+        fail("optim.unlabelled_batch_size", f"must be >= 0 or null (null: optim.batch_size; 0: no unlabelled images), "
+                                            f"got {o.unlabelled_batch_size}")
+    if o.unlabelled_batch_size is not None and not (labelled_subset(cfg) and m.kind == "cyclegan"):
         fail("optim.unlabelled_batch_size", "is only used by a semi-supervised run (model.kind=cyclegan with "
                                             "data.labelled below 1); remove it")
     if not (math.isfinite(lo.adv_y) and lo.adv_y >= 0.0):
@@ -448,8 +450,9 @@ def labelled_subset(cfg: Config) -> bool:
 
 
 def uses_unlabelled(cfg: Config) -> bool:
-    """Whether the run is semi-supervised: a cycle model whose unlabelled images train through the forward cycle."""
-    return labelled_subset(cfg) and cfg.model.kind == "cyclegan"
+    """Whether the run is semi-supervised: a cycle model whose unlabelled images train through the forward cycle
+    (not with optim.unlabelled_batch_size 0: the cycle model on its labelled images alone)."""
+    return labelled_subset(cfg) and cfg.model.kind == "cyclegan" and cfg.optim.unlabelled_batch_size != 0
 
 
 def uses_d_y(cfg: Config) -> bool:

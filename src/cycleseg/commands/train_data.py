@@ -71,8 +71,8 @@ def open_train_data(cfg: Config, run_dir: Path, resume: bool, source: DataSource
         train_set = open_split(cfg, "train", progress=progress, source=source)
     else:
         train_set, unlabelled = open_labelled_sets(cfg, split, progress)
-        if not uses_unlabelled(cfg):  # the plain baseline on the labelled images: the others are not used
-            unlabelled = None
+        if not uses_unlabelled(cfg):  # the plain baseline, or the cycle with optim.unlabelled_batch_size 0, on the
+            unlabelled = None          # labelled images alone: the others are not used
     if cfg.data.unpaired_labels is not None:  # the labelled images' label maps and the unpaired ones
         base, indices = (train_set.dataset, train_set.indices) if isinstance(train_set, Subset) else \
             (train_set, range(len(train_set)))

@@ -139,7 +139,9 @@ def _semi_section(semi: list[dict[str, Any]]) -> _Section:
         "Semi-supervised: paired contrasts",
         "Configs of one labelled fraction that differ in one thing, validation mIoU paired by seed (the same seed "
         "chooses the same labelled images, initial weights and data order): semi − labelled-only (a cycle model "
-        "minus the plain ERFNet on the same labels; at fraction 1, cycle − plain), the anchor's choices (minus the "
+        "minus the plain ERFNet on the same labels; at fraction 1, or without unlabelled images, cycle − plain), the "
+        "unlabelled images (a semi-supervised cycle model minus the same model on its labelled images alone, "
+        "optim.unlabelled_batch_size 0), the anchor's choices (minus the "
         "paper's cycle with the same noise), the noise (minus the same model without) and all labels (the plain "
         "ERFNet on every label minus the plain ERFNet of the fraction: the room there is to win back). Mean ± 95 % "
         "interval (Student t), each seed's difference, the paired t test's p and Holm's adjusted p over every row "

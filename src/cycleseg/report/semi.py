@@ -6,8 +6,10 @@ as the paper defines it; the cycle with the anchor's choices of Mondal et al. 20
 learns a paired loss |F(onehot(y)) - x|) and a noise. The contrasts, each paired by seed (the same seed chooses
 the same labelled images, initial weights and data order):
 
-- "semi − labelled-only": every cycle model minus the plain ERFNet of its fraction (at fraction 1, with no
-  unlabelled images, "cycle − plain");
+- "semi − labelled-only": every cycle model minus the plain ERFNet of its fraction (at fraction 1, or for a cycle
+  model without unlabelled images, optim.unlabelled_batch_size 0, "cycle − plain");
+- "unlabelled images": a semi-supervised cycle model minus the same model trained on its labelled images alone
+  (optim.unlabelled_batch_size 0): what the unlabelled images add with the objective held fixed;
 - "anchor's choices": a cycle model with them minus the paper's cycle with the same noise;
 - "2-bit noise": a cycle model with noise minus the same model without;
 - "all labels": the plain ERFNet on every label (fraction 1) minus the plain ERFNet of a smaller fraction: what
@@ -31,6 +33,8 @@ __all__ = ["DESIGN_KEYS", "design_label", "model_label", "same_but", "semi_contr
 # What the anchor changes, as (section, key): F's input, the paired loss of F, F's warm-up.
 DESIGN_KEYS = (("model", "f_input"), ("loss", "paired_f"), ("optim", "f_warmup_iters"))
 _PAPER_DESIGN = {("model", "f_input"): "scores", ("loss", "paired_f"): 0.0, ("optim", "f_warmup_iters"): 0}
+# The unlabelled images per iteration: 0 is the cycle model on its labelled images alone.
+_UNLABELLED = ("optim", "unlabelled_batch_size")
 # Keys that differ between the runs of one config, or that name it: never part of a comparison.
 _IGNORED = (("name", None), ("train", "seed"))
 
@@ -51,16 +55,27 @@ def _get(config: Mapping[str, Any], key: tuple[str, str | None]) -> Any:
     return (config.get(section) or {}).get(name, _PAPER_DESIGN.get(key))
 
 
+def _labelled_only(config: Mapping[str, Any]) -> bool:
+    """A cycle model trained on its labelled images alone (optim.unlabelled_batch_size 0)."""
+    return (config.get("model") or {}).get("kind") != "plain" and _get(config, _UNLABELLED) == 0
+
+
+def _is_paper(config: Mapping[str, Any]) -> bool:
+    """A cycle model with the paper's design (whatever its noise and unlabelled images)."""
+    return (config.get("model") or {}).get("kind") != "plain" and all(
+        _get(config, k) == _PAPER_DESIGN[k] for k in DESIGN_KEYS)
+
+
 def design_label(config: Mapping[str, Any]) -> str:
-    """"plain ERFNet", "cycle, paper" or "cycle, anchor (F reads softmax, paired F 0.3226)"."""
+    """"plain ERFNet", "cycle, paper" or "cycle, anchor (F reads softmax, paired F 0.3226)", with ", labelled
+    only" for a cycle model without unlabelled images."""
     if (config.get("model") or {}).get("kind") == "plain":
         return "plain ERFNet"
     changed = [(k, _get(config, k)) for k in DESIGN_KEYS if _get(config, k) != _PAPER_DESIGN[k]]
-    if not changed:
-        return "cycle, paper"
     words = {"f_input": lambda v: f"F reads {v}", "paired_f": lambda v: f"paired F {v:g}",
              "f_warmup_iters": lambda v: f"F warm-up {v}"}
-    return "cycle, anchor (" + ", ".join(words[k[1]](v) for k, v in changed) + ")"
+    label = "cycle, anchor (" + ", ".join(words[k[1]](v) for k, v in changed) + ")" if changed else "cycle, paper"
+    return label + (", labelled only" if _labelled_only(config) else "")
 
 
 def model_label(config: Mapping[str, Any]) -> str:
@@ -97,7 +112,6 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
     if not any((fraction_of(g.config) or 1.0) < 1.0 for g in groups):
         return []
     is_plain = lambda c: (c.get("model") or {}).get("kind") == "plain"
-    is_paper = lambda c: not is_plain(c) and design_label(c) == "cycle, paper"
     no_noise = lambda c: (c.get("noise") or {}).get("kind", "none") == "none"
     pairs = []
     ceiling = next((r for r in groups if is_plain(r.config) and (fraction_of(r.config) or 0.0) == 1.0), None)
@@ -108,9 +122,12 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
             continue
         fraction = fraction_of(g.config)
         plain = next((r for r in groups if is_plain(r.config) and fraction_of(r.config) == fraction), None)
-        pairs.append(("semi − labelled-only" if (fraction or 1.0) < 1.0 else "cycle − plain", g, plain))
-        if not is_paper(g.config):
-            pairs.append(("anchor's choices", g, same_but(groups, g, DESIGN_KEYS, is_paper)))
+        semi = (fraction or 1.0) < 1.0 and not _labelled_only(g.config)
+        pairs.append(("semi − labelled-only" if semi else "cycle − plain", g, plain))
+        if semi:
+            pairs.append(("unlabelled images", g, same_but(groups, g, (_UNLABELLED,), _labelled_only)))
+        if not _is_paper(g.config):
+            pairs.append(("anchor's choices", g, same_but(groups, g, DESIGN_KEYS, _is_paper)))
         if not no_noise(g.config):
             pairs.append(("2-bit noise" if (g.config.get("noise") or {}).get("bits") == 2 else "noise", g,
                           same_but(groups, g, (("noise", None),), no_noise)))
@@ -127,7 +144,8 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
                      "p": t_p_value(diff.interval), "detectable": detectable_effect(diff.interval)})
     strict = (1 - CONFIDENCE) / max(len(rows), 1)
     adjusted = holm({str(i): r["p"] for i, r in enumerate(rows)})
-    kinds = ("all labels", "semi − labelled-only", "cycle − plain", "anchor's choices", "2-bit noise", "noise")
+    kinds = ("all labels", "semi − labelled-only", "unlabelled images", "cycle − plain", "anchor's choices",
+             "2-bit noise", "noise")
     for i, r in enumerate(rows):
         r["p_holm"] = adjusted[str(i)]
         r["detectable_strict"] = detectable_effect(r["difference"].interval, alpha=strict)
