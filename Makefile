@@ -62,7 +62,7 @@ study: $(STAMP)
 # too few labels for the plain ERFNet), labelled fractions 1/8 and 1/4, each with the plain ERFNet on the labels, the
 # paper's cycle and the anchor's cycle (Mondal et al. 2019), both with and without 2-bit noise, and the plain ERFNet
 # on every label (the ceiling); 5 seeds, fp32, 64x32, 600 iterations; two runs at a time, one torch thread each;
-# about 90 min on 2 cores, resumable.
+# about 2 hours on 2 cores (measured: docs/semi-supervised.md), resumable.
 SEMI_DATA := data/synthetic-semi
 semi-study: $(STAMP)
 	@test -f $(SEMI_DATA)/.complete || { $(BIN)/cycleseg make-synthetic $(SEMI_DATA) --train 80 --val 60 && \

@@ -135,7 +135,7 @@ def plot_labelled_fraction(groups: list[RunRecord]) -> Figure | None:
     fractions = sorted({f for points in series.values() for f, _ in points})
     if len(fractions) < 2:
         return None
-    fig = figure(6.5, 4)
+    fig = figure(6.5, 4 + 0.17 * len(series))
     ax = fig.subplots()
     for label, points in sorted(series.items()):
         points.sort(key=lambda p: p[0])
@@ -149,7 +149,8 @@ def plot_labelled_fraction(groups: list[RunRecord]) -> Figure | None:
     ax.set(xlabel="labelled fraction of the training images", ylabel="validation mIoU %",
            title="Semi-supervised: mIoU against the labelled fraction")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # below the axes: inside, a study's many models hide the lines they name
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     fig.tight_layout()
     return fig
 
