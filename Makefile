@@ -74,7 +74,7 @@ semi-study: $(STAMP)
 # The study's probe (docs/semi-supervised.md, "What the unlabelled images add"): the three cycle models of 1/8 once
 # more on their 10 labelled images alone (configs/semi-probe/: optim.unlabelled_batch_size 0, no D_Y), 5 seeds, into
 # the study's folder, so that the report weighs each semi-supervised model against the same model without unlabelled
-# images. After make semi-study (run first if needed); 15 runs, about 30 min on 2 cores, resumable.
+# images. After make semi-study (run first if needed); 15 runs, about 25 min on 2 cores, resumable.
 semi-probe: semi-study
 	$(BIN)/cycleseg sweep configs/semi-study configs/semi-probe --data $(SEMI_DATA) --out runs/semi-study --seeds 5 \
 	  --launcher local --jobs 2
