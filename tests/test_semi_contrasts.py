@@ -127,3 +127,25 @@ def test_unlabelled_images_are_weighed_against_the_same_cycle_on_its_labels_alon
     # the labelled-only anchor has no labelled-only paper cycle: no anchor's-choices row; the semi anchor keeps its own
     assert ("anchor's choices", "1-8_anchor_labelled") not in rows
     assert rows[("anchor's choices", "1-8_anchor")]["reference"] == "1-8_paper"
+
+
+def test_a_model_without_d_y_is_weighed_against_the_same_model_with_it():
+    """loss.adv_y 0 turns D_Y off in a semi-supervised cycle model: a "no D_Y" row against the same model with D_Y
+    (29 - 30, 33 - 32, 31 - 31 = -1, +1, 0); its "unlabelled images" row finds the model on its labels alone, whose
+    loss.adv_y does not matter (it has no D_Y)."""
+    no_d_y = _config(0.125, anchor=True)
+    no_d_y["loss"]["adv_y"] = 0.0
+    alone = _config(0.125, anchor=True)
+    alone["optim"]["unlabelled_batch_size"] = 0
+    alone["loss"]["adv_y"] = 1 / 31  # as a saved config spells out the default
+    groups = _study() + [Group("1-8_anchor_no-dy", no_d_y, {0: 29.0, 1: 33.0, 2: 31.0}),
+                         Group("1-8_anchor_labelled", alone, {0: 27.0, 1: 31.0, 2: 29.0})]
+    assert design_label(no_d_y) == "cycle, anchor (F reads softmax, paired F 0.3226), no D_Y"
+    assert design_label(alone).endswith("labelled only")  # no D_Y to speak of: not named
+    rows = {(r["kind"], r["run"]): r for r in semi_contrasts(groups, _fraction)}
+    assert rows[("no D_Y", "1-8_anchor_no-dy")]["reference"] == "1-8_anchor"
+    assert rows[("no D_Y", "1-8_anchor_no-dy")]["per_seed"] == {0: -1.0, 1: 1.0, 2: 0.0}
+    assert rows[("unlabelled images", "1-8_anchor_no-dy")]["reference"] == "1-8_anchor_labelled"
+    assert rows[("unlabelled images", "1-8_anchor")]["reference"] == "1-8_anchor_labelled"
+    assert rows[("semi − labelled-only", "1-8_anchor_no-dy")]["reference"] == "1-8_plain"
+    assert ("no D_Y", "1-8_anchor") not in rows

@@ -10,6 +10,8 @@ the same labelled images, initial weights and data order):
   model without unlabelled images, optim.unlabelled_batch_size 0, "cycle − plain");
 - "unlabelled images": a semi-supervised cycle model minus the same model trained on its labelled images alone
   (optim.unlabelled_batch_size 0): what the unlabelled images add with the objective held fixed;
+- "no D_Y": a semi-supervised cycle model without the discriminator on segmentations (loss.adv_y 0) minus the same
+  model with it: which of the unlabelled images' two terms (J_rec_X, J_adv_Y) does what;
 - "anchor's choices": a cycle model with them minus the paper's cycle with the same noise;
 - "2-bit noise": a cycle model with noise minus the same model without;
 - "all labels": the plain ERFNet on every label (fraction 1) minus the plain ERFNet of a smaller fraction: what
@@ -35,6 +37,8 @@ DESIGN_KEYS = (("model", "f_input"), ("loss", "paired_f"), ("optim", "f_warmup_i
 _PAPER_DESIGN = {("model", "f_input"): "scores", ("loss", "paired_f"): 0.0, ("optim", "f_warmup_iters"): 0}
 # The unlabelled images per iteration: 0 is the cycle model on its labelled images alone.
 _UNLABELLED = ("optim", "unlabelled_batch_size")
+# The weight of J_adv_Y, D_Y judging the unlabelled images' segmentations: 0 is a semi-supervised run without D_Y.
+_ADV_Y = ("loss", "adv_y")
 # Keys that differ between the runs of one config, or that name it: never part of a comparison.
 _IGNORED = (("name", None), ("train", "seed"))
 
@@ -60,6 +64,13 @@ def _labelled_only(config: Mapping[str, Any]) -> bool:
     return (config.get("model") or {}).get("kind") != "plain" and _get(config, _UNLABELLED) == 0
 
 
+def _without_d_y(config: Mapping[str, Any]) -> bool:
+    """A semi-supervised cycle model (labelled fraction below 1, unlabelled images) whose D_Y is off (loss.adv_y 0)."""
+    labelled = (config.get("data") or {}).get("labelled")
+    return ((config.get("model") or {}).get("kind") != "plain" and labelled not in (None, 1, 1.0)
+            and not _labelled_only(config) and _get(config, _ADV_Y) == 0)
+
+
 def _is_paper(config: Mapping[str, Any]) -> bool:
     """A cycle model with the paper's design (whatever its noise and unlabelled images)."""
     return (config.get("model") or {}).get("kind") != "plain" and all(
@@ -68,14 +79,14 @@ def _is_paper(config: Mapping[str, Any]) -> bool:
 
 def design_label(config: Mapping[str, Any]) -> str:
     """"plain ERFNet", "cycle, paper" or "cycle, anchor (F reads softmax, paired F 0.3226)", with ", labelled
-    only" for a cycle model without unlabelled images."""
+    only" for a cycle model without unlabelled images and ", no D_Y" for a semi-supervised one without D_Y."""
     if (config.get("model") or {}).get("kind") == "plain":
         return "plain ERFNet"
     changed = [(k, _get(config, k)) for k in DESIGN_KEYS if _get(config, k) != _PAPER_DESIGN[k]]
     words = {"f_input": lambda v: f"F reads {v}", "paired_f": lambda v: f"paired F {v:g}",
              "f_warmup_iters": lambda v: f"F warm-up {v}"}
     label = "cycle, anchor (" + ", ".join(words[k[1]](v) for k, v in changed) + ")" if changed else "cycle, paper"
-    return label + (", labelled only" if _labelled_only(config) else "")
+    return label + (", labelled only" if _labelled_only(config) else "") + (", no D_Y" if _without_d_y(config) else "")
 
 
 def model_label(config: Mapping[str, Any]) -> str:
@@ -125,7 +136,10 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
         semi = (fraction or 1.0) < 1.0 and not _labelled_only(g.config)
         pairs.append(("semi − labelled-only" if semi else "cycle − plain", g, plain))
         if semi:
-            pairs.append(("unlabelled images", g, same_but(groups, g, (_UNLABELLED,), _labelled_only)))
+            # a run without unlabelled images has no D_Y whatever its loss.adv_y says
+            pairs.append(("unlabelled images", g, same_but(groups, g, (_UNLABELLED, _ADV_Y), _labelled_only)))
+        if _without_d_y(g.config):
+            pairs.append(("no D_Y", g, same_but(groups, g, (_ADV_Y,), lambda c: not _without_d_y(c))))
         if not _is_paper(g.config):
             pairs.append(("anchor's choices", g, same_but(groups, g, DESIGN_KEYS, _is_paper)))
         if not no_noise(g.config):
@@ -144,7 +158,7 @@ def semi_contrasts(groups: Sequence[Group], fraction_of, metric: str = "miou") -
                      "p": t_p_value(diff.interval), "detectable": detectable_effect(diff.interval)})
     strict = (1 - CONFIDENCE) / max(len(rows), 1)
     adjusted = holm({str(i): r["p"] for i, r in enumerate(rows)})
-    kinds = ("all labels", "semi − labelled-only", "unlabelled images", "cycle − plain", "anchor's choices",
+    kinds = ("all labels", "semi − labelled-only", "unlabelled images", "no D_Y", "cycle − plain", "anchor's choices",
              "2-bit noise", "noise")
     for i, r in enumerate(rows):
         r["p_holm"] = adjusted[str(i)]
