@@ -75,7 +75,7 @@ semi-study: $(STAMP)
 # more on their 10 labelled images alone (configs/semi-probe/: optim.unlabelled_batch_size 0, no D_Y), and the
 # anchor's cycle of 1/8 without D_Y (loss.adv_y 0), 5 seeds, into the study's folder, so that the report weighs each
 # semi-supervised model against the same model without unlabelled images, and without D_Y. After make semi-study
-# (run first if needed); 20 runs, about 40 min on 2 cores, resumable.
+# (run first if needed); 20 runs, about 35 min on 2 cores, resumable.
 semi-probe: semi-study
 	$(BIN)/cycleseg sweep configs/semi-study configs/semi-probe --data $(SEMI_DATA) --out runs/semi-study --seeds 5 \
 	  --launcher local --jobs 2
