@@ -8,7 +8,7 @@ DATA   := data/synthetic
 RUNS   := runs/demo
 DEMO_RUNS := erfnet cyclegan quant2
 
-.PHONY: setup demo sweep-demo study semi-study semi-probe mechanism test test-fast test-deps slurm-deps lint docs docs-serve clean
+.PHONY: setup demo sweep-demo study semi-study semi-probe mechanism regime test test-fast test-deps slurm-deps lint docs docs-serve clean
 
 setup: $(STAMP)
 
@@ -88,9 +88,11 @@ semi-probe: semi-study
 # Resumable: after an interruption run it again; finished runs and their diagnoses are kept.
 MECH_DATA := data/mechanism
 MECH_JOBS ?= 2
-mechanism: $(STAMP)
-	@test -f $(MECH_DATA)/.complete || { $(BIN)/cycleseg make-synthetic $(MECH_DATA) --scene shapes \
-	  --colour-mode independent --size 32x32 --train 1000 --val 200 && touch $(MECH_DATA)/.complete; }
+$(MECH_DATA)/.complete: | $(STAMP)
+	$(BIN)/cycleseg make-synthetic $(MECH_DATA) --scene shapes --colour-mode independent --size 32x32 \
+	  --train 1000 --val 200 && touch $@
+
+mechanism: $(STAMP) $(MECH_DATA)/.complete
 	@mkdir -p runs/mechanism
 	$(BIN)/cycleseg reward --data $(MECH_DATA) --size 32x32 | tee runs/mechanism/reward.txt
 	$(BIN)/cycleseg sweep configs/mechanism --data $(MECH_DATA) --out runs/mechanism --seeds 5 --launcher local \
@@ -102,6 +104,26 @@ mechanism: $(STAMP)
 	  test -f RUN/diagnose_val.json || test "$${0##*/}" != seed0 || \
 	    OMP_NUM_THREADS=1 $(BIN)/cycleseg diagnose RUN --data $(MECH_DATA) --quiet > /dev/null || exit 255' RUN
 	$(BIN)/cycleseg report runs/mechanism --data $(MECH_DATA)
+
+# The quantizer's regime (docs/mechanism.md, "The paper's regime"): the laboratory's data and schedule with the
+# scaled 2-bit quantizer (noise.scale rms; identity and clipped estimators), the clipped estimator without the scale,
+# Gaussian noise at the scaled arm's measured SNR, no noise and the plain network as paired references, and the
+# objective ablation at gamma = 1 (no noise, Gaussian 7.38 dB, scaled 2-bit); fp32, REGIME_SEEDS seeds, two runs at
+# a time, one thread each. Then every cycle run diagnosed along training, the 1 to 4-bit SNR table of each no-noise
+# run (calibrate --quantizers) and the report. About 1 hour on an idle 2-core CPU; resumable: run it again.
+REGIME_SEEDS ?= 5
+regime: $(STAMP) $(MECH_DATA)/.complete
+	$(BIN)/cycleseg sweep configs/regime --data $(MECH_DATA) --out runs/regime --seeds $(REGIME_SEEDS) \
+	  --launcher local --jobs $(MECH_JOBS) --threads 1
+	@ls -d runs/regime/*/seed* | xargs -P $(MECH_JOBS) -I RUN sh -c '\
+	  grep -q "kind: plain" RUN/config.yaml && exit 0; \
+	  test -f RUN/diagnose_val_training.json || OMP_NUM_THREADS=1 $(BIN)/cycleseg diagnose RUN --data $(MECH_DATA) \
+	    --along-training --quiet > /dev/null || exit 255' RUN
+	@for run in runs/regime/nonoise/seed*; do \
+	  test -f $$run/calibrate_val_quantizers.json || \
+	    OMP_NUM_THREADS=1 $(BIN)/cycleseg calibrate $$run --data $(MECH_DATA) --quantizers > /dev/null || exit 1; \
+	done
+	$(BIN)/cycleseg report runs/regime --data $(MECH_DATA)
 
 # Tests run in as many processes as there are cores (pytest-xdist), a file whole in one process; tests/conftest.py
 # gives each cores / processes torch threads, and hands out the longest files first.
@@ -132,5 +154,5 @@ docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 clean:
-	rm -rf $(VENV) $(DATA) $(STUDY_DATA) $(SEMI_DATA) $(MECH_DATA) $(RUNS) runs/sweep-demo runs/study runs/semi-study runs/mechanism \
+	rm -rf $(VENV) $(DATA) $(STUDY_DATA) $(SEMI_DATA) $(MECH_DATA) $(RUNS) runs/sweep-demo runs/study runs/semi-study runs/mechanism runs/regime \
 	  build site src/*.egg-info

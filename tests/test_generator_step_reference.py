@@ -27,6 +27,7 @@ only by the rounding of the loss formulas; the test sees to that in three ways:
 """
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,13 +107,18 @@ def _check_noise_values(kind, bits, logits, received):
 
 
 def _run_step(models, cfg, image, labels, class_weights=None):
-    """generator_step with SGD(lr=1); returns its losses and x, and what the noise gave F and F's inputs."""
+    """generator_step with SGD(lr=1); returns its losses and x, and what the noise gave F and F's inputs.
+
+    At gamma = 1 the step runs no backward cycle (F once, x None); the one-hot labels are then made here."""
     received, f_inputs = [], []
     models.noise.register_forward_hook(lambda module, args, output: received.append(output.detach().clone()))
     models.F.register_forward_pre_hook(lambda module, args: f_inputs.append(args[0].detach().clone()))
     opt = torch.optim.SGD([*models.G.parameters(), *models.F.parameters()], lr=1.0)
     losses, fake = generator_step(models, opt, image, labels, cfg.loss, class_weights=class_weights)
     assert len(received) == 1, "the noise injection runs once, in the forward cycle"
+    if cfg.loss.gamma == 1:
+        assert len(f_inputs) == 1 and fake is None, "gamma = 1: no backward cycle, F runs on the noisy logits only"
+        return losses, fake, received[0], _one_hot(labels)
     assert len(f_inputs) == 2, "F runs twice: on the noisy logits and on the one-hot labels"
     one_hot = [x for x in f_inputs if torch.equal(x, _one_hot(labels))]
     assert len(one_hot) == 1, "F never received the one-hot labels y_bar"
@@ -243,6 +249,45 @@ def test_quantizer_gradient_is_straight_through_in_the_step():
     blocked, _, _ = _reference_terms(reference_models, image, labels, received, one_hot, cfg.loss, None,
                                      straight_through=False)
     assert all(g is None for g in torch.autograd.grad(blocked["rec_x"], g_params, allow_unused=True))
+
+
+def test_gamma_one_is_the_forward_cycle_alone():
+    """gamma = 1 (the regime study's objective ablation): J_gen = alpha J_seg + (1 - alpha) J_rec_x from the
+    reference, the same gradients of G and F, no backward-cycle terms, and D_X is not trained in that iteration."""
+    cfg, models, image, labels = _setup(["noise.kind=quantize", "noise.bits=2", "noise.scale=rms", "loss.gamma=1"],
+                                        seed=4)
+    reference_models = copy.deepcopy(models)
+    losses, _, received, one_hot = _run_step(models, cfg, image, labels)
+    terms, _, _ = _reference_terms(reference_models, image, labels, received, one_hot, cfg.loss, None)
+    a = cfg.loss.alpha
+    expected = a * terms["seg"] + (1 - a) * terms["rec_x"]
+    assert losses["loss/G/total"].item() == pytest.approx(expected.item(), rel=LOSS_RTOL)
+    assert losses["loss/G/adv"].item() == 0.0 and losses["loss/G/rec_y"].item() == 0.0
+    params = [*reference_models.G.parameters(), *reference_models.F.parameters()]
+    want = torch.autograd.grad(expected, params, allow_unused=True)
+    got = [p.grad for p in [*models.G.parameters(), *models.F.parameters()]]
+    assert _relative_error(got, [torch.zeros_like(p) if g is None else g for p, g in zip(params, want)]) < GRAD_RTOL
+
+
+def test_gamma_one_trains_no_discriminator(tiny_data, tmp_path):
+    """At gamma = 1 the training loop never steps D_X: its weights after 1 and after 3 iterations are equal (and
+    differ at gamma = 0.9, so that the comparison can fail)."""
+    from cycleseg.commands.train import train
+    from cycleseg.runs import load_checkpoint
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "cyclegan.yaml"
+    weights = {}
+    for gamma in ("1", "0.9"):
+        for iters in (1, 3):
+            cfg = load_config(config, [f"data.root={tiny_data}", "data.height=32", "data.width=64",
+                                       "optim.batch_size=2", "optim.epochs=2", "optim.decay_start_epoch=1",
+                                       "train.progress=false", "train.eval_every=0", "train.precision=fp32",
+                                       f"loss.gamma={gamma}", f"train.max_iters={iters}"])
+            train(cfg, tmp_path / f"g{gamma}_{iters}")
+            state = load_checkpoint(tmp_path / f"g{gamma}_{iters}" / "last.pt")["models"]
+            weights[gamma, iters] = {k: v for k, v in state.items() if k.startswith("D.")}
+    assert weights["1", 1] and all(torch.equal(v, weights["1", 3][k]) for k, v in weights["1", 1].items())
+    assert not all(torch.equal(v, weights["0.9", 3][k]) for k, v in weights["0.9", 1].items())
 
 
 def test_reference_cross_entropy_is_the_textbook_one():

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import yaml
 
 from cycleseg.core.augment import AUGMENT_MODES
-from cycleseg.core.noise import NOISE_KINDS, SIGMA_RULES
+from cycleseg.core.noise import DEFAULT_SCALE_RMS, NOISE_KINDS, SCALES, SIGMA_RULES, STES
 from cycleseg.errors import ConfigError
 
 __all__ = [
@@ -123,6 +123,10 @@ class NoiseConfig:
     # noise (how the paper paired each Gaussian run with a quantizer); resolved before training
     snr_db: float | str | None = None
     sigma_rule: str = "equal_snr"  # gaussian: equal_snr (SPEC default) | paper_eq13 (eq. 13 taken literally)
+    # quantize: none (eq. 9 as written) | rms (noisy = s Q(logits / s), s = RMS(logits) / scale_rms per image)
+    scale: str = "none"
+    scale_rms: float = DEFAULT_SCALE_RMS  # quantize with scale rms: r, the RMS of the quantizer's input
+    ste: str = "identity"  # quantize: straight-through gradient, identity (the paper) | clipped (0 beyond +-1)
 
 
 @dataclass
@@ -372,6 +376,16 @@ def _validate_model(cfg: Config, fail: _Fail) -> None:
         fail("noise.snr_db", f"is only used with noise.kind=gaussian (kind is {n.kind}); remove it")
     if n.sigma_rule not in SIGMA_RULES:
         fail("noise.sigma_rule", f"must be one of {', '.join(SIGMA_RULES)}, got {n.sigma_rule!r}")
+    if n.scale not in SCALES:
+        fail("noise.scale", f"must be one of {', '.join(SCALES)}, got {n.scale!r}")
+    if n.ste not in STES:
+        fail("noise.ste", f"must be one of {', '.join(STES)}, got {n.ste!r}")
+    if not (math.isfinite(n.scale_rms) and n.scale_rms > 0):
+        fail("noise.scale_rms", f"must be a finite number > 0 (the paper's SNRs: {DEFAULT_SCALE_RMS}), got {n.scale_rms}")
+    for key, value, default in (("noise.scale", n.scale, "none"), ("noise.ste", n.ste, "identity"),
+                                ("noise.scale_rms", n.scale_rms, DEFAULT_SCALE_RMS)):
+        if n.kind != "quantize" and value != default:
+            fail(key, f"is only used with noise.kind=quantize (kind is {n.kind}); remove it")
     if m.kind == "plain" and n.kind != "none":
         fail("noise.kind", "must be none for model.kind=plain (the plain ERFNet has no forward cycle)")
 

@@ -61,8 +61,7 @@ def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val"
     session = open_session(run_dir, data_root, split, device, checkpoint)
     models, cfg = session.models, session.config
     noise_cfg = _noise_config(cfg.noise, noise_overrides)
-    noise = models.noise if not noise_overrides else NoiseInjection(
-        noise_cfg.kind, bits=noise_cfg.bits, snr_db=noise_cfg.snr_db, sigma_rule=noise_cfg.sigma_rule)
+    noise = models.noise if not noise_overrides else NoiseInjection(**dataclasses.asdict(noise_cfg))
     snrs = measure_snr(models.G, noise, session.batches("calibrate", progress), session.device, seed=cfg.train.seed)
     finite = snrs[torch.isfinite(snrs)]
     if len(finite) < len(snrs):

@@ -243,7 +243,8 @@ def _iteration(state: TrainState, image: Tensor, labels: Tensor, cfg: Config, cl
             unlabelled = to_memory_format(unlabelled, cfg.train.channels_last)
             losses, fake, segmentation = semi_generator_step(models, state.opt_g, image, labels, unlabelled, cfg.loss,
                                                              class_weights, state.amp, backward)
-            losses |= discriminator_step(models, state.opt_d, image, fake, state.pool, state.amp)
+            if fake is not None:  # None at gamma = 1: no backward cycle, no D_X step
+                losses |= discriminator_step(models, state.opt_d, image, fake, state.pool, state.amp)
             if segmentation is not None:
                 losses |= discriminator_y_step(models, state.opt_dy, labels if backward is None else backward,
                                                segmentation, state.pool_y, state.amp)
@@ -252,7 +253,8 @@ def _iteration(state: TrainState, image: Tensor, labels: Tensor, cfg: Config, cl
         elif models.is_cycle:
             losses, fake = generator_step(models, state.opt_g, image, labels, cfg.loss, class_weights, state.amp,
                                           backward)
-            losses |= discriminator_step(models, state.opt_d, image, fake, state.pool, state.amp)
+            if fake is not None:  # None at gamma = 1: no backward cycle, no D_X step
+                losses |= discriminator_step(models, state.opt_d, image, fake, state.pool, state.amp)
         else:
             losses = plain_step(models, state.opt_g, image, labels, cfg.loss, class_weights, state.amp)
         distributed.broadcast_buffers(models)  # BatchNorm statistics as on rank 0, like DDP

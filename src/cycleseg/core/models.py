@@ -6,6 +6,8 @@ Plain torch, no I/O.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
@@ -44,7 +46,7 @@ class Models(nn.Module):
             raise ConfigError(f"noise.snr_db {noise.snr_db!r} is not resolved to a number; run through `cycleseg "
                               "train` or `cycleseg sweep`, which read that run's measured SNR (cycleseg calibrate)")
         self.G = segmentation_generator(self.num_classes, model.arch)
-        self.noise = NoiseInjection(noise.kind, bits=noise.bits, snr_db=noise.snr_db, sigma_rule=noise.sigma_rule)
+        self.noise = NoiseInjection(**dataclasses.asdict(noise))
         self.F = image_generator(self.num_classes, model.arch) if model.kind == "cyclegan" else None
         self.D = PatchDiscriminator() if model.kind == "cyclegan" else None
         self.D_Y: PatchDiscriminator | None = None  # build_models(..., d_y=True) adds it

@@ -37,7 +37,7 @@ from cycleseg.core.pool import ImagePool
 from cycleseg.core.precision import FP32, Precision
 
 __all__ = ["BF16_RTOL", "NonFiniteError", "bf16_agrees", "discriminator_step", "discriminator_y_step",
-           "f_warmup_step", "generator_step", "generator_terms", "generator_total", "lr_factor", "plain_step", "semi_generator_step", "unlabelled_rec_weight"]
+           "f_warmup_step", "generator_step", "generator_terms", "generator_total", "lr_factor", "plain_step", "runs_backward_cycle", "semi_generator_step", "unlabelled_rec_weight"]
 
 
 def lr_factor(epoch: int, epochs: int, decay_start_epoch: int) -> float:
@@ -58,8 +58,9 @@ def ignore_index(loss: LossConfig, num_classes: int) -> int:
 
 def generator_terms(models: Models, image: Tensor, labels: Tensor, loss: LossConfig,
                     class_weights: Tensor | None = None, amp: Precision = FP32,
-                    backward_labels: Tensor | None = None) -> tuple[GeneratorTerms, Tensor]:
-    """Table 1 steps 2-3: both cycles and the four terms of J_gen (eqs. 1-4), and x = F(y_bar) (B, 3, H, W).
+                    backward_labels: Tensor | None = None) -> tuple[GeneratorTerms, Tensor | None]:
+    """Table 1 steps 2-3: both cycles and the four terms of J_gen (eqs. 1-4), and x = F(y_bar) (B, 3, H, W)
+    (None at gamma = 1, where the backward cycle is not run: `runs_backward_cycle`).
 
     With loss.paired_f > 0 also the paired term mean |F(onehot(y)) - x| of the batch's own labels and images
     (the backward cycle's F(onehot(y)) when it runs on them).
@@ -71,17 +72,26 @@ def generator_terms(models: Models, image: Tensor, labels: Tensor, loss: LossCon
     y_b = labels if backward_labels is None else backward_labels
     with amp.autocast():
         logits, _noisy, reconstruction = models.forward_cycle(image)  # forward: x -> y_hat -> y_tilde -> x_rec
-        fake, logits_rec = models.backward_cycle(y_b)  # backward cycle: y -> x -> y_rec
-        terms = GeneratorTerms(
-            seg=segmentation_loss(logits, labels, ignore, class_weights),
-            rec_x=image_reconstruction_loss(reconstruction, image),
-            adv=adversarial_loss(models.D(fake).float()),
-            rec_y=segmentation_reconstruction_loss(logits_rec, y_b, ignore, class_weights),
-        )
+        seg = segmentation_loss(logits, labels, ignore, class_weights)
+        rec_x = image_reconstruction_loss(reconstruction, image)
+        if runs_backward_cycle(loss):
+            fake, logits_rec = models.backward_cycle(y_b)  # backward cycle: y -> x -> y_rec
+            adv = adversarial_loss(models.D(fake).float())
+            rec_y = segmentation_reconstruction_loss(logits_rec, y_b, ignore, class_weights)
+        else:  # gamma = 1: the backward cycle weighs nothing, so it is not run (nor D_X trained)
+            fake, adv, rec_y = None, seg.new_zeros(()), seg.new_zeros(())
+        terms = GeneratorTerms(seg=seg, rec_x=rec_x, adv=adv, rec_y=rec_y)
         if loss.paired_f > 0:
-            painted = fake if backward_labels is None else models.F(one_hot(labels, models.num_classes)).float()
+            painted = (fake if backward_labels is None and fake is not None
+                       else models.F(one_hot(labels, models.num_classes)).float())
             terms = terms._replace(paired_f=image_reconstruction_loss(painted, image))
     return terms, fake
+
+
+def runs_backward_cycle(loss: LossConfig) -> bool:
+    """Whether an iteration runs the backward cycle y -> F -> x -> G and D_X's step: not at gamma = 1, where
+    J_gen (eq. 7) is the forward cycle's alpha J_seg + (1 - alpha) J_rec_X alone."""
+    return loss.gamma < 1.0
 
 
 def generator_total(terms: GeneratorTerms, loss: LossConfig) -> Tensor:
@@ -157,7 +167,7 @@ def generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, 
               "loss/G/adv": terms.adv, "loss/G/rec_y": terms.rec_y}
     if terms.paired_f is not None:
         logged["loss/G/paired_f"] = terms.paired_f
-    return {k: v.detach() for k, v in logged.items()}, fake.detach()
+    return {k: v.detach() for k, v in logged.items()}, None if fake is None else fake.detach()
 
 
 def f_warmup_step(models: Models, opt_g: torch.optim.Optimizer, image: Tensor, labels: Tensor,
@@ -245,7 +255,7 @@ def semi_generator_step(models: Models, opt_g: torch.optim.Optimizer, image: Ten
     if adv_y is not None:
         logged["loss/G/adv_y"] = adv_y
     detached = segmentation_u.detach() if adv_y is not None else None
-    return {k: v.detach() for k, v in logged.items()}, fake.detach(), detached
+    return {k: v.detach() for k, v in logged.items()}, None if fake is None else fake.detach(), detached
 
 
 def discriminator_y_step(models: Models, opt_dy: torch.optim.Optimizer, labels: Tensor, segmentation: Tensor,
