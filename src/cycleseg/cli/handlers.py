@@ -158,13 +158,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from cycleseg.commands.calibrate import calibrate_run, calibration_path
 
+    if args.quantizers:
+        return _calibrate_quantizers(args)
     r = calibrate_run(args.run_dir, args.data, args.split, device=args.device, noise_overrides=args.noise,
                       progress=show_progress(args))
     noise = ", ".join(f"{k}={v}" for k, v in r["noise"].items() if v is not None)
     print(f"{r['run']}: {noise}: SNR {r['snr_db']:.2f} dB (mean of {r['num_images']} {args.split} images; "
           f"std {r['snr_db_std']:.2f}, range {r['snr_db_min']:.2f} .. {r['snr_db_max']:.2f})")
+    if r["clip_share"] is not None:
+        print(f"logit RMS {r['logit_rms']:.2f}; {100 * r['clip_share']:.1f} % of the quantizer's inputs beyond +-1")
     if not args.noise:
         print(f"written to {calibration_path(args.run_dir, args.split)}")
+    return 0
+
+
+def _calibrate_quantizers(args: argparse.Namespace) -> int:
+    from cycleseg.commands.calibrate import calibrate_quantizers, quantizer_calibration_path
+
+    if args.noise:
+        raise ConfigError("--quantizers measures its own noises; drop the KEY=VALUE settings")
+    r = calibrate_quantizers(args.run_dir, args.data, args.split, device=args.device, scale_rms=args.scale_rms,
+                             progress=show_progress(args))
+    print(f"{r['run']}: SNR dB of n-bit quantization on its logits (logit RMS {r['logit_rms']:.2f}; mean of "
+          f"{r['num_images']} {args.split} images; clipped: share of the quantizer's inputs beyond +-1)")
+    print(f"{'quantizer':<10} {'paper':>7} {'eq. 9 as written':>17} {'clipped':>8} "
+          f"{'scaled to RMS ' + format(r['scale_rms'], 'g'):>18} {'clipped':>8}")
+    for q in r["quantizers"]:
+        print(f"{str(q['bits']) + ' bit':<10} {fmt(q['paper_snr_db'], 2):>7} {fmt(q['snr_db_none'], 2):>17} "
+              f"{fmt(100 * q['clip_share_none'], 1) + ' %':>8} {fmt(q['snr_db_rms'], 2):>18} "
+              f"{fmt(100 * q['clip_share_rms'], 1) + ' %':>8}")
+    m = r["max_only"]
+    print(f"{'max-only':<10} {fmt(m['paper_snr_db'], 2):>7} {fmt(m['snr_db'], 2):>17} {'':>8} {'(scale-free)':>18}")
+    print(f"written to {quantizer_calibration_path(args.run_dir, args.split)}")
     return 0
 
 

@@ -165,6 +165,12 @@ def calibrate(sub: Subparsers) -> None:
              "through `noise.snr_db: from RUN_DIR`.",
              options.run_dir(), options.data(), options.split("split to measure"), options.device())
     p.add_argument("noise", nargs="*", metavar="KEY=VALUE", help="another noise to measure, e.g. kind=quantize bits=1")
+    p.add_argument("--quantizers", action="store_true",
+                   help="instead: the SNR of 1 to 4-bit quantization on the run's logits as eq. 9 reads and with "
+                        "each image scaled to RMS --scale-rms first (noise.scale rms), beside the paper's column; "
+                        "writes RUN_DIR/calibrate_<split>_quantizers.json")
+    p.add_argument("--scale-rms", type=float, default=None, metavar="R",
+                   help="with --quantizers: the RMS of the scaled quantizer's input (default 0.44, noise.scale_rms)")
 
 
 def diagnose(sub: Subparsers) -> None:

@@ -5,11 +5,16 @@ The paper characterises a quantizer by "its SNR": the mean over the validation i
 (21.02, 14.50, 7.38 and -0.55 dB for 4, 3, 2 and 1 bit). `calibrate_run` measures that number for a trained
 run (its own noise, or any other noise applied to its logits) and writes RUN_DIR/calibrate_<split>.json;
 `resolve_snr_from` turns a config's `noise.snr_db: from RUN_DIR` into that measured value.
+
+`calibrate_quantizers` sets the two readings of the quantizer side by side on one run's logits: the SNR of 1 to
+4-bit quantization as eq. 9 reads (logits clipped to [-1, 1]) and with each image scaled to RMS r first
+(noise.scale: rms), with the share of clipped values, beside the paper's column (RUN_DIR/calibrate_<split>_quantizers.json).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,11 +25,18 @@ from torch import Tensor
 from cycleseg.commands.session import open_session
 from cycleseg.config import Config, NoiseConfig, apply_overrides, config_from_dict, snr_source
 from cycleseg.core.metrics import snr_db
-from cycleseg.core.noise import NoiseInjection
+from cycleseg.core.noise import DEFAULT_SCALE_RMS, PAPER_QUANTIZER_SNR_DB, NoiseInjection, clip_share
 from cycleseg.errors import ConfigError, RunError
 from cycleseg.runs import LAST, artifact, read_json, seeded_inference, write_json, writes_into_run
 
-__all__ = ["calibrate_run", "calibration_path", "measure_snr", "resolve_snr_from"]
+__all__ = ["calibrate_quantizers", "calibrate_run", "calibration_path", "measure_noise", "measure_snr",
+           "quantizer_calibration_path", "resolve_snr_from"]
+
+PAPER_MAX_ONLY_SNR_DB = 0.22  # Table 2's measured SNR of max-only
+
+
+def quantizer_calibration_path(run_dir: str | Path, split: str = "val") -> Path:
+    return Path(run_dir) / f"calibrate_{split}_quantizers.json"
 
 
 def calibration_path(run_dir: str | Path, split: str = "val") -> Path:
@@ -37,12 +49,27 @@ def measure_snr(G: torch.nn.Module, noise: NoiseInjection, batches: Iterable[tup
 
     Returns a (N,) tensor in dB, one value per image; +inf for a noise that changes nothing.
     """
-    values = []
+    return measure_noise(G, {"noise": noise}, batches, device, seed)["noise"]["snr_db"]
+
+
+def measure_noise(G: torch.nn.Module, noises: dict[str, NoiseInjection], batches: Iterable[tuple[Tensor, Tensor]],
+                  device: torch.device, seed: int = 0) -> dict[str, Any]:
+    """Per image, for each of `noises` on the same logits (G run once per batch): {"logit_rms": (N,), name:
+    {"snr_db": (N,) dB, "clip_share": (N,) or None for a noise that is not a quantizer}}."""
+    values: dict[str, dict[str, list[Tensor]]] = {name: {"snr_db": [], "clip_share": []} for name in noises}
+    rms = []
     with seeded_inference(G, seed, device):  # Gaussian noise repeats, and the caller's RNG is left alone
         for image, _ in batches:
             logits = G(image.to(device))
-            values.append(snr_db(logits, noise(logits)).cpu())
-    return torch.cat(values) if values else torch.empty(0)
+            rms.append(logits.double().pow(2).flatten(1).mean(dim=1).sqrt().cpu())
+            for name, noise in noises.items():
+                values[name]["snr_db"].append(snr_db(logits, noise(logits)).cpu())
+                clipped = clip_share(logits, noise)
+                if clipped is not None:
+                    values[name]["clip_share"].append(clipped.cpu())
+    joined = {name: {k: torch.cat(v) if v else (torch.empty(0) if k == "snr_db" else None) for k, v in d.items()}
+              for name, d in values.items()}
+    return {"logit_rms": torch.cat(rms) if rms else torch.empty(0), **joined}
 
 
 @writes_into_run(lambda a: not a["noise_overrides"])  # another noise is measured, not written
@@ -62,7 +89,9 @@ def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val"
     models, cfg = session.models, session.config
     noise_cfg = _noise_config(cfg.noise, noise_overrides)
     noise = models.noise if not noise_overrides else NoiseInjection(**dataclasses.asdict(noise_cfg))
-    snrs = measure_snr(models.G, noise, session.batches("calibrate", progress), session.device, seed=cfg.train.seed)
+    measured = measure_noise(models.G, {"noise": noise}, session.batches("calibrate", progress), session.device,
+                             seed=cfg.train.seed)
+    snrs, clipped = measured["noise"]["snr_db"], measured["noise"]["clip_share"]
     finite = snrs[torch.isfinite(snrs)]
     if len(finite) < len(snrs):
         raise RunError(f"{run_dir}: noise {noise_cfg.kind} leaves the logits of {len(snrs) - len(finite)} images "
@@ -71,9 +100,44 @@ def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val"
         "run": cfg.name, "split": split, "noise": dataclasses.asdict(noise_cfg), "num_images": len(snrs),
         "snr_db": finite.mean().item(), "snr_db_std": finite.std().item() if len(finite) > 1 else 0.0,
         "snr_db_min": finite.min().item(), "snr_db_max": finite.max().item(),
+        # the RMS of G's logits (mean over the images) and, for a quantizer, the share of its inputs beyond +-1
+        "logit_rms": measured["logit_rms"].mean().item(),
+        "clip_share": None if clipped is None else clipped.mean().item(),
     }
     if not noise_overrides:
         write_json(calibration_path(run_dir, split), result)
+    return result
+
+
+@writes_into_run()
+def calibrate_quantizers(run_dir: str | Path, data_root: str | Path, split: str = "val", device: str = "auto",
+                         checkpoint: str = LAST, bits: Iterable[int] = (1, 2, 3, 4),
+                         scale_rms: float | None = None, progress: bool = False) -> dict[str, Any]:
+    """The SNR of n-bit quantization on a run's logits in both readings, and of max-only, beside the paper's.
+
+    For each n of `bits`: the mean per-image SNR (eq. 11) and the share of clipped values of eq. 9 as written
+    (scale "none") and with each image's logits scaled to RMS `scale_rms` first (scale "rms"), with the paper's
+    measured SNR; max-only, which no scale changes, last. `scale_rms` None: noise.scale_rms's default.
+    Writes RUN_DIR/calibrate_<split>_quantizers.json."""
+    scale_rms = DEFAULT_SCALE_RMS if scale_rms is None else scale_rms
+    if not (math.isfinite(scale_rms) and scale_rms > 0):
+        raise ConfigError(f"--scale-rms {scale_rms}: must be a finite number > 0 (the paper's SNRs: {DEFAULT_SCALE_RMS})")
+    session = open_session(run_dir, data_root, split, device, checkpoint)
+    noises = {f"{n}:{scale}": NoiseInjection("quantize", bits=n, scale=scale, scale_rms=scale_rms)
+              for n in bits for scale in ("none", "rms")} | {"max_only": NoiseInjection("max_only")}
+    measured = measure_noise(session.models.G, noises, session.batches("calibrate", progress), session.device,
+                             seed=session.config.train.seed)
+
+    def mean(values: Tensor | None) -> float | None:
+        return None if values is None or len(values) == 0 else values[torch.isfinite(values)].mean().item()
+
+    rows = [{"bits": n, "paper_snr_db": PAPER_QUANTIZER_SNR_DB.get(n),
+             **{f"{key}_{scale}": mean(measured[f"{n}:{scale}"][key]) for scale in ("none", "rms")
+                for key in ("snr_db", "clip_share")}} for n in bits]
+    result = {"run": session.config.name, "split": split, "num_images": len(measured["logit_rms"]),
+              "logit_rms": mean(measured["logit_rms"]), "scale_rms": scale_rms, "quantizers": rows,
+              "max_only": {"snr_db": mean(measured["max_only"]["snr_db"]), "paper_snr_db": PAPER_MAX_ONLY_SNR_DB}}
+    write_json(quantizer_calibration_path(run_dir, split), result)
     return result
 
 

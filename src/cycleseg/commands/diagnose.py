@@ -62,11 +62,13 @@ from cycleseg.core.diagnostics import (
     principal_components,
     project_on_one_hot,
     radial_power_spectrum,
+    split_mean_field,
     unexplained_energy,
     watermark_inputs,
 )
 from cycleseg.core.metrics import confusion_matrix, psnr_db, snr_db
 from cycleseg.core.models import Models
+from cycleseg.core.noise import clip_share
 from cycleseg.data import CLASS_NAMES, ClassTable, open_split, resolve_classes
 from cycleseg.errors import RunError
 from cycleseg.runs import LAST, seeded_inference
@@ -110,9 +112,10 @@ def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
     if iter(batches) is batches:  # a one-shot iterator: the split is read twice
         batches = list(batches)
     with seeded_inference(models, seed, device):  # the same noise draws as the pass below
-        split_means, split_colours = _split_class_means(models, batches, device)
+        split_means, split_logit_means, split_colours = _split_class_means(models, batches, device)
     with seeded_inference(models, seed, device):  # the run's own Gaussian noise injection, as in `evaluate`
-        _accumulate(models, batches, device, snrs, scale_to, generator, acc, split_means, split_colours)
+        _accumulate(models, batches, device, snrs, scale_to, generator, acc, split_means, split_colours,
+                    split_logit_means)
     if acc.count == 0:
         raise RunError("no images to diagnose; the split is empty")
     results = acc.results(snrs, scale_to, seed)
@@ -120,11 +123,13 @@ def diagnose_models(models: Models, batches: Iterable[tuple[Tensor, Tensor]], de
 
 
 def _split_class_means(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device
-                       ) -> tuple[Tensor, Tensor]:
-    """(S, S): row k the mean noise(G(x)) vector of the pixels decided as class k over all `batches` (0 if none);
-    (S, 3): row k the mean colour of the pixels labelled k (ground truth), for the labels-only oracle."""
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """(S, S): row k the mean noise(G(x)) vector (F's input) of the pixels decided as class k over all `batches`
+    (0 if none); (S, S): the same for G's logits before the noise; (S, 3): row k the mean colour of the pixels
+    labelled k (ground truth), for the labels-only oracle."""
     s = models.num_classes
     sums = torch.zeros(s, s, dtype=torch.float64, device=device)
+    logit_sums = torch.zeros(s, s, dtype=torch.float64, device=device)
     counts = torch.zeros(s, dtype=torch.float64, device=device)
     colours = torch.zeros(s, 3, dtype=torch.float64, device=device)
     colour_counts = torch.zeros(s, dtype=torch.float64, device=device)
@@ -134,15 +139,19 @@ def _split_class_means(models: Models, batches: Iterable[tuple[Tensor, Tensor]],
         batch_sums, batch_counts = class_sums(models.to_f_input(models.noise(logits)), decision(logits))
         sums += batch_sums
         counts += batch_counts
+        logit_sums += class_sums(logits, decision(logits))[0]
         batch_sums, batch_counts = class_sums(image, labels.to(device), s)
         colours += batch_sums
         colour_counts += batch_counts
-    return (sums / counts.clamp(min=1).unsqueeze(1)).float(), (colours / colour_counts.clamp(min=1).unsqueeze(1)).float()
+    per_class = counts.clamp(min=1).unsqueeze(1)
+    return ((sums / per_class).float(), (logit_sums / per_class).float(),
+            (colours / colour_counts.clamp(min=1).unsqueeze(1)).float())
 
 
 def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
                 snrs: Sequence[float], scale_to: str, generator: torch.Generator, acc: _Accumulator,
-                split_means: Tensor | None = None, split_colours: Tensor | None = None) -> None:
+                split_means: Tensor | None = None, split_colours: Tensor | None = None,
+                split_logit_means: Tensor | None = None) -> None:
     """The per-batch work of `diagnose_models`: every forward pass, summed into `acc`."""
     s = models.num_classes
     for image, labels in batches:
@@ -152,11 +161,16 @@ def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device
         f_input = models.to_f_input(noisy)  # what F reads: noisy, or its softmax (model.f_input)
         decided = decision(logits)
         inputs = watermark_inputs(logits, f_input, labels, scale_to, split_means)
+        if split_logit_means is not None:
+            inputs["split_class_mean_own_noise"] = _own_noise_reference(models, split_logit_means, decided)
         outputs = {name: models.F(value) for name, value in inputs.items()}
         for name, out in outputs.items():
             acc.psnr[name].append(psnr_db(image, out).cpu())
         acc.snr.append(snr_db(logits, noisy).cpu())
         acc.logit_power.append(logits.double().pow(2).flatten(1).mean(dim=1).cpu())
+        clipped = clip_share(logits, models.noise)
+        if clipped is not None:
+            acc.clip_share.append(clipped.cpu())
         if split_colours is not None:
             for name, value in colour_oracles(image, labels, split_colours).items():
                 acc.oracle[name].append(value.cpu())
@@ -191,6 +205,15 @@ def _accumulate(models: Models, batches: Iterable[tuple[Tensor, Tensor]], device
                 acc.examples.setdefault(key, []).append(value.cpu())
 
 
+def _own_noise_reference(models: Models, split_logit_means: Tensor, decided: Tensor) -> Tensor:
+    """F's input from only the decision, under the run's own noise: each pixel the split-mean logit vector of its
+    decided class, through the noise injection and model.f_input, (B, S, H, W). Its Gaussian draws come from a
+    fork of the RNG, so that every other input of the diagnosis sees the draws it saw without this reference."""
+    field = split_mean_field(split_logit_means, decided, split_logit_means.dtype)
+    with torch.random.fork_rng(devices=[decided.device] if decided.device.type == "cuda" else []):
+        return models.to_f_input(models.noise(field))
+
+
 class _Accumulator:
     """Sums and per-image lists over a split; `results` turns them into the JSON document."""
 
@@ -207,6 +230,7 @@ class _Accumulator:
         self.psnr: dict[str, list[Tensor]] = {name: [] for name in INPUTS}
         self.snr: list[Tensor] = []
         self.logit_power: list[Tensor] = []  # per image, mean over S H W of logits^2
+        self.clip_share: list[Tensor] = []  # per image, the share of the quantizer's inputs beyond +-1
         self.oracle: dict[str, list[Tensor]] = {"labels_only": [], "image_colours": []}
         self.conf = conf()
         self.sweep_psnr: list[list[Tensor]] = [[] for _ in range(num_snrs)]
@@ -238,6 +262,7 @@ class _Accumulator:
             # the scale a quantizer on [-1, 1] sees: the root of the mean square of G's logits over the split
             "logit_rms": finite_or_none(math.sqrt(torch.cat(self.logit_power).mean().item())) if self.logit_power
             else None,
+            "clip_share": _mean(self.clip_share),  # None for a noise that is not a quantizer
             "watermark_gap": {
                 "psnr_db": psnr,
                 "gap_db": {name: _difference(psnr["noisy"], value) for name, value in psnr.items() if name != "noisy"},
@@ -384,6 +409,8 @@ def diagnose_training(run_dir: str | Path, data_root: str | Path, split: str = "
         points.append({"step": step, "checkpoint": name, "psnr_db": psnr.get("noisy"),
                        "watermark_gap_db": gap.get("decision"), "class_mean_gap_db": gap.get("class_mean"),
                        "split_mean_gap_db": gap.get("split_class_mean"),
+                       "split_mean_own_gap_db": gap.get("split_class_mean_own_noise"),
+                       "clip_share": r["clip_share"],
                        "sensitivity_psnr_db": {f"{p['snr_target_db']:g}": p["psnr_db"] for p in r["sensitivity"]["points"]},
                        "unexplained_share": r["energy"]["logits"]["unexplained_share"], "miou": r["miou"],
                        "snr_db": r["snr_db"], "logit_rms": r["logit_rms"],

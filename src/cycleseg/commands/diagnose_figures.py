@@ -24,6 +24,7 @@ __all__ = ["INPUT_TITLES", "training_figure", "write_figures"]
 
 INPUT_TITLES = {"noisy": "F(noise(G(x)))", "decision": "F(decision)", "class_mean": "F(class means)",
                 "split_class_mean": "F(split class means)",
+                "split_class_mean_own_noise": "F(noise(split class means))",
                 "ground_truth": "F(ground truth)"}
 
 
@@ -42,7 +43,7 @@ def _sensitivity_figure(results: dict[str, Any]):
     ax_psnr, ax_miou = fig.subplots(1, 2)
     ax_psnr.plot(snr, [_nan(p["psnr_db"]) for p in points], "o-", color="C0", label="F(noise(G(x) + extra))")
     styles = {"noisy": ("C0", "--"), "decision": ("C3", ":"), "class_mean": ("C2", ":"),
-              "split_class_mean": ("C4", ":"), "ground_truth": ("C7", "-.")}
+              "split_class_mean": ("C4", ":"), "split_class_mean_own_noise": ("C5", ":"), "ground_truth": ("C7", "-.")}
     for name, value in results["watermark_gap"]["psnr_db"].items():
         if value is not None:
             color, style = styles[name]
@@ -154,6 +155,8 @@ def training_figure(results: dict[str, Any]):
     ax_gap.plot(steps, [_nan(p["watermark_gap_db"]) for p in points], "o-", label="gap to decision")
     ax_gap.plot(steps, [_nan(p["class_mean_gap_db"]) for p in points], "s-", label="gap to class means")
     ax_gap.plot(steps, [_nan(p.get("split_mean_gap_db")) for p in points], "^-", label="gap to split class means")
+    ax_gap.plot(steps, [_nan(p.get("split_mean_own_gap_db")) for p in points], "v:",
+                label="gap to split class means, own noise")
     ax_gap.axhline(0, color="k", linewidth=0.6)
     ax_gap.set(xlabel="iteration", ylabel="dB", title="watermark gap")
     ax_sens.plot(steps, [_nan(p["psnr_db"]) for p in points], "k--", label="no extra noise")

@@ -23,6 +23,8 @@ DESCRIPTIONS = {"noisy": "noise(G(x)), the training path",
                 "decision": "one-hot of the decision argmax G(x), scaled",
                 "class_mean": "each pixel's class-mean vector of noise(G(x)) (per image)",
                 "split_class_mean": "each pixel's class-mean vector of noise(G(x)) over the whole split",
+                "split_class_mean_own_noise": "each pixel's class-mean logit vector over the whole split, through the "
+                                              "run's own noise",
                 "ground_truth": "one-hot of the ground truth, scaled"}
 
 

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 # The inputs given to F for the watermark gap, in the order they are reported.
-INPUTS = ("noisy", "decision", "class_mean", "split_class_mean", "ground_truth")
+INPUTS = ("noisy", "decision", "class_mean", "split_class_mean", "split_class_mean_own_noise", "ground_truth")
 # What the one-hot inputs are scaled against, per pixel: the values F sees in the forward cycle (the noise
 # injection's output), G's logits before the noise injection, or nothing (unit one-hots, as in the backward cycle).
 SCALE_REFERENCES = ("f_input", "logits", "unit")

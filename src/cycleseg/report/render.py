@@ -210,16 +210,20 @@ def _reward_section(rewards: list[dict[str, Any]]) -> _Section:
 
 
 def _contrast_section(contrasts: list[dict[str, Any]]) -> _Section:
-    """Every config against the reference (mechanism_contrasts): differences, p, Holm's p, detectable effect."""
+    """The laboratory's paired contrasts (mechanism_contrasts): differences, p, Holm's p, detectable effect."""
     return _Section(
-        f"Paired contrasts against {contrasts[0]['reference']}",
-        "Each config minus the reference, seed by seed: the gap to the split's class means and F's PSNR at the "
-        "last diagnosed checkpoint, the final mIoU (evaluate). Mean ± 95 % interval (Student t), each seed's "
-        "difference, the paired t test's p and Holm's adjusted p over every row of this table (* : adjusted p "
-        "< 0.05), and the smallest true difference these seeds detect with 80 % power at 5 % (two-sided), "
-        "from the differences' SD: a null is informative only about effects above it.",
-        table=(["run", "metric", "seeds", "Δ", "95 % interval", "per seed", "p", "Holm p", "detectable ±"],
-               [[c["run"], f"{c['title']} {c['unit']}", *_contrast_cells(c, c["digits"])] for c in contrasts]))
+        "Paired contrasts",
+        "Each config minus its reference, seed by seed: a noise arm against the same config without noise (else "
+        "against nonoise), and a quantizer against the Gaussian config trained at its measured SNR. The gaps to "
+        "the split's class means (the reference fed to F as it is, and through the arm's own noise) and F's PSNR "
+        "at the last diagnosed checkpoint, the final mIoU (evaluate). Mean ± 95 % interval (Student t), each "
+        "seed's difference, the paired t test's p and Holm's adjusted p over every row of this table (* : "
+        "adjusted p < 0.05), and the smallest true difference these seeds detect with 80 % power at 5 % "
+        "(two-sided), from the differences' SD: a null is informative only about effects above it.",
+        table=(["run", "reference", "metric", "seeds", "Δ", "95 % interval", "per seed", "p", "Holm p",
+                "detectable ±"],
+               [[c["run"], c["reference"], f"{c['title']} {c['unit']}", *_contrast_cells(c, c["digits"])]
+                for c in contrasts]))
 
 
 def _diagnostics_sections(records: list[RunRecord]) -> list[_Section]:

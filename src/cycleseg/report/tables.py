@@ -23,9 +23,10 @@ from cycleseg.experiments.sweep import expand_runs
 from cycleseg.report.records import RunRecord, group_runs, labelled_fraction, read_run
 from cycleseg.report.semi import same_but
 from cycleseg.runs import CONFIG, artifact, read_json
-from cycleseg.runs.formats import fmt, noise_label
+from cycleseg.runs.formats import fmt, noise_label, quantizer_reading
 
-__all__ = ["CONTRAST_METRICS", "WATERMARK_METRICS", "choose_runs", "format_table", "mechanism_contrasts",
+__all__ = ["CONTRAST_METRICS", "WATERMARK_METRICS", "choose_runs", "contrast_pairs", "format_table",
+           "matched_gaussian", "mechanism_contrasts",
            "paired_rows", "results_table", "reward_rows", "runs_table", "seed_spread", "table2_rows",
            "watermark_rows", "watermark_training"]
 
@@ -34,17 +35,20 @@ _fmt = functools.partial(fmt, missing="–")  # the report's tables write a miss
 # What `diagnose --along-training` follows (RUN/diagnose_val_training.json), as the report shows it.
 WATERMARK_METRICS = (("class_mean_gap_db", "gap to class means", "dB", 2),
                      ("split_mean_gap_db", "gap to split class means", "dB", 2),
+                     ("split_mean_own_gap_db", "gap to split class means, own noise", "dB", 2),
                      ("watermark_gap_db", "gap to decision", "dB", 2),
                      ("psnr_db", "F's PSNR", "dB", 2),
                      ("sensitivity_drop_db", "PSNR lost to extra 20 dB noise", "dB", 2),
                      ("unexplained_share", "unexplained share", "%", 1),
                      ("miou", "mIoU", "%", 1),
                      ("snr_db", "SNR of the run's noise", "dB", 2),
-                     ("logit_rms", "logit RMS", "", 2))
+                     ("logit_rms", "logit RMS", "", 2),
+                     ("clip_share", "quantizer inputs clipped", "%", 2))
 
 
 # The paired contrasts of the mechanism study (mechanism_contrasts): (key, title, unit, digits, where from)
 CONTRAST_METRICS = (("split_mean_gap_db", "gap to split class means", "dB", 2, "diagnose"),
+                    ("split_mean_own_gap_db", "gap to split class means, own noise", "dB", 2, "diagnose"),
                     ("psnr_db", "F's PSNR", "dB", 2, "diagnose"),
                     ("miou", "mIoU", "%", 1, "evaluate"))
 
@@ -57,7 +61,8 @@ def table2_rows(runs: list[RunRecord], paper: list[dict[str, Any]]) -> list[dict
     rows = []
     for run in group_runs(runs):
         index, ref = by_key.get(run.key, (len(paper), None))
-        row = {"run": run.name, "label": ref["label"] if ref else noise_label(run.config), "order": index,
+        label = ref["label"] + quantizer_reading(run.config) if ref else noise_label(run.config)
+        row = {"run": run.name, "label": label, "order": index,
                "evaluated": run.results is not None, "seeds": run.seeds}
         for metric in ("snr_db", "miou", "psnr_db"):
             interval = run.interval(metric)
@@ -263,7 +268,7 @@ def _watermark_value(point: dict[str, Any], key: str) -> float | None:
         extra = (point.get("sensitivity_psnr_db") or {}).get("20")
         return None if extra is None or point.get("psnr_db") is None else point["psnr_db"] - extra
     value = point.get(key)
-    return None if value is None else 100.0 * value if key == "unexplained_share" else value
+    return None if value is None else 100.0 * value if key in ("unexplained_share", "clip_share") else value
 
 
 def watermark_rows(curves: dict[str, dict[int | None, list[dict]]], reference: str = "nonoise"
@@ -289,11 +294,11 @@ def watermark_rows(curves: dict[str, dict[int | None, list[dict]]], reference: s
 
 def mechanism_contrasts(groups: list[RunRecord], curves: dict[str, dict[int | None, list[dict]]],
                         reference: str = "nonoise") -> list[dict[str, Any]]:
-    """Every config against `reference`, paired by seed, on CONTRAST_METRICS: the gap to the split's class means
-    and F's PSNR at the last diagnosed checkpoint (diagnose --along-training), the final mIoU (evaluate). Per
-    contrast: the PairedDifference, the paired t test's p, Holm's adjusted p over all contrasts of the table, and
-    the smallest difference the seeds could have detected (80 % power at 5 %, from the differences' SD).
-    Empty without a `reference` config."""
+    """The laboratory's paired contrasts (`contrast_pairs`), by seed, on CONTRAST_METRICS: the gaps to the split's
+    class means and F's PSNR at the last diagnosed checkpoint (diagnose --along-training), the final mIoU
+    (evaluate). Per contrast: the PairedDifference, the paired t test's p, Holm's adjusted p over all contrasts
+    of the table, and the smallest difference the seeds could have detected (80 % power at 5 %, from the
+    differences' SD). Empty without a `reference` config."""
     by_name = {g.name: g for g in groups}
     if reference not in by_name:
         return []
@@ -304,21 +309,56 @@ def mechanism_contrasts(groups: list[RunRecord], curves: dict[str, dict[int | No
         return {seed: _watermark_value(points[-1], key) for seed, points in curves.get(name, {}).items()}
 
     rows = []
-    for g in groups:
-        if g.name == reference:
-            continue
+    for run, ref in contrast_pairs(groups, reference):
         for key, title, unit, digits, source in CONTRAST_METRICS:
-            diff = paired_difference(per_seed(g.name, key, source), per_seed(reference, key, source))
+            diff = paired_difference(per_seed(run.name, key, source), per_seed(ref.name, key, source))
             if diff.interval.mean is None:
                 continue
-            rows.append({"run": g.name, "reference": reference, "metric": key, "title": title, "unit": unit,
+            rows.append({"run": run.name, "reference": ref.name, "metric": key, "title": title, "unit": unit,
                          "digits": digits, "difference": diff, "p": t_p_value(diff.interval),
                          "detectable": detectable_effect(diff.interval),
                          "per_seed": dict(zip(diff.seeds, diff.interval.values, strict=True))})
-    adjusted = holm({f"{r['run']}:{r['metric']}": r["p"] for r in rows})
+    adjusted = holm({f"{r['run']}:{r['reference']}:{r['metric']}": r["p"] for r in rows})
     for r in rows:
-        r["p_holm"] = adjusted[f"{r['run']}:{r['metric']}"]
+        r["p_holm"] = adjusted[f"{r['run']}:{r['reference']}:{r['metric']}"]
     return rows
+
+
+def contrast_pairs(groups: list[RunRecord], reference: str = "nonoise") -> list[tuple[RunRecord, RunRecord]]:
+    """(run, reference) pairs: every config against the same config without noise (report.semi.same_but: a noise
+    arm of the objective ablation against that ablation's no-noise arm), else against `reference`; and each
+    quantizer against the Gaussian config trained at its measured SNR (`matched_gaussian`)."""
+    by_name = {g.name: g for g in groups}
+    no_noise = lambda c: (c.get("noise") or {}).get("kind", "none") == "none"
+    pairs = []
+    for g in groups:
+        if g.name == reference:
+            continue
+        partner = same_but(groups, g, (("noise", None),), no_noise) if not no_noise(g.config) else None
+        pairs.append((g, partner or by_name[reference]))
+    for g in groups:
+        quantizer = matched_gaussian(groups, g)
+        if quantizer is not None:
+            pairs.append((quantizer, g))
+    return pairs
+
+
+def matched_gaussian(groups: list[RunRecord], gaussian: RunRecord) -> RunRecord | None:
+    """The quantizer config whose runs' measured SNRs (RUN/calibrate_val.json) are, seed by seed, the SNRs this
+    Gaussian config trained at (`noise.snr_db: from RUN`, rounded as calibrate.resolve_snr_from rounds them)."""
+    if (gaussian.config.get("noise") or {}).get("kind") != "gaussian":
+        return None
+    wanted = {m.seed: (m.config.get("noise") or {}).get("snr_db") for m in gaussian.members or [gaussian]}
+    for q in groups:
+        if (q.config.get("noise") or {}).get("kind") != "quantize":
+            continue
+        measured = {}
+        for m in q.members or [q]:
+            path = artifact(m.run_dir, "calibrate", "val")
+            measured[m.seed] = round(read_json(path)["snr_db"], 4) if path.is_file() else None
+        if all(seed in measured and measured[seed] == snr for seed, snr in wanted.items()):
+            return q
+    return None
 
 
 def reward_rows(groups: list[RunRecord], curves: dict[str, dict[int | None, list[dict]]], split: str = "val"

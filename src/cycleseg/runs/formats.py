@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from cycleseg.config import Config
     from cycleseg.data.classes import ClassTable
 
-__all__ = ["DPI", "figure", "finite_or_none", "fmt", "iou_results", "noise_label", "save_figure", "to_rgb"]
+__all__ = ["DPI", "figure", "finite_or_none", "fmt", "iou_results", "noise_label", "quantizer_reading", "save_figure",
+           "to_rgb"]
 
 DPI = 110  # every PNG figure of diagnose and report
 
@@ -42,9 +43,20 @@ def finite_or_none(value: float) -> float | None:
 
 # ------------------------------------------------------------------------------------------------- labels
 
+def quantizer_reading(config: Mapping[str, Any]) -> str:
+    """", scaled", ", clipped STE", both, or "": how a quantizer run reads eq. 9 (noise.scale rms, noise.ste
+    clipped) when not as written; "" for every other run. `config`: a run's config as a dict."""
+    noise = config.get("noise") or {}
+    if noise.get("kind") != "quantize":
+        return ""
+    extras = [*(["scaled"] if noise.get("scale", "none") != "none" else []),
+              *(["clipped STE"] if noise.get("ste", "identity") != "identity" else [])]
+    return "".join(f", {e}" for e in extras)
+
+
 def noise_label(config: Mapping[str, Any] | Config) -> str:
     """How tables, titles and reports name a run: "plain ERFNet", "no noise", "max-only", "quantize 2 bit",
-    "Gaussian 7.38 dB", "Gaussian 7.38 dB (paper_eq13)" (a sigma rule other than equal_snr).
+    "quantize 2 bit, scaled, clipped STE" (noise.scale rms, noise.ste clipped), "Gaussian 7.38 dB", "Gaussian 7.38 dB (paper_eq13)" (a sigma rule other than equal_snr).
 
     `config`: a Config, or a config as a dict (config.yaml of a run).
     """
@@ -55,7 +67,7 @@ def noise_label(config: Mapping[str, Any] | Config) -> str:
         return "plain ERFNet"
     kind = noise.get("kind", "none")
     if kind == "quantize":
-        return f"quantize {noise.get('bits')} bit"
+        return f"quantize {noise.get('bits')} bit" + quantizer_reading(config)
     if kind == "gaussian":
         snr = noise.get("snr_db")
         snr = f"{float(snr):g}" if isinstance(snr, (int, float)) else str(snr)  # "from RUN_DIR" before training
