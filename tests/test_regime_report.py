@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cycleseg.report.records import RunRecord
-from cycleseg.report.tables import contrast_pairs, matched_gaussian, mechanism_contrasts, table2_rows
+from cycleseg.report.tables import contrast_pairs, matched_gaussian, mechanism_contrasts, quantizer_rows, table2_rows
 from cycleseg.runs.formats import noise_label
 
 
@@ -94,3 +94,18 @@ def test_labels_name_the_quantizers_reading(study):
     paper = [{"key": "quantize:2", "label": "quantize 2 bit", "snr_db": 7.38, "miou": 45.1, "psnr_db": 25.3}]
     rows = table2_rows(next(g for g in study if g.name == "quant2_scaled").members, paper)
     assert rows[0]["label"] == "quantize 2 bit, scaled" and rows[0]["paper_snr_db"] == 7.38
+
+
+def test_quantizer_rows_average_the_calibrations_over_seeds(study):
+    nonoise = next(g for g in study if g.name == "nonoise")
+    for seed, (none, scaled) in enumerate([(1.4, 8.0), (1.6, 8.4), (1.5, 8.2)]):
+        table = {"scale_rms": 0.44, "logit_rms": 6.0 + seed,
+                 "quantizers": [{"bits": 2, "paper_snr_db": 7.38, "snr_db_none": none, "clip_share_none": 0.95,
+                                 "snr_db_rms": scaled, "clip_share_rms": 0.001 * seed}],
+                 "max_only": {"snr_db": 0.2, "paper_snr_db": 0.22}}
+        (nonoise.members[seed].run_dir / "calibrate_val_quantizers.json").write_text(json.dumps(table))
+    rows = quantizer_rows(study)
+    assert [r["quantizer"] for r in rows] == ["2 bit", "max-only"] and rows[0]["seeds"] == 3
+    assert rows[0]["snr_db_none"].mean == pytest.approx(1.5) and rows[0]["snr_db_rms"].mean == pytest.approx(8.2)
+    assert rows[0]["clip_share_rms_pct"].mean == pytest.approx(0.1) and rows[0]["logit_rms"].mean == pytest.approx(7.0)
+    assert rows[1]["snr_db_none"].mean == pytest.approx(0.2) and "snr_db_rms" not in rows[1]

@@ -15,7 +15,7 @@ from cycleseg.core.stats import Interval, format_interval
 from cycleseg.experiments.sweep import seed_dir
 from cycleseg.report.records import RunRecord, group_runs, labelled_fraction
 from cycleseg.report.semi import semi_contrasts
-from cycleseg.report.tables import WATERMARK_METRICS, _fmt, _name_references, paired_rows
+from cycleseg.report.tables import WATERMARK_METRICS, _fmt, _name_references, paired_rows, quantizer_rows
 from cycleseg.runs import artifact
 
 
@@ -58,6 +58,9 @@ def _sections(records: list[RunRecord], rows: list[dict[str, Any]], chosen: list
         sections.append(_reward_section(rewards))
     if contrasts:
         sections.append(_contrast_section(contrasts))
+    quantizers = quantizer_rows(group_runs(records))
+    if quantizers:
+        sections.append(_quantizer_section(quantizers))
     sections += _diagnostics_sections(records)
     sections.append(_configs_section(records))
     return sections
@@ -224,6 +227,27 @@ def _contrast_section(contrasts: list[dict[str, Any]]) -> _Section:
                 "detectable ±"],
                [[c["run"], c["reference"], f"{c['title']} {c['unit']}", *_contrast_cells(c, c["digits"])]
                 for c in contrasts]))
+
+
+def _quantizer_section(rows: list[dict[str, Any]]) -> _Section:
+    """The quantizer's two readings on the runs' logits (quantizer_rows, from calibrate --quantizers)."""
+    return _Section(
+        "The quantizer's two readings",
+        "From `cycleseg calibrate RUN --quantizers` (RUN/calibrate_val_quantizers.json): the mean per-image SNR "
+        f"(eq. 11) of n-bit quantization on the run's own logits, as eq. 9 reads (values clipped to ±1) and with "
+        f"each image's logits scaled to RMS {rows[0]['scale_rms']:g} first (noise.scale rms), with the share of "
+        "the quantizer's inputs beyond ±1; the paper's measured SNR beside them. Max-only is scale-free. Mean ± "
+        "95 % interval over the seeds.",
+        table=(["run", "quantizer", "seeds", "logit RMS", "paper SNR dB", "eq. 9 as written dB", "clipped %",
+                "scaled dB", "clipped %"],
+               [[r["run"], r["quantizer"], str(r["seeds"]), format_interval(r["logit_rms"], 2),
+                 _fmt(r["paper_snr_db"], 2), _interval(r["snr_db_none"], 2),
+                 _interval(r.get("clip_share_none_pct"), 1), _interval(r.get("snr_db_rms"), 2, "(scale-free)"),
+                 _interval(r.get("clip_share_rms_pct"), 1)] for r in rows]))
+
+
+def _interval(interval: Interval | None, digits: int, missing: str = "–") -> str:
+    return missing if interval is None else format_interval(interval, digits, missing=missing)
 
 
 def _diagnostics_sections(records: list[RunRecord]) -> list[_Section]:

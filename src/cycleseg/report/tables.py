@@ -25,10 +25,24 @@ from cycleseg.report.semi import same_but
 from cycleseg.runs import CONFIG, artifact, read_json
 from cycleseg.runs.formats import fmt, noise_label, quantizer_reading
 
-__all__ = ["CONTRAST_METRICS", "WATERMARK_METRICS", "choose_runs", "contrast_pairs", "format_table",
-           "matched_gaussian", "mechanism_contrasts",
-           "paired_rows", "results_table", "reward_rows", "runs_table", "seed_spread", "table2_rows",
-           "watermark_rows", "watermark_training"]
+__all__ = [
+    "CONTRAST_METRICS",
+    "WATERMARK_METRICS",
+    "choose_runs",
+    "contrast_pairs",
+    "format_table",
+    "matched_gaussian",
+    "mechanism_contrasts",
+    "paired_rows",
+    "quantizer_rows",
+    "results_table",
+    "reward_rows",
+    "runs_table",
+    "seed_spread",
+    "table2_rows",
+    "watermark_rows",
+    "watermark_training",
+]
 
 _fmt = functools.partial(fmt, missing="–")  # the report's tables write a missing number as a dash
 
@@ -359,6 +373,31 @@ def matched_gaussian(groups: list[RunRecord], gaussian: RunRecord) -> RunRecord 
         if all(seed in measured and measured[seed] == snr for seed, snr in wanted.items()):
             return q
     return None
+
+
+def quantizer_rows(groups: list[RunRecord], split: str = "val") -> list[dict[str, Any]]:
+    """Per config with `calibrate --quantizers` (RUN/calibrate_<split>_quantizers.json), the two readings of the
+    quantizer on its runs' logits: per bit depth the paper's SNR and, as Intervals over the seeds, the SNR and the
+    clipped share (in %) of eq. 9 as written and of the scaled quantizer; a last row for max-only."""
+    rows = []
+    for g in groups:
+        tables = [read_json(p) for m in g.members or [g]
+                  if (p := m.run_dir / f"calibrate_{split}_quantizers.json").is_file()]
+        if not tables:
+            continue
+        for i, first in enumerate(tables[0]["quantizers"]):
+            rows.append({"run": g.name, "quantizer": f"{first['bits']} bit", "paper_snr_db": first["paper_snr_db"],
+                         "seeds": len(tables), "scale_rms": tables[0]["scale_rms"],
+                         "logit_rms": mean_interval(t["logit_rms"] for t in tables),
+                         **{key: mean_interval(t["quantizers"][i][key] for t in tables)
+                            for key in ("snr_db_none", "snr_db_rms")},
+                         **{f"{key}_pct": mean_interval(100 * t["quantizers"][i][key] for t in tables)
+                            for key in ("clip_share_none", "clip_share_rms")}})
+        rows.append({"run": g.name, "quantizer": "max-only", "paper_snr_db": tables[0]["max_only"]["paper_snr_db"],
+                     "seeds": len(tables), "scale_rms": tables[0]["scale_rms"],
+                     "logit_rms": mean_interval(t["logit_rms"] for t in tables),
+                     "snr_db_none": mean_interval(t["max_only"]["snr_db"] for t in tables)})
+    return rows
 
 
 def reward_rows(groups: list[RunRecord], curves: dict[str, dict[int | None, list[dict]]], split: str = "val"
