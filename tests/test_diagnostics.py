@@ -266,8 +266,9 @@ def test_cli_diagnose_writes_json_markdown_and_figures(tiny_runs, tiny_data, cap
     assert result["num_images"] == 4 and result["noise"] == "gaussian" and result["scale_to"] == "f_input"
     assert result["snr_db"] == pytest.approx(10, abs=0.1)
     assert set(result["watermark_gap"]["psnr_db"]) == {"noisy", "decision", "class_mean", "split_class_mean",
-                                                       "ground_truth"}
-    assert set(result["watermark_gap"]["gap_db"]) == {"decision", "class_mean", "split_class_mean", "ground_truth"}
+                                                       "split_class_mean_own_noise", "ground_truth"}
+    assert set(result["watermark_gap"]["gap_db"]) == {"decision", "class_mean", "split_class_mean",
+                                                     "split_class_mean_own_noise", "ground_truth"}
     assert [p["snr_target_db"] for p in result["sensitivity"]["points"]] == [20.0, 0.0]
     assert all({"snr_db", "psnr_db", "miou"} <= set(p) for p in result["sensitivity"]["points"])
     for space in ("logits", "f_input"):
