@@ -308,6 +308,8 @@ def test_table_and_report_name_every_run_they_leave_out(trained_cycle_run, tmp_p
     assert last.startswith("missing (not finished, left out): quant2/seed1 (interrupted), quant2/seed2 (not "
                            "started: no config.yaml), quant2/seed3 (unreadable: ")
     assert f"{sweep / 'quant2' / 'seed3' / runs.STATUS}: not readable JSON" in last
+    assert main(["table", str(sweep / "quant2")]) == 0  # the config's folder of seeds: the same runs named
+    assert capsys.readouterr().out.strip().splitlines()[-1] == last
 
     md, _ = build_report(sweep, data_root=tmp_path / "no-data")
     err = capsys.readouterr().err

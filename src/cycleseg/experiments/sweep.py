@@ -244,7 +244,7 @@ def expand_runs(paths: list[Path]) -> list[tuple[str, int | None, Path]]:
             out.append((path.parent.name, seed, path) if seed is not None else (path.name, None, path))
             continue
         seeds = sorted((seed, d) for d in (path.iterdir() if path.is_dir() else [])
-                       if (seed := plan.seed_of(d.name)) is not None and (d / runs.CONFIG).is_file())
+                       if (seed := plan.seed_of(d.name)) is not None and d.is_dir())
         if seeds:  # a config's folder of seeds
             out += [(path.name, seed, d) for seed, d in seeds]
         elif path.is_dir() and (found := find_runs(path)):  # a sweep folder
