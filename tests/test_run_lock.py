@@ -134,7 +134,7 @@ def test_the_lock_nests_in_one_process_and_survives_overwrite(run):
 
 
 @pytest.mark.parametrize(("code", "cause"), [
-    (errno.ENOSPC, "the disk (or quota) of {dir} is full: free space there"),
+    (errno.ENOSPC, "the disk (or quota) of {dir} is full ("),
     (errno.EACCES, "no permission to write in {dir}"),
     (errno.ENOENT, "{dir} or the temporary file was removed while writing (by another process?)"),
     (errno.EIO, "check the folder and the disk"),

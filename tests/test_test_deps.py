@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -81,14 +83,26 @@ def test_groups_can_be_left_out(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
-def test_as_a_real_unprivileged_user(tmp_path):
-    """The same script run as user nobody, with the machine's own id and PATH minus the packages' folders."""
+def test_as_a_real_unprivileged_user():
+    """The same script run as user nobody, with the machine's own id and PATH minus the packages' folders.
+
+    Nobody runs a copy of the script in a folder of its own under the system's temporary folder: the clone (and
+    pytest's tmp_path) may sit in a folder only root may enter (/root, a mktemp -d folder)."""
     env = {"PATH": os.path.dirname(shutil.which("id")), "CYCLESEG_SBIN": ""}
     # chromium may be installed in /usr/bin; ask for the Slurm group, whose daemons Debian puts in /usr/sbin
     if all(shutil.which(p, path=env["PATH"]) for p in ("slurmctld", "slurmd", "munged")):
         pytest.skip("Slurm's daemons are on PATH here; nothing would be missing")
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", shutil.which("bash"),
-                             str(SCRIPT), "slurm"], env=env, capture_output=True, text=True, timeout=30, check=False)
+    with tempfile.TemporaryDirectory(prefix="cycleseg-test-deps-") as folder:
+        readable = Path(folder)
+        if any(not os.stat(p).st_mode & stat.S_IXOTH for p in readable.parents):
+            pytest.skip(f"{readable.parent}: the temporary folder is not open to other users; set TMPDIR to one that is")
+        readable.chmod(0o755)
+        script = readable / SCRIPT.name
+        shutil.copyfile(SCRIPT, script)
+        script.chmod(0o644)
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", shutil.which("bash"),
+                                 str(script), "slurm"], env=env, cwd=readable, capture_output=True, text=True,
+                                timeout=30, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("test-deps: not root, cannot install slurmctld")
 

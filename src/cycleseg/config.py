@@ -198,22 +198,7 @@ class Config:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML file (None: defaults), apply `section.key=value` overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found; see configs/ for examples")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-            problem = getattr(e, "problem", None) or _first_line(e)
-            raise ConfigError(f"{where}: not valid YAML ({problem}); fix the file at that line and column") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not valid YAML ({_first_line(e)}); fix or recreate the file") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
+    raw = read_config_file(path) if path is not None else {}
     apply_overrides(raw, overrides)
     override_keys = {o.partition("=")[0].strip() for o in overrides}
     try:
@@ -222,6 +207,28 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if e.key in override_keys:
             raise ConfigError(f"command line: {e.reason}", key=e.key) from None
         raise
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config YAML file as a dict, unvalidated: what `load_config` and the sweep's plan read. ConfigError
+    naming the file (and the line and column) when it is missing, not UTF-8, not YAML or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; see configs/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or _first_line(e)
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the file at that line and column") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid YAML ({_first_line(e)}); fix or recreate the file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror or e}); check the file") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
+    return raw
 
 
 def flat_items(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -29,7 +29,7 @@ def _results_table(paths: list[Path], split: str) -> str:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from cycleseg.experiments.sweep import run_sweep
 
-    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only is not None else None
     # argparse hands KEY=VALUE words that come before the options to the CONFIGS list
     args.overrides = [str(c) for c in args.configs if "=" in str(c)] + list(args.overrides) + quiet_overrides(args)
     args.configs = [c for c in args.configs if "=" not in str(c)]

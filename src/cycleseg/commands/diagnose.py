@@ -71,6 +71,7 @@ from cycleseg.core.models import Models
 from cycleseg.core.noise import clip_share
 from cycleseg.data import CLASS_NAMES, ClassTable, open_split, resolve_classes
 from cycleseg.errors import RunError
+from cycleseg.fileio import make_folder
 from cycleseg.runs import LAST, seeded_inference
 from cycleseg.runs.formats import finite_or_none, iou_results, noise_label, save_figure
 
@@ -320,11 +321,7 @@ def diagnose_run(run_dir: str | Path, data_root: str | Path, split: str = "val",
                "noise_label": noise_label(cfg), **results,
                "figures": {name: f"{figure_dir.name}/{name}.png" for name in FIGURES},
                "summary": markdown.name}
-    try:
-        figure_dir.mkdir(exist_ok=True)
-    except OSError as e:
-        raise RunError(f"{figure_dir}: could not create the figure folder ({e.strerror}); free disk space or fix "
-                       "permissions") from None
+    make_folder(figure_dir, run_dir)  # diagnose_<split>/ linked elsewhere: refused, nothing written
     write_figures(figure_dir, results, examples, classes)  # every file written atomically; RunError naming it if not
     runs.write_json(runs.artifact(run_dir, "diagnose", split), results)
     runs.atomic_write(markdown, format_markdown(results))

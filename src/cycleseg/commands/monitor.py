@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from cycleseg.fileio import open_for_writing, read_text, require_file
 from cycleseg.runs import LOG, atomic_write
 
 __all__ = ["RunLogger", "StopSignals"]
@@ -36,11 +38,12 @@ class RunLogger:
         path = run_dir / LOG
         if not resumed:
             path.unlink(missing_ok=True)
-        elif path.is_file():
-            kept = [line for line in path.read_text().splitlines(keepends=True) if line.strip()
+        elif require_file(path):  # a FIFO or device: RunError naming it, never opened
+            kept = [line for line in read_text(path).splitlines(keepends=True) if line.strip()
                     and _keep(json.loads(line), step, validated)]
             atomic_write(path, "".join(kept))
-        self.jsonl = open(path, "a")  # noqa: SIM115 -- kept open for the whole session
+        # appended to for the whole session; never through a link planted at its name (fileio.open_for_writing)
+        self.jsonl = os.fdopen(open_for_writing(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
         self.tb = SummaryWriter(log_dir=str(run_dir), purge_step=step if resumed else None)
 
     def log(self, step: int, epoch: int, values: dict[str, float]) -> None:

@@ -54,6 +54,7 @@ from cycleseg.data import (
 )
 from cycleseg.data.cityscapes import open_image, open_image_header
 from cycleseg.errors import DataError, RunError
+from cycleseg.fileio import make_folder
 from cycleseg.runs import (
     LAST,
     artifact,
@@ -146,33 +147,34 @@ def prediction_outputs(classes: ClassTable) -> tuple[str, str]:
     return ("labelIds" if classes is CITYSCAPES else "labels"), "color"
 
 
-def write_predictions(predictions: Iterator[Prediction], out: Path, classes: ClassTable = CITYSCAPES) -> int:
+def write_predictions(predictions: Iterator[Prediction], out: Path, classes: ClassTable = CITYSCAPES,
+                      within: Path | None = None) -> int:
     """Write label-value, colour and (when present) reconstruction PNGs under `out`; returns the image count.
 
     Cityscapes: labelIds/<city>/<name>_labelIds.png and color/<city>/<name>_color.png; another class table:
-    labels/<folder>/<name>.png and color/<folder>/<name>.png, with its label values and colours."""
+    labels/<folder>/<name>.png and color/<folder>/<name>.png, with its label values and colours. No folder below
+    `within` (default: `out`; a run folder for its predictions_<split>/) may be a link: RunError naming it."""
+    out = make_folder(out, within or out)
     cityscapes = classes is CITYSCAPES
     labels_dir = prediction_outputs(classes)[0]
     count = 0
     for p in predictions:
         city, name = p.sample.city, p.sample.name
         _save(Image.fromarray(classes.class_values[p.train_ids], "L"),
-              out / labels_dir / city / (f"{name}_labelIds.png" if cityscapes else f"{name}.png"))
+              out / labels_dir / city / (f"{name}_labelIds.png" if cityscapes else f"{name}.png"), out)
         _save(Image.fromarray(classes.colorize(p.train_ids), "RGB"),
-              out / "color" / city / (f"{name}_color.png" if cityscapes else f"{name}.png"))
+              out / "color" / city / (f"{name}_color.png" if cityscapes else f"{name}.png"), out)
         if p.reconstruction is not None:
-            _save(Image.fromarray(to_rgb(p.reconstruction), "RGB"), out / "reconstruction" / city / f"{name}_rec.png")
+            _save(Image.fromarray(to_rgb(p.reconstruction), "RGB"), out / "reconstruction" / city / f"{name}_rec.png",
+                  out)
         count += 1
     return count
 
 
-def _save(image: Image.Image, path: Path) -> None:
+def _save(image: Image.Image, path: Path, out: Path) -> None:
     """One prediction PNG, written atomically (predictions_<split>/ is a run artifact: a crash must not leave a
-    half image that official scoring would read)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"{path}: cannot write the prediction ({e.strerror or e}); choose another --out") from None
+    half image that official scoring would read), its folders below `out` made (never through a link)."""
+    make_folder(path.parent, out)
     atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
@@ -192,12 +194,18 @@ def predict_run(run_dir: str | Path, data_root: str | Path, split: str, out: str
     predictions = iter_predictions(session.models, session.dataset, session.device,
                                    batch_size or cfg.optim.batch_size, cfg.data.num_workers, cfg.train.seed,
                                    reconstruction, progress, amp)
-    count = write_predictions(predictions, out, classes)
+    count = write_predictions(predictions, out, classes, within=_base(out, run_dir))
     summary = {"run": str(run_dir), "checkpoint": checkpoint, "split": split, "data": str(data_root),
                "num_images": count, "size": f"{cfg.data.width}x{cfg.data.height}", "precision": amp.name,
                "outputs": list(prediction_outputs(classes)) + (["reconstruction"] if reconstruction else [])}
     write_json(out / "predict.json", summary)
     return summary
+
+
+def _base(out: Path, run_dir: str | Path) -> Path:
+    """The folder below which `predict` checks for links: the run folder when OUT is inside it (as the user wrote
+    the paths: a predictions folder linked from the run is refused), else OUT itself."""
+    return Path(run_dir) if out.absolute().is_relative_to(Path(run_dir).absolute()) else out
 
 
 def _prediction_files(predictions: Path) -> dict[str, Path]:
@@ -303,7 +311,7 @@ def official_report(run_dir: Path, data_root: str | Path, split: str, models: Mo
     if predictions is None:
         predictions = artifact(run_dir, "predictions", split)
         count = write_predictions(iter_predictions(models, dataset, device, cfg.optim.batch_size, cfg.data.num_workers,
-                                                   cfg.train.seed, amp=amp), predictions)
+                                                   cfg.train.seed, amp=amp), predictions, within=Path(run_dir))
         write_json(predictions / "predict.json", {"run": str(run_dir), "split": split, "data": str(data_root),
                                                   "num_images": count, "outputs": ["labelIds", "color"]})
     elif not predictions.is_dir():

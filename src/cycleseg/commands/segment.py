@@ -33,6 +33,7 @@ from cycleseg.core.precision import resolve_precision, to_memory_format
 from cycleseg.data import ClassTable, image_to_tensor
 from cycleseg.data.cityscapes import open_image
 from cycleseg.errors import DataError, RunError
+from cycleseg.fileio import make_folder
 from cycleseg.runs import BEST, LAST, atomic_write, seeded_inference, write_json
 from cycleseg.runs.formats import to_rgb
 
@@ -161,11 +162,13 @@ def segment_files(segmenter: Segmenter, inputs: list[Path], out: Path, progress:
     for path, name in tqdm(images, desc="segment", unit="img", disable=not progress, dynamic_ncols=True):
         photo = open_image(path)
         labels = segmenter.segment(photo)
-        _write(Image.fromarray(values[labels], "L"), out / "labels" / name.with_suffix(".png"))
-        _write(Image.fromarray(segmenter.colorize(labels), "RGB"), out / "color" / name.with_suffix(".png"))
-        _write(Image.fromarray(segmenter.overlay(photo, labels), "RGB"), out / "overlay" / name.with_suffix(".jpg"))
+        _write(Image.fromarray(values[labels], "L"), out / "labels" / name.with_suffix(".png"), out)
+        _write(Image.fromarray(segmenter.colorize(labels), "RGB"), out / "color" / name.with_suffix(".png"), out)
+        _write(Image.fromarray(segmenter.overlay(photo, labels), "RGB"), out / "overlay" / name.with_suffix(".jpg"),
+               out)
         if reconstruction:
-            _write(Image.fromarray(segmenter.reconstruct(photo)), out / "reconstruction" / name.with_suffix(".png"))
+            _write(Image.fromarray(segmenter.reconstruct(photo)), out / "reconstruction" / name.with_suffix(".png"),
+                   out)
     summary = {"num_images": len(images), "classes": list(segmenter.classes.names),
                "size": f"{segmenter.size[1]}x{segmenter.size[0]}", "precision": segmenter.amp.name,
                "outputs": ["labels", "color", "overlay"] + (["reconstruction"] if reconstruction else [])}
@@ -173,11 +176,9 @@ def segment_files(segmenter: Segmenter, inputs: list[Path], out: Path, progress:
     return summary
 
 
-def _write(image: Image.Image, path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"{path.parent}: cannot create the folder ({e.strerror}); choose another --out") from None
+def _write(image: Image.Image, path: Path, out: Path) -> None:
+    """One output image, atomically; its folders below `out` made, never through a link planted there."""
+    make_folder(path.parent, out)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG" if path.suffix == ".jpg" else "PNG", **({"quality": 92} if path.suffix == ".jpg"
                                                                               else {}))

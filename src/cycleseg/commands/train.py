@@ -13,7 +13,7 @@ never stopped.
 from __future__ import annotations
 
 import math
-import shutil
+import random
 import signal
 import time
 from pathlib import Path
@@ -202,11 +202,19 @@ def _lock(lock: runs.RunLock, device: torch.device, create: bool = False) -> Non
         raise refused or RunError(f"{lock.run_dir}: rank 0 could not lock the run (its error is in its output)")
 
 
+def _seed_global_rngs(seed: int) -> None:
+    """Seed every global RNG a checkpoint saves (torch's, Python's, NumPy's) from train.seed: two runs of one
+    seed save the same states, and an augmentation or library that draws from NumPy repeats too."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy takes 0 .. 2**32 - 1
+
+
 def _start(cfg: Config, run_dir: Path, device: torch.device, run_config: dict[str, Any] | None,
            train_set: Dataset, resume: bool, init: dict[str, Any] | None = None) -> tuple[TrainState, Tensor | None]:
     """The training state, from last.pt when the run has one (else fresh, seeded, its networks in `init` loaded
     from --init-from), and the class weights."""
-    torch.manual_seed(cfg.train.seed)
+    _seed_global_rngs(cfg.train.seed)
     state = TrainState(cfg, device, run_config)
     for net, weights in (init or {}).items():  # G, F, D: copied into the parameters (device, memory format kept)
         getattr(state.models, net).load_state_dict(weights)
@@ -397,6 +405,6 @@ def _retain(run_dir: Path, keep: int, progress: Progress, every: int = 1) -> Non
     (0 keeps none)."""
     if not _keeps_copy(keep, progress, every) or not distributed.is_main():
         return
-    shutil.copyfile(run_dir / LAST, run_dir / f"epoch_{progress.epoch:04d}.pt")
+    runs.copy_checkpoint(run_dir / LAST, run_dir / f"epoch_{progress.epoch:04d}.pt")  # never through a link
     for old in sorted(run_dir.glob("epoch_*.pt"))[:-keep]:
         old.unlink()

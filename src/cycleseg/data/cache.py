@@ -36,7 +36,7 @@ from tqdm import tqdm
 from cycleseg.data.cityscapes import Sample, image_to_tensor, open_image_header, read_image, read_label
 from cycleseg.data.source import DataSource, SplitDataset, open_source
 from cycleseg.errors import DataError
-from cycleseg.fileio import atomic_file, atomic_write, write_fix
+from cycleseg.fileio import atomic_file, atomic_write, make_folder, read_text, require_file, write_fix
 
 __all__ = ["CACHE_FORMAT", "CachedDataset", "cache_folder", "cache_root", "cache_status", "class_pixel_counts",
            "manifest_name", "open_dataset", "parse_folder_size", "prepare", "prepare_split", "read_cache_status"]
@@ -95,11 +95,8 @@ def prepare_split(root: str | Path, split: str, size: tuple[int, int], cache_dir
     source = source if source is not None else open_source(root, fmt)
     samples, classes = source.samples(split), source.classes
     folder = cache_folder(root, size, cache_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{folder}: cannot create the cache folder ({e.strerror}); set data.cache_dir (or "
-                        "prepare --cache-dir) to a writable folder") from None
+    # a cycleseg_cache/ or <W>x<H>/ linked elsewhere (a shared dataset) is refused: nothing is written there
+    make_folder(folder, cache_dir if cache_dir else root, error=DataError)
     manifest = folder / manifest_name(split)
     manifest.unlink(missing_ok=True)  # from here on the old cache is invalid
     height, width = size
@@ -111,7 +108,8 @@ def prepare_split(root: str | Path, split: str, size: tuple[int, int], cache_dir
         # Plain sequential writes, not a writable memmap: a full disk is then an OSError, not a SIGBUS. Each array
         # through its own *.tmp (never through a link planted there), renamed when all images are written.
         with contextlib.ExitStack() as stack:
-            outs = {kind: stack.enter_context(atomic_file(folder / f"{split}_{kind}.npy")) for kind in kinds}
+            outs = {kind: stack.enter_context(atomic_file(folder / f"{split}_{kind}.npy", DataError))
+                    for kind in kinds}
             for kind, f in outs.items():
                 np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shapes[kind]})
             for sample in tqdm(samples, desc=f"prepare {split} {width}x{height}", unit="img", disable=not progress,
@@ -181,10 +179,10 @@ def read_cache_status(root: Path, split: str, size: tuple[int, int], cache_dir: 
     the manifest is then read once."""
     folder = cache_folder(root, size, cache_dir)
     manifest_path = folder / manifest_name(split)
-    if not manifest_path.is_file():
+    if not require_file(manifest_path, DataError):  # a FIFO or device: DataError naming it, never opened
         return "missing", f"no cache at {folder}", None
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(read_text(manifest_path, DataError))
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return "stale", f"{manifest_path.name} is unreadable", None
@@ -266,12 +264,20 @@ def _stale_arrays(folder: Path, split: str, files: list[dict[str, Any]], size: t
         if kind == "labels" and files and files[0].get("label") is None:
             continue
         try:
-            found = np.load(folder / f"{split}_{kind}.npy", mmap_mode="r").shape
+            found = _load_array(folder / f"{split}_{kind}.npy").shape
         except (OSError, ValueError):
             return f"{split}_{kind}.npy is missing or unreadable"
         if found != shape:
             return f"{split}_{kind}.npy has shape {found}, expected {shape}"
     return ""
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """A cache array, memory-mapped (no pickled objects); DataError for a FIFO or device (never opened),
+    FileNotFoundError when it is missing."""
+    if not require_file(path, DataError):
+        raise FileNotFoundError(f"{path}: not found")
+    return np.load(path, mmap_mode="r")
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
@@ -293,7 +299,7 @@ class CachedDataset(Dataset):
         self.folder = cache_folder(source.root, size, cache_dir)
         self.samples: list[Sample] = source.samples(split)
         self.manifest = manifest if manifest is not None else \
-            json.loads((self.folder / manifest_name(split)).read_text())  # manifest: read_cache_status read it
+            json.loads(read_text(self.folder / manifest_name(split), DataError))  # read_cache_status read it
         self.has_labels = self.samples[0].label_path is not None
         self._images: np.ndarray | None = None
         self._labels: np.ndarray | None = None
@@ -301,9 +307,9 @@ class CachedDataset(Dataset):
     def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The memory-mapped (N, H, W, 3) images and (N, H, W) trainIds (None for the test split)."""
         if self._images is None:
-            self._images = np.load(self.folder / f"{self.split}_images.npy", mmap_mode="r")
+            self._images = _load_array(self.folder / f"{self.split}_images.npy")
             if self.has_labels:
-                self._labels = np.load(self.folder / f"{self.split}_labels.npy", mmap_mode="r")
+                self._labels = _load_array(self.folder / f"{self.split}_labels.npy")
         return self._images, self._labels
 
     def __len__(self) -> int:

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cycleseg import runs
 from cycleseg.config import (  # snr_source: plan's callers read it here (tests patch plan.snr_source)
     RESUMABLE_KEYS,
@@ -31,6 +29,7 @@ from cycleseg.config import (  # snr_source: plan's callers read it here (tests 
     config_from_dict,
     flat_items,
     load_config,
+    read_config_file,
     snr_source,
 )
 from cycleseg.errors import ConfigError, DataError, RunError
@@ -117,6 +116,9 @@ def find_configs(sources: list[Path], only: list[str] | None = None) -> list[Swe
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise ConfigError(f"configs with the same name {', '.join(dup)}: each run needs its own folder name")
+    if only is not None and not only:
+        raise ConfigError(f"--only: no config names given; name one or more of {', '.join(names)}, separated by "
+                          "commas (or leave --only out to run them all)")
     if only:
         unknown = sorted(set(only) - set(names))
         if unknown:
@@ -209,13 +211,10 @@ def _link_absolute(specs: list[RunSpec]) -> list[RunSpec]:
 
 
 def _snr_in_file(path: Path) -> str | None:
-    """The `from` source of a YAML file's noise.snr_db, read without loading the config (None when unreadable:
-    load_config reports the problem with its file name)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    noise = raw.get("noise") if isinstance(raw, dict) else None
+    """The `from` source of a YAML file's noise.snr_db, read as the config loader reads it (read_config_file:
+    ConfigError naming a file that is not UTF-8, not YAML or not a mapping) but not validated yet."""
+    raw = read_config_file(path)
+    noise = raw.get("noise")
     return snr_source(noise.get("snr_db")) if isinstance(noise, dict) else None
 
 

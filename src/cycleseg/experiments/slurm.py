@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import re
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from typing import Any
 from cycleseg.errors import ConfigError, RunError
 from cycleseg.experiments import plan
 from cycleseg.experiments.launchers.slurm_job import SlurmRun, SlurmTask, main
+from cycleseg.fileio import make_folder, open_for_writing
 
 __all__ = ["JOBS_FILE", "SlurmRun", "SlurmTask", "Submitted", "job_states", "parse_time", "submit_sweep",
            "sweep_jobs", "sweep_tasks"]
@@ -119,7 +121,7 @@ def submit_sweep(tasks: Sequence[SlurmTask], folder: str | Path, partition: str 
         if dup:
             raise ConfigError(f"tasks with the same {what} {', '.join(dup)}: each run needs its own")
     slurm_dir = Path(folder) / "slurm"
-    slurm_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(slurm_dir, folder)  # never a slurm/ linked elsewhere
     launch = {"gpus": gpus_per_run, "stop_timeout_s": max(10, signal_delay_s - 30)}
     with _locked(slurm_dir / ".lock"):  # two submitters of one sweep at once: one after the other
         ledger = _read_ledger(slurm_dir)
@@ -241,7 +243,7 @@ def _now() -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    with open(path, "a") as handle:
+    with os.fdopen(open_for_writing(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -34,6 +34,7 @@ from cycleseg.experiments.launchers.execute import results as _results
 from cycleseg.experiments.launchers.execute import run_one
 from cycleseg.experiments.launchers.local import LOGS, worker_main
 from cycleseg.experiments.plan import MAX_SEEDS, RunSpec, SweepEntry, check_request, find_configs, run_status, seed_dir
+from cycleseg.fileio import require_file
 from cycleseg.runs import LAST, write_json
 
 __all__ = ["EXIT_IN_USE", "IN_USE", "LAUNCHERS", "LOGS", "MAX_SEEDS", "SWEEP_FILE", "RunState", "SweepEntry",
@@ -215,18 +216,20 @@ def _alive(pid: Any) -> bool:
 
 def find_runs(sweep_dir: str | Path) -> list[tuple[str, int | None, Path]]:
     """Every run directory of a sweep folder as (config name, seed or None, run directory), in the sweep's order
-    (sweep.json), seeds ascending: SWEEP_DIR/NAME/ (a sweep without seeds) and SWEEP_DIR/NAME/seed<k>/."""
+    (sweep.json), seeds ascending: SWEEP_DIR/NAME/ (a sweep without seeds) and SWEEP_DIR/NAME/seed<k>/.
+    A run stopped before its config.yaml was written is one too (NAME/ holding run.json or last.pt, every
+    NAME/seed<k>/ folder), so that the readers name it instead of passing over it."""
     sweep_dir = Path(sweep_dir)
     data = _read_sweep_file(sweep_dir)
     order = [n.split("/")[0] for n in data.get("configs") or data.get("runs") or []]
     found: list[tuple[str, int | None, Path]] = []
     for d in sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if sweep_dir.is_dir() else []:
-        if (d / runs.CONFIG).is_file():
+        if any((d / m).exists() for m in (runs.CONFIG, runs.STATUS, LAST)):
             found.append((d.name, None, d))
             continue
         for s in d.iterdir():
             seed = plan.seed_of(s.name)
-            if seed is not None and (s / runs.CONFIG).is_file():
+            if seed is not None and s.is_dir():
                 found.append((d.name, seed, s))
     return sorted(found, key=lambda r: (order.index(r[0]) if r[0] in order else len(order), r[0], r[1] or 0))
 
@@ -241,7 +244,7 @@ def expand_runs(paths: list[Path]) -> list[tuple[str, int | None, Path]]:
             out.append((path.parent.name, seed, path) if seed is not None else (path.name, None, path))
             continue
         seeds = sorted((seed, d) for d in (path.iterdir() if path.is_dir() else [])
-                       if (seed := plan.seed_of(d.name)) is not None and (d / runs.CONFIG).is_file())
+                       if (seed := plan.seed_of(d.name)) is not None and d.is_dir())
         if seeds:  # a config's folder of seeds
             out += [(path.name, seed, d) for seed, d in seeds]
         elif path.is_dir() and (found := find_runs(path)):  # a sweep folder
@@ -320,17 +323,17 @@ def sweep_status(sweep_dir: str | Path) -> list[RunState]:
 def _state_of(sweep_dir: Path, name: str, book: dict[str, Any]) -> RunState:
     run_dir = sweep_dir / name
     state = RunState(name, run_dir, "pending", log=book.get("log"))
-    try:
+    try:  # a corrupt run.json, a FIFO or link where a run file should be: the run's line names it
         status = runs.read_status(run_dir)
         before = run_status(run_dir)
+        state.step, state.loss, state.updated = _progress(run_dir)
+        holder = runs.run_in_use(run_dir)  # a probe: never waits, takes nothing
     except RunError as e:
         state.state, state.error = "failed", user_message(e)
         return state
-    state.step, state.loss, state.updated = _progress(run_dir)
     if state.step is None and status.get("step"):
         state.step = status.get("step")
     live = book.get("state") == "running" and book.get("host") == socket.gethostname() and _alive(book.get("pid"))
-    holder = runs.run_in_use(run_dir)  # a probe: never waits, takes nothing
     if holder is not None:
         own = holder.get("sweep") == str(sweep_dir.resolve()) or (
             holder.get("pid") == book.get("pid") and holder.get("host") == book.get("host"))
@@ -374,7 +377,9 @@ def _progress(run_dir: Path) -> tuple[int | None, float | None, float | None]:
     """The last logged step and generator loss of a run's log.jsonl, and when it was written."""
     path = run_dir / runs.LOG
     try:
-        with open(path, "rb") as f:
+        if not require_file(path):  # a FIFO or device: RunError naming it, never opened (it would block)
+            return None, None, None
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
             tail = f.read().decode(errors="replace").splitlines()
         updated = path.stat().st_mtime

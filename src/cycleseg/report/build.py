@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -13,6 +14,7 @@ from cycleseg.core.models import resolve_device
 from cycleseg.data import open_source
 from cycleseg.errors import RunError
 from cycleseg.experiments.sweep import sweep_status
+from cycleseg.fileio import make_folder
 from cycleseg.report.figures import (
     plot_class_iou,
     plot_curves,
@@ -47,13 +49,17 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
     folder in the runs' config); it is left out, with a note, when that folder is not there.
     """
     sweep_dir = Path(sweep_dir)
-    records = collect_runs(sweep_dir)
+    unreadable: list[str] = []
+    records = collect_runs(sweep_dir, unreadable)
     paper = load_paper_table()
     rows = table2_rows(records, paper)
     chosen = choose_runs(records, runs)
-    missing = _missing(sweep_dir, records)
+    missing = _missing(sweep_dir, records, unreadable)
+    if missing:  # named on the terminal too, not only in the report
+        print(f"cycleseg report: {len(missing)} run(s) left out of every number and figure: {'; '.join(missing)}",
+              file=sys.stderr)
     files = sweep_dir / FILES
-    files.mkdir(exist_ok=True)
+    make_folder(files, sweep_dir)  # report_files/ linked elsewhere: refused, nothing written
 
     figures: dict[str, Path] = {}
     if chosen:
@@ -86,18 +92,21 @@ def build_report(sweep_dir: str | Path, data_root: str | Path | None = None, run
     return md_path, html_path
 
 
-def _missing(sweep_dir: Path, records: list[RunRecord]) -> list[str]:
-    """The runs of the sweep that are not finished, as "quant2/seed1 (running, step 120)"."""
+def _missing(sweep_dir: Path, records: list[RunRecord], unreadable: list[str] = ()) -> list[str]:
+    """The runs of the sweep left out, as "quant2/seed1 (interrupted, step 120)": those not finished (pending,
+    running, interrupted, failed with its error) and those collect_runs could not read (`unreadable`)."""
     have = {r.name for r in records if r.results is not None}
+    named = {entry.split(" (")[0] for entry in unreadable}
     try:
         states = sweep_status(sweep_dir)
     except RunError:
-        return [f"{r.name} (not finished)" for r in records if r.results is None]
-    out = []
+        return list(unreadable) + [f"{r.name} (not finished)" for r in records if r.results is None]
+    out = list(unreadable)
     for s in states:
-        if s.name in have:
+        if s.name in have or s.name in named:
             continue
         detail = s.state + (f", step {s.step}" if s.step and s.state != "pending" else "")
+        detail += f": {s.error}" if s.state == "failed" and s.error else ""
         out.append(f"{s.name} ({detail})")
     return out
 

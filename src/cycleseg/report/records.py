@@ -13,8 +13,9 @@ from typing import Any
 
 from cycleseg import runs
 from cycleseg.core.stats import Interval, mean_interval
-from cycleseg.errors import RunError
+from cycleseg.errors import RunError, user_message
 from cycleseg.experiments.sweep import find_runs, seed_dir
+from cycleseg.fileio import read_text, require_file
 from cycleseg.runs import LOG, VERSIONS, RunSummary, read_json
 
 __all__ = ["RunRecord", "collect_runs", "group_runs", "labelled_fraction", "load_paper_table", "read_run",
@@ -83,16 +84,33 @@ def table2_key(config: dict[str, Any]) -> str:
     return noise["kind"]
 
 
-def collect_runs(sweep_dir: str | Path) -> list[RunRecord]:
+def collect_runs(sweep_dir: str | Path, left_out: list[str] | None = None) -> list[RunRecord]:
     """Every run directory of a sweep (in sweep.json's order when there is one; seeds ascending): SWEEP_DIR/NAME/
-    or SWEEP_DIR/NAME/seed<k>/. A run's results are those runs.summary counts on val (else None)."""
+    or SWEEP_DIR/NAME/seed<k>/. A run's results are those runs.summary counts on val (else None).
+
+    A run folder that cannot be read (a corrupt run.json, a FIFO where a file should be) or holds no config.yaml
+    yet (stopped before it was created) is left out, as "NAME (why)" in `left_out` when given: the rest of the
+    sweep still makes a report."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise RunError(f"{sweep_dir}: sweep folder not found; run `cycleseg sweep ... --out {sweep_dir}` first")
     found = find_runs(sweep_dir)
-    if not found:
-        raise RunError(f"{sweep_dir}: no run directories (folders with config.yaml) in it")
-    return [read_run(runs.summary(d), group, seed) for group, seed, d in found]
+    records = []
+    left_out = [] if left_out is None else left_out
+    for group, seed, d in found:
+        name = group if seed is None else f"{group}/{seed_dir(seed)}"
+        try:
+            summary = runs.summary(d)
+            if summary.config:
+                records.append(read_run(summary, group, seed))
+            else:
+                left_out.append(f"{name} (not started: no {runs.CONFIG})")
+        except RunError as e:
+            left_out.append(f"{name} (unreadable: {user_message(e)})")
+    if not records:
+        raise RunError(f"{sweep_dir}: no readable run directories (folders with config.yaml) in it"
+                       + (f"; left out: {'; '.join(left_out)}" if left_out else ""))
+    return records
 
 
 def group_runs(runs: list[RunRecord]) -> list[RunRecord]:
@@ -135,8 +153,8 @@ def read_run(summary: RunSummary, group: str | None = None, seed: int | None = N
     config = summary.config
     results = summary.results
     log = []
-    if (run_dir / LOG).is_file():
-        for line in (run_dir / LOG).read_text().splitlines():
+    if require_file(run_dir / LOG):  # a FIFO or device: RunError naming it, never opened
+        for line in read_text(run_dir / LOG, RunError).splitlines():
             try:
                 log.append(json.loads(line))
             except json.JSONDecodeError:

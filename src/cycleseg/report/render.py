@@ -13,6 +13,7 @@ import yaml
 
 from cycleseg.core.stats import Interval, format_interval
 from cycleseg.experiments.sweep import seed_dir
+from cycleseg.fileio import read_bytes, read_text, require_file
 from cycleseg.report.records import RunRecord, group_runs, labelled_fraction
 from cycleseg.report.semi import semi_contrasts
 from cycleseg.report.tables import WATERMARK_METRICS, _fmt, _name_references, paired_rows, quantizer_rows
@@ -259,8 +260,9 @@ def _diagnostics_sections(records: list[RunRecord]) -> list[_Section]:
                        "From `cycleseg diagnose` (RUN_DIR/diagnose_val.md and .json of each run).")
     for r in diagnosed:
         markdown = artifact(r.run_dir, "diagnose_md", "val")
-        section.code.append((f"{r.name}: {markdown.name}", markdown.read_text()))
-        section.figures += sorted(artifact(r.run_dir, "diagnose_figures", "val").glob("*.png"))
+        section.code.append((f"{r.name}: {markdown.name}", read_text(markdown)))
+        folder = artifact(r.run_dir, "diagnose_figures", "val")  # a link to a folder elsewhere is not embedded
+        section.figures += [] if folder.is_symlink() else sorted(p for p in folder.glob("*.png") if require_file(p))
     return [section]
 
 
@@ -305,7 +307,7 @@ def _html(sections: list[_Section], base: Path) -> str:
             body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
             body.append("</tbody></table>")
         for fig in s.figures:
-            data = base64.b64encode(fig.read_bytes()).decode()
+            data = base64.b64encode(read_bytes(fig)).decode()  # never a FIFO: it would block
             body.append(f'<figure><img alt="{html.escape(fig.stem)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{html.escape(fig.relative_to(base).as_posix())}</figcaption></figure>")
         for summary, text in s.code:

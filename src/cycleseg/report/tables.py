@@ -18,8 +18,8 @@ from cycleseg.core.stats import (
     paired_difference,
     t_p_value,
 )
-from cycleseg.errors import RunError
-from cycleseg.experiments.sweep import expand_runs
+from cycleseg.errors import RunError, user_message
+from cycleseg.experiments.sweep import expand_runs, seed_dir
 from cycleseg.report.records import RunRecord, group_runs, labelled_fraction, read_run
 from cycleseg.report.semi import same_but
 from cycleseg.runs import CONFIG, artifact, read_json
@@ -204,17 +204,23 @@ def format_table(paths: list[Path], split: str = "val") -> str:
     sweep folder. One row per config with the mean ± 95 % interval over its finished seeds and each seed's
     value, then each noise row's difference to the no-noise row paired by seed; runs without results (as
     runs.summary counts them) are named as missing. With one run per config: the columns of the table without
-    seeds."""
+    seeds. A run that cannot be read (a corrupt run.json, a FIFO where a file should be) is named as missing too,
+    with its error: the other rows still count."""
     records, missing = [], []
     for group, seed, run_dir in expand_runs(paths):
-        if not (run_dir / CONFIG).is_file():
-            missing.append(f"{run_dir} (no run)")
+        name = group if seed is None else f"{group}/{seed_dir(seed)}"
+        if not (run_dir / CONFIG).exists():
+            missing.append(f"{name} (not started: no {CONFIG})" if run_dir.is_dir() else f"{run_dir} (no run)")
             continue
-        summary = runs.summary(run_dir, split)
-        record = read_run(summary, group, seed)
+        try:
+            summary = runs.summary(run_dir, split)
+            record = read_run(summary, group, seed)
+            if record.results is None:
+                missing.append(f"{record.name} ({_why_missing(summary)})")
+        except RunError as e:
+            missing.append(f"{name} (unreadable: {user_message(e)})")
+            continue
         records.append(record)
-        if record.results is None:
-            missing.append(f"{record.name} ({_why_missing(summary)})")
     groups = group_runs(records)
     if not any(g.seeds > 1 for g in groups):
         lines = [_PLAIN_HEADER] + [_plain_row(g.config.get("name", g.name), g.config, g.results) for g in groups]

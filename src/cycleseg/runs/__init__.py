@@ -37,11 +37,13 @@ from __future__ import annotations
 from cycleseg.runs.checkpoint import (
     check_compatible,
     checkpoint_step,
+    copy_checkpoint,
     load_checkpoint,
     numpy_rng_from_plain,
     numpy_rng_to_plain,
     save_checkpoint,
     upgrade_checkpoint,
+    write_checkpoint,
 )
 from cycleseg.runs.files import (
     atomic_write,
@@ -105,6 +107,7 @@ __all__ = [
     "checkpoint_step",
     "config_difference",
     "config_hash",
+    "copy_checkpoint",
     "create_run",
     "finished",
     "init_weights",
@@ -130,6 +133,7 @@ __all__ = [
     "software_versions",
     "summary",
     "upgrade_checkpoint",
+    "write_checkpoint",
     "write_json",
     "write_labelled",
     "write_yaml",

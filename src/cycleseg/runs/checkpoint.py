@@ -7,15 +7,21 @@ state; it is read only with trust=True, and rewritten in v2 by `upgrade_checkpoi
 
 from __future__ import annotations
 
+import errno
 import pickle
+import shutil
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from cycleseg.errors import RunError, UnsafeCheckpoint
-from cycleseg.runs.files import atomic_write
+from cycleseg.fileio import require_file
+from cycleseg.runs.files import _first_line, atomic_write
+from cycleseg.runs.lock import RunLock
+from cycleseg.runs.paths import _RUN_MARKERS, LOCK
 from cycleseg.version import __version__
 
 # v2: tensors and plain data only (the NumPy RNG state as a tensor), read with torch.load(weights_only=True).
@@ -31,11 +37,61 @@ _PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.device)
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write a training state (atomically, as every run file). Every value must be a tensor or plain data
-    (dict, list, tuple, str, int, float, bool, None): what `load_checkpoint`'s safe load accepts."""
+    (dict, list, tuple, str, int, float, bool, None): what `load_checkpoint`'s safe load accepts.
+    RunError in one line naming the file and the free space when it does not fit (`write_checkpoint`)."""
     state = {"format": _CHECKPOINT_FORMAT, "version": __version__,
              **{k: v for k, v in state.items() if k != "format"}}
     _require_plain(state, "checkpoint")  # a bug guard: never write a file that the safe load would refuse
-    atomic_write(path, lambda f: torch.save(state, f))
+    write_checkpoint(path, lambda f: torch.save(state, f))
+
+
+def copy_checkpoint(source: str | Path, path: str | Path) -> None:
+    """Copy a checkpoint file (last.pt to epoch_NNNN.pt) the way every checkpoint is written (`write_checkpoint`):
+    atomically, never through a link at `path`."""
+    def copy(f: BinaryIO) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+
+    write_checkpoint(path, copy)
+
+
+def write_checkpoint(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """The one writer of checkpoint files (last.pt, best.pt, epoch_NNNN.pt, an upgraded file): `write` fills the
+    temporary file, which is renamed onto `path` (fileio.atomic_write). Every failure is the one-line RunError
+    naming the file, the cause and, for a full disk, the free space, with the previous file intact: the OSError
+    itself, and the RuntimeError torch's zip writer raises after a write failed under it ("unexpected pos ...":
+    the OSError its file callback met is what counts)."""
+    def recorded(f: BinaryIO) -> None:
+        sink = _Recording(f)
+        try:
+            write(sink)
+        except RuntimeError as e:
+            if sink.error is not None:
+                raise sink.error from None  # the disk's own error, worded by atomic_write
+            raise OSError(errno.EIO, f"{type(e).__name__}: {_first_line(e)}") from None
+    atomic_write(path, recorded)
+
+
+class _Recording:
+    """A file for torch.save that remembers the first OSError of its writes (torch's zip writer swallows it and
+    raises a RuntimeError of its own later)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as e:
+            self.error = self.error or e
+            raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False,
@@ -49,7 +105,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     A v1 file comes back in the v2 layout (its "format" says which it was).
     """
     path = Path(path)
-    if not path.is_file():
+    if not require_file(path):  # a FIFO or device: RunError naming it, never opened
         raise RunError(f"{path}: checkpoint not found; train a model first (cycleseg train ...)")
     try:
         with torch.serialization.safe_globals(_v1_globals() if trust else []):
@@ -72,12 +128,18 @@ def upgrade_checkpoint(path: str | Path, trust: bool = False) -> bool:
 
     A v1 last.pt needs `trust` (see load_checkpoint); a v1 best.pt holds nothing a safe load refuses. The
     contents stay the same (a resume from the new file is bit-identical), "version" still names the writer.
+    A checkpoint in a run folder is rewritten holding the run's lock, as every writer into a run does (RunInUse
+    while a trainer or another command works on the run).
     """
-    state = load_checkpoint(path, trust=trust)
-    if state["format"] == _CHECKPOINT_FORMAT:
-        return False
-    save_checkpoint(path, state)
-    return True
+    path = Path(path)
+    folder = path.parent
+    in_run = any((folder / name).exists() or (folder / name).is_symlink() for name in (*_RUN_MARKERS, LOCK))
+    with RunLock(folder, command=f"cycleseg upgrade {path}", enabled=in_run):
+        state = load_checkpoint(path, trust=trust)
+        if state["format"] == _CHECKPOINT_FORMAT:
+            return False
+        save_checkpoint(path, state)
+        return True
 
 
 def numpy_rng_to_plain(state: tuple) -> dict[str, Any]:

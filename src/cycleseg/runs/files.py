@@ -1,5 +1,6 @@
-"""Reading and writing the files of a run: every write atomic (temporary file, fsync, rename), every read a
-one-line RunError naming the file when it is missing or corrupt."""
+"""Reading and writing the files of a run: every write atomic (temporary file, fsync, rename; never through a
+link), every read a one-line RunError naming the file when it is missing, corrupt, or a FIFO, device or folder
+(never opened: fileio.read_text)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import yaml
 
 from cycleseg.errors import RunError
-from cycleseg.fileio import atomic_write
+from cycleseg.fileio import atomic_write, read_text, require_file
 from cycleseg.runs.paths import LABELLED, STATUS
 
 
@@ -27,7 +28,7 @@ def read_json(path: str | Path) -> Any:
     """A JSON file of a run; RunError naming the file when it is missing or not valid JSON."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except FileNotFoundError:
         raise RunError(f"{path}: not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -44,10 +45,10 @@ def write_labelled(run_dir: str | Path, paths: list[str]) -> None:
 def read_labelled(run_dir: str | Path) -> list[str] | None:
     """The paths of RUN/labelled.txt (write_labelled); None when the run has none (yet)."""
     path = Path(run_dir) / LABELLED
-    if not path.is_file():
+    if not require_file(path):
         return None
     try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return [line.strip() for line in read_text(path).splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise RunError(f"{path}: not readable ({_first_line(e)}); restore it from a copy of the run") from None
 
@@ -56,7 +57,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """A run's YAML file (config.yaml) as a dict; RunError naming the file when it is missing or corrupt."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path))
     except FileNotFoundError:
         raise RunError(f"{path}: not found") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
@@ -69,7 +70,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def read_status(run_dir: str | Path) -> dict[str, Any]:
     """run.json of a run; {} when there is none (a folder from before run.json, or no run)."""
     path = Path(run_dir) / STATUS
-    return read_json(path) if path.is_file() else {}
+    return read_json(path) if require_file(path) else {}
 
 
 def _now() -> str:

@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cycleseg.errors import RunError
+from cycleseg.fileio import not_a_file, open_for_writing, require_file
 from cycleseg.runs.files import _now, read_status, write_json
 from cycleseg.runs.paths import LOCK, STATUS
 
@@ -31,6 +33,7 @@ LOCK_ENV = "CYCLESEG_RUN_LOCK"  # "off": no locking, for file systems without fl
 _IN_USE = "in_use"  # run.json: the holder while a writer works on the run (None once it let go)
 _RETRIES = 5  # a reader's probe holds the lock for microseconds: a writer tries a few times before refusing
 _F = TypeVar("_F", bound=Callable[..., Any])
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _held: dict[str, list[Any]] = {}  # resolved run directory -> [descriptor, holders in this process, holder record]
 
 
@@ -155,20 +158,26 @@ def writes_into_run(when: Callable[[dict[str, Any]], bool] | None = None) -> Cal
 def run_in_use(run_dir: str | Path) -> dict[str, Any] | None:
     """The holder of RUN's lock (pid, host, command, since; {} when its record cannot be read), or None when no
     process holds it. A non-blocking probe for readers (`sweep status`): it never waits and takes nothing that a
-    writer would notice but for a moment it retries over."""
+    writer would notice but for a moment it retries over. RunError naming RUN/.lock when it is a link, FIFO or
+    device (never opened: a FIFO would block the reader; every writer refuses it too)."""
     run_dir = Path(run_dir)
     entry = _held.get(_lock_key(run_dir)) if run_dir.is_dir() else None
     if entry is not None:
         return dict(entry[2])
-    try:
-        fd = os.open(run_dir / LOCK, os.O_RDONLY)
-    except OSError:
+    path = run_dir / LOCK
+    if not require_file(path, follow=False):  # a link, FIFO or device: RunError naming it (opening could block)
         return None  # no lock file: never locked (a run from before the lock, or no run)
     try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None  # removed meanwhile, or no permission to read it: cannot tell
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise not_a_file(path, "not a regular file")
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read_holder(run_dir)
+            return _read_holder(fd)
         except OSError:
             return None  # a file system without locks: cannot tell
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -180,8 +189,8 @@ def run_in_use(run_dir: str | Path) -> dict[str, Any] | None:
 def _take(run_dir: Path, holder: dict[str, Any]) -> int:
     """Open RUN/.lock, flock it exclusively, write `holder` into it; the descriptor. RunInUse when it is held."""
     path = run_dir / LOCK
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # never through a link, never a FIFO or device: RunError naming it, nothing written anywhere
+        fd = open_for_writing(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise RunError(f"{path}: cannot open the run's lock file ({e.strerror}); fix the folder's permissions") \
             from None
@@ -192,7 +201,7 @@ def _take(run_dir: Path, holder: dict[str, Any]) -> int:
                 break
             except BlockingIOError:
                 if attempt == _RETRIES - 1:
-                    other = _read_holder(run_dir)
+                    other = _read_holder(fd)
                     raise RunInUse(_in_use_message(run_dir, other), other) from None
                 time.sleep(0.05)
             except OSError as e:
@@ -207,11 +216,11 @@ def _take(run_dir: Path, holder: dict[str, Any]) -> int:
     return fd
 
 
-def _read_holder(run_dir: Path) -> dict[str, Any]:
-    """The holder record in RUN/.lock; {} while it is being written or when it is not ours."""
+def _read_holder(fd: int) -> dict[str, Any]:
+    """The holder record in the open RUN/.lock; {} while it is being written or when it is not ours."""
     for _ in range(_RETRIES):
         with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
-            holder = json.loads((run_dir / LOCK).read_text())
+            holder = json.loads(os.pread(fd, 1 << 16, 0).decode())
             if isinstance(holder, dict):
                 return holder
         time.sleep(0.02)  # the holder truncates, then writes: an empty file for a moment

@@ -15,8 +15,8 @@ from cycleseg.core.models import Models, build_models
 from cycleseg.core.precision import FP32, Precision
 from cycleseg.errors import ConfigError, RunError
 from cycleseg.runs.checkpoint import check_compatible, load_checkpoint
-from cycleseg.runs.files import _first_line
-from cycleseg.runs.paths import BEST, CLASSES, LAST
+from cycleseg.runs.files import _first_line, read_yaml
+from cycleseg.runs.paths import BEST, CLASSES, CONFIG, LAST
 from cycleseg.runs.record import run_classes
 
 
@@ -73,12 +73,25 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", checkpoint
         models.load_state_dict(state["models"])
     except (KeyError, RuntimeError, ConfigError) as e:
         raise RunError(f"{path}: checkpoint does not match its config ({_first_line(e)})") from None
+    _require_run_model(run_dir, cfg, path, checkpoint)
     classes = run_classes(run_dir)
     if classes.num_classes != models.num_classes:  # a checkpoint copied in from another run
         raise RunError(f"{path}: holds a model of {models.num_classes} classes, but the run's {CLASSES} has "
                        f"{classes.num_classes}; this checkpoint comes from another run: copy that run's "
                        f"{checkpoint} here or point at that run")
     return models.to(device).eval(), cfg
+
+
+def _require_run_model(run_dir: Path, cfg: Config, path: Path, checkpoint: str) -> None:
+    """RunError naming the checkpoint file when it holds another kind of model than the run's config.yaml (a
+    plain run's last.pt copied into a cycle run as epoch_0000.pt): the file is at fault, not the run."""
+    if not (run_dir / CONFIG).is_file():
+        return  # a run from before config.yaml: the checkpoint is all there is
+    kind = (read_yaml(run_dir / CONFIG).get("model") or {}).get("kind")
+    if kind is not None and kind != cfg.model.kind:
+        raise RunError(f"{path}: holds a {cfg.model.kind} model, but the run {run_dir} is a {kind} model (its "
+                       f"{CONFIG}); this checkpoint comes from another run: remove it, copy the run's own "
+                       f"{checkpoint} here, or point at that other run")
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from cycleseg.errors import CycleSegError, Interrupted, RunError, user_message
 from cycleseg.experiments import plan
 from cycleseg.experiments.launchers import EXIT_IN_USE, IN_USE, Sweep, execute
 from cycleseg.experiments.plan import RunSpec
+from cycleseg.fileio import make_folder, open_for_writing, require_file
 
 __all__ = ["LOGS", "launch", "worker_main"]
 
@@ -57,7 +58,7 @@ def launch(specs: list[RunSpec], sweep: Sweep) -> list[dict[str, Any]]:
     total = len(specs)
     threads = sweep.threads or max(1, _cpu_count() // sweep.jobs)
     state = _skip_done(specs, sweep)
-    (sweep.sweep_dir / LOGS).mkdir(exist_ok=True)
+    make_folder(sweep.sweep_dir / LOGS, sweep.sweep_dir)  # never a logs/ linked elsewhere
     with _StopSignals() as stop:
         while state.queue or state.active:
             if stop.signum is None:
@@ -162,7 +163,8 @@ def _start(spec: RunSpec, status: str, gpu: str | None, threads: int, sweep: Swe
     job = {"config": str(spec.config_path), "overrides": list(spec.overrides), "run_dir": str(spec.run_dir),
            "sweep_dir": str(sweep.sweep_dir), "retrain": sweep.retrain, "threads": threads,
            "prefix": execute.prefix(spec, total), "name": spec.name}
-    with open(log_path, "a") as out:  # the child holds its own descriptor
+    # the child holds its own descriptor; never through a link planted at the log's name (fileio)
+    with os.fdopen(open_for_writing(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as out:
         out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {spec.name}: started, torch threads {threads}"
                   + (f", CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else "") + "\n")
         out.flush()
@@ -260,9 +262,11 @@ def _cpu_count() -> int:
 def _last_line(path: Path) -> str:
     """The last non-empty line of a log (the worker writes its error there last)."""
     try:
-        with open(path, "rb") as f:
+        if not require_file(path):
+            return "no log"
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # never blocks on a FIFO
             f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
             lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
-    except OSError:
+    except (OSError, RunError):
         return "no log"
     return (lines[-1].removeprefix("error: ") if lines else "no output")[:500]
