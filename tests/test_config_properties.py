@@ -163,7 +163,7 @@ ALL_KEYS = [
     "data.cache", "data.cache_dir", "data.check", "data.augment", "data.augment_scale", "data.labelled",
     "data.unpaired_labels",
     "model.kind", "model.num_classes", "model.arch", "model.f_input",
-    "noise.kind", "noise.bits", "noise.snr_db", "noise.sigma_rule",
+    "noise.kind", "noise.bits", "noise.snr_db", "noise.sigma_rule", "noise.scale", "noise.scale_rms", "noise.ste",
     "loss.alpha", "loss.beta", "loss.gamma", "loss.ignore_background", "loss.class_weights", "loss.adv_y", "loss.paired_f",
     "optim.lr", "optim.beta1", "optim.beta2", "optim.batch_size", "optim.epochs", "optim.decay_start_epoch",
     "optim.pool_size", "optim.kernel", "optim.unlabelled_batch_size", "optim.f_warmup_iters",
@@ -176,6 +176,7 @@ OTHER_NUMBERS = {
     "train.seed": "any integer is a seed",
     "noise.snr_db": "negative dB are valid SNRs (the paper goes down to -20 dB)",
     "noise.bits": "1..8 only, checked in test_config.py",
+    "noise.scale_rms": "a finite number > 0, checked in test_noise_scale.py",
     "train.max_iters": ">= 1 or null",
     "data.max_train_images": ">= 1 or null",
     "data.max_val_images": ">= 1 or null",
@@ -209,10 +210,11 @@ def test_keys_cover_every_setting():
 def test_other_numbers_reject_wrong_values(key):
     wrong = {"train.seed": 0.5, "noise.snr_db": [1], "noise.bits": 0, "train.max_iters": 0,
              "data.max_train_images": -1, "data.max_val_images": 0, "data.augment_scale": 0.9,
-             "data.labelled": 0}[key]
+             "data.labelled": 0, "noise.scale_rms": 0}[key]
     raw = _set({}, key, wrong)
-    if key == "noise.bits":
+    if key in ("noise.bits", "noise.scale_rms"):
         raw["noise"]["kind"] = "quantize"
+        raw["noise"].setdefault("bits", 2)
     with pytest.raises(ConfigError) as e:
         config_from_dict(raw)
     _assert_one_line(e.value)

@@ -434,7 +434,7 @@ def test_watermark_along_training_gets_intervals_and_a_paired_difference(seeded_
 
     md, _ = build_report(seeded_sweep)
     text = md.read_text()
-    assert "## Paired contrasts against nonoise" in text
+    assert "## Paired contrasts" in text
     assert "## The watermark along training" in text and "watermark_training.png" in text
     assert "| quant2 | 3 | 120 | 0.90 ± 2.37 (0.00, 0.80, 1.90) | 1.40 ± 2.37 (0.50, 1.30, 2.40) |" in text
     assert "-1.10 ± 0.25 | [-1.35, -0.85] * |" in text

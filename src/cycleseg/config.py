@@ -123,8 +123,7 @@ class NoiseConfig:
     # noise (how the paper paired each Gaussian run with a quantizer); resolved before training
     snr_db: float | str | None = None
     sigma_rule: str = "equal_snr"  # gaussian: equal_snr (SPEC default) | paper_eq13 (eq. 13 taken literally)
-    # quantize: none (eq. 9 as written) | rms (noisy = s Q(logits / s), s = RMS(logits) / scale_rms per image)
-    scale: str = "none"
+    scale: str = "none"  # quantize: none (eq. 9 as written) | rms (noisy = s Q(logits / s), s = RMS(logits) / scale_rms)
     scale_rms: float = DEFAULT_SCALE_RMS  # quantize with scale rms: r, the RMS of the quantizer's input
     ste: str = "identity"  # quantize: straight-through gradient, identity (the paper) | clipped (0 beyond +-1)
 
@@ -373,26 +372,21 @@ def _validate_model(cfg: Config, fail: _Fail) -> None:
         fail("noise.kind", f"must be one of {', '.join(NOISE_KINDS)}, got {n.kind!r}")
     if n.kind == "quantize" and (n.bits is None or not 1 <= n.bits <= 8):
         fail("noise.bits", f"must be an integer in 1..8 for noise.kind=quantize, got {n.bits}")
-    if n.kind != "quantize" and n.bits is not None:
-        fail("noise.bits", f"is only used with noise.kind=quantize (kind is {n.kind}); remove it")
     if n.kind == "gaussian" and n.snr_db is None:
         fail("noise.snr_db", "is required for noise.kind=gaussian (target SNR in dB, e.g. 7.38)")
     if isinstance(n.snr_db, str) and snr_source(n.snr_db) is None:
         fail("noise.snr_db", f"must be a number in dB or 'from RUN_DIR', got {n.snr_db!r}")
     if n.kind != "gaussian" and n.snr_db is not None:
         fail("noise.snr_db", f"is only used with noise.kind=gaussian (kind is {n.kind}); remove it")
-    if n.sigma_rule not in SIGMA_RULES:
-        fail("noise.sigma_rule", f"must be one of {', '.join(SIGMA_RULES)}, got {n.sigma_rule!r}")
-    if n.scale not in SCALES:
-        fail("noise.scale", f"must be one of {', '.join(SCALES)}, got {n.scale!r}")
-    if n.ste not in STES:
-        fail("noise.ste", f"must be one of {', '.join(STES)}, got {n.ste!r}")
+    for key, value, choices in (("sigma_rule", n.sigma_rule, SIGMA_RULES), ("scale", n.scale, SCALES), ("ste", n.ste, STES)):
+        if value not in choices:
+            fail(f"noise.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
     if not (math.isfinite(n.scale_rms) and n.scale_rms > 0):
         fail("noise.scale_rms", f"must be a finite number > 0 (the paper's SNRs: {DEFAULT_SCALE_RMS}), got {n.scale_rms}")
-    for key, value, default in (("noise.scale", n.scale, "none"), ("noise.ste", n.ste, "identity"),
-                                ("noise.scale_rms", n.scale_rms, DEFAULT_SCALE_RMS)):
-        if n.kind != "quantize" and value != default:
-            fail(key, f"is only used with noise.kind=quantize (kind is {n.kind}); remove it")
+    for key, value, unset in (("bits", n.bits, None), ("scale", n.scale, "none"), ("ste", n.ste, "identity"),
+                              ("scale_rms", n.scale_rms, DEFAULT_SCALE_RMS)):  # the quantizer's own keys
+        if n.kind != "quantize" and value != unset:
+            fail(f"noise.{key}", f"is only used with noise.kind=quantize (kind is {n.kind}); remove it")
     if m.kind == "plain" and n.kind != "none":
         fail("noise.kind", "must be none for model.kind=plain (the plain ERFNet has no forward cycle)")
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from cycleseg.commands.session import open_session
 from cycleseg.config import Config, NoiseConfig, apply_overrides, config_from_dict, snr_source
 from cycleseg.core.metrics import snr_db
+from cycleseg.core.models import noise_injection
 from cycleseg.core.noise import DEFAULT_SCALE_RMS, PAPER_QUANTIZER_SNR_DB, NoiseInjection, clip_share
 from cycleseg.errors import ConfigError, RunError
 from cycleseg.runs import LAST, artifact, read_json, seeded_inference, write_json, writes_into_run
@@ -88,7 +89,7 @@ def calibrate_run(run_dir: str | Path, data_root: str | Path, split: str = "val"
     session = open_session(run_dir, data_root, split, device, checkpoint)
     models, cfg = session.models, session.config
     noise_cfg = _noise_config(cfg.noise, noise_overrides)
-    noise = models.noise if not noise_overrides else NoiseInjection(**dataclasses.asdict(noise_cfg))
+    noise = models.noise if not noise_overrides else noise_injection(noise_cfg)
     measured = measure_noise(models.G, {"noise": noise}, session.batches("calibrate", progress), session.device,
                              seed=cfg.train.seed)
     snrs, clipped = measured["noise"]["snr_db"], measured["noise"]["clip_share"]

@@ -6,8 +6,6 @@ Plain torch, no I/O.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
@@ -17,7 +15,7 @@ from cycleseg.core.networks import PatchDiscriminator, image_generator, init_wei
 from cycleseg.core.noise import NoiseInjection
 from cycleseg.errors import ConfigError, RunError
 
-__all__ = ["Models", "build_models", "one_hot", "resolve_device"]
+__all__ = ["Models", "build_models", "noise_injection", "one_hot", "resolve_device"]
 
 
 DEFAULT_NUM_CLASSES = 20  # the paper's S (19 Cityscapes classes + background)
@@ -46,7 +44,7 @@ class Models(nn.Module):
             raise ConfigError(f"noise.snr_db {noise.snr_db!r} is not resolved to a number; run through `cycleseg "
                               "train` or `cycleseg sweep`, which read that run's measured SNR (cycleseg calibrate)")
         self.G = segmentation_generator(self.num_classes, model.arch)
-        self.noise = NoiseInjection(**dataclasses.asdict(noise))
+        self.noise = noise_injection(noise)
         self.F = image_generator(self.num_classes, model.arch) if model.kind == "cyclegan" else None
         self.D = PatchDiscriminator() if model.kind == "cyclegan" else None
         self.D_Y: PatchDiscriminator | None = None  # build_models(..., d_y=True) adds it
@@ -73,6 +71,12 @@ class Models(nn.Module):
         """y -> x_fake = F(one_hot(y)) -> logits_rec = G(x_fake); returns (x_fake, logits_rec)."""
         fake = self.F(one_hot(labels, self.num_classes)).float()
         return fake, self.G(fake).float()
+
+
+def noise_injection(noise: NoiseConfig) -> NoiseInjection:
+    """The noise injection block of a config's noise section (snr_db resolved to a number)."""
+    return NoiseInjection(noise.kind, bits=noise.bits, snr_db=noise.snr_db, sigma_rule=noise.sigma_rule,
+                          scale=noise.scale, scale_rms=noise.scale_rms, ste=noise.ste)
 
 
 def build_models(model: ModelConfig, noise: NoiseConfig, d_y: bool = False) -> Models:
