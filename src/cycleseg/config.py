@@ -54,7 +54,7 @@ CLASS_WEIGHTS = ("none", "enet")
 # or a sweep continues a run; any other difference is refused, naming the key.
 RESUMABLE_KEYS = (
     "data.root", "data.num_workers", "data.cache", "data.cache_dir", "data.check",
-    "train.device", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
+    "train.device", "train.progress", "train.print_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
     "train.max_nonfinite", "train.max_iters", "train.image_every",
 )
 
@@ -165,7 +165,11 @@ class TrainConfig:
     log_every: int = 10  # iterations between log.jsonl / TensorBoard entries
     eval_every: int = 10  # epochs between validations (the last epoch is always validated); 0 = last only
     max_iters: int | None = None  # stop after this many iterations (smoke tests); None = full schedule
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm progress bar (the command line turns it off when stderr is not a terminal)
+    # iterations between plain progress lines on stdout (step, epoch, losses, it/s, ETA, peak memory), printed
+    # where no bar is watched: the bar off, or stdout not a terminal (a batch system's log file); also one at each
+    # validation; 0 = none
+    print_every: int = 50
     # iterations between checkpoints (last.pt; also at the start, the end and after validations); 0 = every epoch end
     checkpoint_every: int = 500
     keep_checkpoints: int = 0  # also keep a copy of the last N epochs' checkpoints (epoch_NNNN.pt)
@@ -422,6 +426,8 @@ def _validate_optim(cfg: Config, fail: _Fail) -> None:
         fail("optim.pool_size", f"must be >= 0, got {o.pool_size}")
     if t.log_every < 1:
         fail("train.log_every", f"must be >= 1, got {t.log_every}")
+    if t.print_every < 0:
+        fail("train.print_every", f"must be >= 0 (0 = no progress lines), got {t.print_every}")
     if t.eval_every < 0:
         fail("train.eval_every", f"must be >= 0, got {t.eval_every}")
     for key, v in (("train.checkpoint_every", t.checkpoint_every), ("train.keep_checkpoints", t.keep_checkpoints)):

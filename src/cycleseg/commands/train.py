@@ -98,7 +98,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, run_config
         per_epoch = math.ceil(shard_size(len(train_set)) / cfg.optim.batch_size)
         total = min(cfg.optim.epochs * per_epoch, cfg.train.max_iters or math.inf)
         with RunLogger(run_dir, cfg.name, total, p.step, resumed=resume, validated=p.validated_step == p.step,
-                       progress=cfg.train.progress, enabled=main) as log, StopSignals() as stop:
+                       progress=cfg.train.progress, enabled=main, print_every=cfg.train.print_every,
+                       epochs=cfg.optim.epochs, device=device) as log, StopSignals() as stop:
             world = distributed.world_size()
             log.write(f"{cfg.name}: {state.amp.name} ({state.precision_reason}); {per_epoch} iterations per epoch"
                       + (f"; {world} processes, batch {cfg.optim.batch_size} per process, global batch "
@@ -154,9 +155,7 @@ def _train_batches(state: TrainState, data: TrainData, cfg: Config, class_weight
         p.step += 1
         p.batch_in_epoch += 1
         log.advance()
-        if "nonfinite_skipped" in losses or p.step % cfg.train.log_every == 0 or p.step == total:
-            log.log(p.step, p.epoch, {k: float(v) for k, v in losses.items()} | {"lr": state.lr})
-            log.show(losses)
+        _log_iteration(state, cfg, log, losses, total)
         if distributed.is_main() and cfg.train.image_every and p.step % cfg.train.image_every == 0:
             log.images(p.step, _sample_images(state, image, labels, cfg, classes.palette))
         if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
@@ -167,6 +166,22 @@ def _train_batches(state: TrainState, data: TrainData, cfg: Config, class_weight
             raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {p.step}; checkpoint "
                               f"{run_dir / LAST}; continue with: cycleseg train --resume {run_dir}",
                               signum)
+
+
+def _log_iteration(state: TrainState, cfg: Config, log: RunLogger, losses: dict[str, Tensor | float], total: int
+                   ) -> None:
+    """The iteration's losses and LR to log.jsonl and TensorBoard every train.log_every iterations (and at a
+    skipped update and the last), to the bar, and as a progress line every train.print_every."""
+    p = state.progress
+    logged = "nonfinite_skipped" in losses or p.step % cfg.train.log_every == 0 or p.step == total
+    if not (logged or log.line_due(p.step)):
+        return
+    values = {k: float(v) for k, v in losses.items()} | {"lr": state.lr}  # float(): waits for the device
+    if logged:
+        log.log(p.step, p.epoch, values)
+        log.show(losses)
+    if log.line_due(p.step):
+        log.line(p.step, p.epoch, values)
 
 
 def _open_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, init_from: str | Path | None,
@@ -338,7 +353,10 @@ def _validate(state: TrainState, loader: DataLoader, cfg: Config, log: RunLogger
     metrics = evaluate_models(state.models, batches, state.device, seed=cfg.train.seed,
                               distributed=distributed.is_distributed(), classes=classes)
     epoch = p.epoch - 1 if p.batch_in_epoch == 0 else p.epoch  # the epoch the validated weights finished
-    log.log(p.step, epoch, {f"val/{k}": metrics[k] for k in ("miou", "psnr_db", "snr_db") if metrics[k] is not None})
+    values = {f"val/{k}": metrics[k] for k in ("miou", "psnr_db", "snr_db") if metrics[k] is not None}
+    log.log(p.step, epoch, values)
+    log.line(p.step, epoch, values, validation=True)
+    log.pace.pause_ended()  # the next iterations per second count training, not this validation
     p.validated_step, p.last_metrics = p.step, metrics
     if metrics["miou"] is not None and (p.best_miou is None or metrics["miou"] > p.best_miou):
         p.best_miou = metrics["miou"]
