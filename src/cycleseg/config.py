@@ -7,6 +7,7 @@ noise. Unknown keys, wrong types and out-of-range values raise ConfigError namin
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -219,7 +220,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     try:
         return config_from_dict(raw, source=str(path) if path else "config")
     except ConfigError as e:  # an error in a command-line override: name the command line, not the YAML file
-        if e.key in override_keys:
+        if e.key in override_keys or any(k.startswith(f"{e.key}.") for k in override_keys):  # nois.kind=x: nois
             raise ConfigError(f"command line: {e.reason}", key=e.key) from None
         raise
 
@@ -234,10 +235,13 @@ def flat_items(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set `a.b=value` entries into the nested dict `raw` (values parsed as YAML scalars)."""
-    for item in overrides:
+    for i, item in enumerate(overrides):
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. noise.bits=2")
+            following = overrides[i + 1] if i + 1 < len(overrides) else None
+            hint = (f"did you mean {item}={following}?" if key and following is not None and "=" not in following
+                    else "e.g. noise.bits=2")
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE; {hint}")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
@@ -265,7 +269,8 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            why = f"unknown key {f'{prefix}{key}'!r}; valid keys: {', '.join(sorted(fields))}"
+            why = f"unknown key {f'{prefix}{key}'!r}{_did_you_mean(prefix, str(key), fields)}; valid keys: " \
+                  f"{', '.join(sorted(fields))}"
             raise ConfigError(f"{source}: {why}", key=f"{prefix}{key}", reason=why)
     kwargs = {}
     for name, value in raw.items():
@@ -275,6 +280,19 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
         else:
             kwargs[name] = _check_type(value, hint, key, source)
     return cls(**kwargs)
+
+
+def _did_you_mean(prefix: str, key: str, fields: set[str]) -> str:
+    """" (did you mean 'noise.bits'?)": the closest key of the section (difflib), else a key of that name in another
+    section (`train.lr` -> optim.lr); "" when nothing is close."""
+    close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {prefix + close[0]!r}?)"
+    if prefix:  # the right key in the wrong section
+        elsewhere = [k for k, _ in flat_items(Config().to_dict()) if k.split(".")[-1] == key]
+        if elsewhere:
+            return f" (did you mean {elsewhere[0]!r}?)"
+    return ""
 
 
 def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
