@@ -1,7 +1,9 @@
 """Run configuration: typed dataclasses, loaded from YAML (configs/) and overridden with `key=value` strings.
 
 Every field has the paper's value as default (SPEC), so an empty YAML file is the paper's CycleGAN without
-noise. Unknown keys, wrong types and out-of-range values raise ConfigError naming the key and the fix.
+noise. Unknown keys, wrong types and out-of-range values raise ConfigError naming the key and the fix. A file
+may start from another (`base: FILE`, config_files). The comment beside (or above) a field documents it: the page
+docs/reference/config.md is generated from these comments (docs/config_reference.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from cycleseg.config_files import read_config_file
 from cycleseg.core.augment import AUGMENT_MODES
 from cycleseg.core.noise import NOISE_KINDS, SIGMA_RULES
 from cycleseg.errors import ConfigError
@@ -35,6 +38,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_keys",
     "config_from_dict",
     "flat_items",
     "labelled_subset",
@@ -55,7 +59,8 @@ CLASS_WEIGHTS = ("none", "enet")
 # or a sweep continues a run; any other difference is refused, naming the key.
 RESUMABLE_KEYS = (
     "data.root", "data.num_workers", "data.cache", "data.cache_dir", "data.check",
-    "train.device", "train.progress", "train.print_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
+    "train.device", "train.progress", "train.print_every", "train.log_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.keep_every",
     "train.max_nonfinite", "train.max_iters", "train.image_every",
 )
 
@@ -67,7 +72,7 @@ class DataConfig:
     # classes.yaml (docs/guide/own-data.md)
     format: str = "auto"
     height: int = 256  # images are resized to height x width (the paper: 256 x 512)
-    width: int = 512
+    width: int = 512  # see data.height; both multiples of 8, at least 32
     num_workers: int = 0  # DataLoader worker processes
     max_train_images: int | None = None  # use only the first N training images (quick runs); None = all
     max_val_images: int | None = None  # same for validation
@@ -143,10 +148,10 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    batch_size: int = 4
+    lr: float = 2e-4  # Adam's learning rate for G, F and the discriminators (the paper: 2e-4)
+    beta1: float = 0.5  # Adam's beta_1 (the paper, as CycleGAN: 0.5)
+    beta2: float = 0.999  # Adam's beta_2
+    batch_size: int = 4  # images per iteration (per process under torchrun; the paper: 4 in all)
     epochs: int = 200  # total epochs
     decay_start_epoch: int = 100  # constant LR before this epoch, then linear decay to 0 at `epochs`
     pool_size: int = 50  # image history buffer for D_X (and for D_Y of a semi-supervised run)
@@ -161,7 +166,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = 0  # seeds the weights, the batch order, the noise, the pool and the augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 10  # iterations between log.jsonl / TensorBoard entries
     eval_every: int = 10  # epochs between validations (the last epoch is always validated); 0 = last only
@@ -185,7 +190,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    name: str = "cyclegan"
+    name: str = "cyclegan"  # in tables, reports, log lines (train appends its model/noise/loss overrides; --name)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -198,23 +203,8 @@ class Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file (None: defaults), apply `section.key=value` overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found; see configs/ for examples")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-            problem = getattr(e, "problem", None) or _first_line(e)
-            raise ConfigError(f"{where}: not valid YAML ({problem}); fix the file at that line and column") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not valid YAML ({_first_line(e)}); fix or recreate the file") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
+    """Read a YAML file (None: defaults) with its `base:` chain, apply `section.key=value` overrides, validate."""
+    raw: dict[str, Any] = read_config_file(path, check_keys) if path is not None else {}
     apply_overrides(raw, overrides)
     override_keys = {o.partition("=")[0].strip() for o in overrides}
     try:
@@ -260,6 +250,11 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     cfg = _build(Config, raw, prefix="", source=source)
     _validate(cfg, source)
     return cfg
+
+
+def check_keys(raw: dict[str, Any], source: str) -> None:
+    """The keys and types of one file's settings (any part of a config), ConfigError naming `source`."""
+    _build(Config, raw, prefix="", source=source)
 
 
 def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
@@ -503,7 +498,3 @@ def _parse_float(text: str) -> float | None:
     except (ValueError, ZeroDivisionError):
         return None
     return value if math.isfinite(value) else None
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

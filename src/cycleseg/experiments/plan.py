@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cycleseg import runs
 from cycleseg.config import (  # snr_source: plan's callers read it here (tests patch plan.snr_source)
     RESUMABLE_KEYS,
@@ -33,6 +31,7 @@ from cycleseg.config import (  # snr_source: plan's callers read it here (tests 
     load_config,
     snr_source,
 )
+from cycleseg.config_files import read_config_file
 from cycleseg.errors import ConfigError, DataError, RunError
 
 __all__ = ["ACTIONS", "MAX_SEEDS", "RunSpec", "SweepEntry", "check_request", "decide", "find_configs", "plan",
@@ -103,8 +102,8 @@ def find_configs(sources: list[Path], only: list[str] | None = None) -> list[Swe
     """
     paths: list[Path] = []
     for src in map(Path, sources):
-        if src.is_dir():
-            found = sorted(src.glob("*.yaml"))
+        if src.is_dir():  # a file named _*.yaml is a base of the others (`base: _base.yaml`), not a run
+            found = sorted(p for p in src.glob("*.yaml") if not p.name.startswith("_"))
             if not found:
                 raise ConfigError(f"{src}: no *.yaml configs in this folder")
             paths += found
@@ -209,11 +208,11 @@ def _link_absolute(specs: list[RunSpec]) -> list[RunSpec]:
 
 
 def _snr_in_file(path: Path) -> str | None:
-    """The `from` source of a YAML file's noise.snr_db, read without loading the config (None when unreadable:
-    load_config reports the problem with its file name)."""
+    """The `from` source of a YAML file's noise.snr_db (its base's included), read without validating the config
+    (None when unreadable: load_config reports the problem with its file name)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        raw = read_config_file(path)
+    except (OSError, ConfigError):
         return None
     noise = raw.get("noise") if isinstance(raw, dict) else None
     return snr_source(noise.get("snr_db")) if isinstance(noise, dict) else None
