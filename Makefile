@@ -148,7 +148,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
 # The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, anchor or API reference.
+# docs/reference/config.md is generated from src/cycleseg/config.py (tests/test_config_reference.py: never stale).
 docs: $(STAMP)
+	$(BIN)/python docs/config_reference.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve

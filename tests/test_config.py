@@ -88,7 +88,10 @@ def test_int_accepted_for_float():
     (["data.height=100"], "data.height must be a multiple of 8"),
     (["optim.decay_start_epoch=300"], "optim.decay_start_epoch must be in 0..optim.epochs"),
     (["noise=3"], "noise must be a mapping"),
-    (["noise.bits"], "expected key=value"),
+    (["noise.bits"], "expected KEY=VALUE; e.g. noise.bits=2"),
+    (["noise.bits", "2"], "expected KEY=VALUE; did you mean noise.bits=2?"),
+    (["noise.bitz=2"], "unknown key 'noise.bitz' (did you mean 'noise.bits'?)"),
+    (["train.lr=1e-3"], "unknown key 'train.lr' (did you mean 'optim.lr'?)"),
 ])
 def test_invalid_values_name_the_key(overrides, needle):
     with pytest.raises(ConfigError) as e:

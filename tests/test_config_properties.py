@@ -71,7 +71,7 @@ RATES_AND_WEIGHTS = ["optim.lr", "optim.beta1", "optim.beta2", "loss.alpha", "lo
 COUNTS = ["optim.batch_size", "optim.epochs", "optim.pool_size", "optim.decay_start_epoch", "data.num_workers",
           "data.height", "data.width", "train.log_every", "train.eval_every", "train.checkpoint_every",
           "train.keep_checkpoints", "train.max_nonfinite", "model.num_classes", "train.image_every",
-          "optim.unlabelled_batch_size", "train.keep_every", "optim.f_warmup_iters"]
+          "optim.unlabelled_batch_size", "train.keep_every", "optim.f_warmup_iters", "train.print_every"]
 
 
 @settings(max_examples=100, deadline=None)
@@ -167,7 +167,7 @@ ALL_KEYS = [
     "loss.alpha", "loss.beta", "loss.gamma", "loss.ignore_background", "loss.class_weights", "loss.adv_y", "loss.paired_f",
     "optim.lr", "optim.beta1", "optim.beta2", "optim.batch_size", "optim.epochs", "optim.decay_start_epoch",
     "optim.pool_size", "optim.kernel", "optim.unlabelled_batch_size", "optim.f_warmup_iters",
-    "train.seed", "train.device", "train.log_every", "train.eval_every", "train.max_iters", "train.progress",
+    "train.seed", "train.device", "train.print_every", "train.log_every", "train.eval_every", "train.max_iters", "train.progress",
     "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.max_nonfinite", "train.precision",
     "train.channels_last", "train.compile", "train.image_every",
 ]

@@ -1,13 +1,17 @@
-"""Progress bars where long work happens, on a terminal; nothing with --quiet or when stderr is not a terminal."""
+"""Progress bars where long work happens, on a terminal; nothing with --quiet or when stderr is not a terminal;
+training off a terminal prints plain progress lines instead."""
 
 import fcntl
+import json
 import os
 import pty
+import re
 import shutil
 import struct
 import subprocess
 import sys
 import termios
+from datetime import datetime
 
 import pytest
 
@@ -63,3 +67,29 @@ def test_no_progress_when_stderr_is_not_a_terminal(trained_cycle_run, tiny_data,
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert "evaluate val:" not in proc.stderr + proc.stdout
+
+
+def test_train_off_a_terminal_prints_progress_lines_and_logs_the_pace(tiny_data, tmp_path):
+    """stdout a pipe (a batch system's log file): a line every train.print_every iterations and at each validation,
+    with step / total, epoch, the losses, it/s, ETA and peak memory; every log.jsonl record has the same fields."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "cycleseg.cli", "train", "configs/demo/quant2.yaml", "--data",
+                           str(tiny_data), "--out", str(out), "data.height=32", "data.width=64", "optim.batch_size=4",
+                           "optim.epochs=2", "optim.decay_start_epoch=1", "train.eval_every=1",
+                           "train.print_every=2"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if " demo-quant2: step " in line]
+    training = [line for line in lines if "validation" not in line]
+    validations = [line for line in lines if "validation" in line]
+    assert [line.split(" step ")[1].split(":")[0] for line in training] == ["2/4, epoch 1/2", "4/4, epoch 2/2"]
+    assert len(validations) == 2 and "mIoU" in validations[-1] and "PSNR" in validations[-1]
+    for line in lines:
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line), line
+        assert re.search(r"; [\d.]+ it/s, ETA \d+ (s|min)", line) and "peak memory" in line, line
+    assert all(k in training[0] for k in ("seg ", "rec_x ", "adv ", "rec_y ", "D ", "lr ")), training[0]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    for record in records:
+        assert {"time", "step", "total_steps", "epoch", "it_per_s", "eta_s", "peak_memory_mib"} <= set(record)
+        assert record["total_steps"] == 4 and record["peak_memory_mib"] > 0
+        assert datetime.strptime(record["time"], "%Y-%m-%dT%H:%M:%S%z")
+    assert records[-1]["it_per_s"] > 0 and records[-1]["eta_s"] == 0

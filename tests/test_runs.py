@@ -134,7 +134,7 @@ def test_resume_refuses_overrides_that_change_what_the_run_computes(cycle_run, o
 def test_resuming_a_finished_run_is_a_no_op_that_says_so(tiny_data, cycle_run, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in cycle_run.iterdir()}
     assert main(["train", "--resume", str(cycle_run), "--data", str(tiny_data)]) == 0
-    assert "already finished" in capsys.readouterr().out
+    assert "the run is finished" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in cycle_run.iterdir()} == before  # not a file touched
     assert json.loads((cycle_run / "metrics.json").read_text())["miou"] is not None
 

@@ -28,9 +28,9 @@ def photos(tmp_path_factory):
     return root
 
 
-def _scores_by_hand(run_dir, photo: Image.Image) -> torch.Tensor:
+def _scores_by_hand(run_dir, photo: Image.Image, checkpoint: str = "last.pt") -> torch.Tensor:
     """G's class scores (S, H0, W0) computed here: resize to the training size, G in fp32 (NCHW), upsample."""
-    models, cfg = load_run(run_dir, "cpu", "best.pt")
+    models, cfg = load_run(run_dir, "cpu", checkpoint)
     rgb = photo.convert("RGB").resize((cfg.data.width, cfg.data.height), Image.BILINEAR)
     with torch.no_grad():
         logits = models.G(image_to_tensor(np.asarray(rgb))[None])
@@ -50,7 +50,7 @@ def _agree(labels: np.ndarray, scores: torch.Tensor) -> bool:
 
 
 def test_load_segment_matches_G_by_hand_on_mixed_sizes(trained_cycle_run, photos):
-    model = cycleseg.load(trained_cycle_run, precision="fp32")  # best.pt by default
+    model = cycleseg.load(trained_cycle_run, precision="fp32")  # last.pt by default, as every command
     assert model.classes is CITYSCAPES and model.size == (32, 64)
     for path in sorted(photos.rglob("*.*")):
         photo = Image.open(path)
@@ -72,7 +72,7 @@ def test_reconstruct_overlay_and_bad_inputs(trained_cycle_run, photos):
     assert np.array_equal(overlay, CITYSCAPES.palette[model.segment(photo)])  # alpha 1: the colours alone
     with pytest.raises(DataError, match="expected uint8"):
         model.segment(np.zeros((8, 8, 3), np.float32))
-    with pytest.raises(RunError, match="checkpoint not found .*pass checkpoint='last'"):
+    with pytest.raises(RunError, match="checkpoint not found .*pass checkpoint='last', 'best' or a file name"):
         cycleseg.load(trained_cycle_run, checkpoint="epoch_0007.pt")
 
 
@@ -87,7 +87,7 @@ def test_segment_cli_writes_labels_colours_overlays(trained_cycle_run, photos, t
     photo = Image.open(photos / "sub" / "odd.jpeg")
     written = np.asarray(Image.open(out / "labels" / "sub" / "odd.png"))  # Cityscapes labelIds
     labels = CITYSCAPES.lookup[written]
-    assert _agree(labels, _scores_by_hand(trained_cycle_run, photo))
+    assert _agree(labels, _scores_by_hand(trained_cycle_run, photo, "best.pt"))
     assert np.array_equal(written, CITYSCAPES.class_values[labels])
     colour = np.asarray(Image.open(out / "color" / "sub" / "odd.png"))
     assert np.array_equal(colour, CITYSCAPES.palette[labels])
@@ -114,7 +114,7 @@ def test_segment_cli_errors_are_one_line(trained_cycle_run, photos, tmp_path, ca
 
 
 def test_a_checkpoint_from_a_run_of_other_classes_is_one_line(trained_cycle_run, photos, tmp_path, capsys):
-    """A 12-class run whose best.pt was copied in from a 20-class run: refused naming the file (was IndexError)."""
+    """A 12-class run whose last.pt was copied in from a 20-class run: refused naming the file (was IndexError)."""
     import shutil
 
     from cycleseg.data.classes import load_classes
@@ -127,7 +127,7 @@ def test_a_checkpoint_from_a_run_of_other_classes_is_one_line(trained_cycle_run,
     write_yaml(run / "classes.yaml", load_classes(f"{camvid}/classes.yaml").to_dict())  # the run's: 11 + void
     code = main(["segment", str(run), str(photos / "wide.jpg"), "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and str(run / "best.pt") in err[0] and "20 classes" in err[0], err
+    assert code != 0 and len(err) == 1 and str(run / "last.pt") in err[0] and "20 classes" in err[0], err
     with pytest.raises(RunError, match="12"):
         cycleseg.load(run)
     assert not (tmp_path / "o").exists()

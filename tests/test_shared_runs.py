@@ -93,7 +93,9 @@ def _one_line(capsys) -> str:
 @pytest.mark.parametrize("kind", ["link", "dangling link", "fifo"])
 @pytest.mark.parametrize("command", [["evaluate", "{run}", "--data", "{data}"],
                                      ["calibrate", "{run}", "--data", "{data}"],
-                                     ["train", "--resume", "{run}", "train.max_iters=3"]])
+                                     # a resume with work left (one epoch more): one with nothing to do exits
+                                     # before it takes the lock, and writes nothing
+                                     ["train", "--resume", "{run}", "optim.epochs=2", "train.max_iters=3"]])
 def test_a_planted_lock_is_refused_and_nothing_is_written_anywhere(run, tiny_data, tmp_path, capsys, kind, command):
     outside = tmp_path / "outside"
     _plant(run / LOCK, kind, outside)

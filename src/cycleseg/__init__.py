@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["__version__", "load"]
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", precision: str = "auto",
+def load(run_dir: str | Path, checkpoint: str = "last", device: str = "auto", precision: str = "auto",
          trust: bool = False) -> Segmenter:
     """A trained run as a segmenter: `cycleseg.load(run_dir).segment(image)` -> (H, W) class indices.
 

@@ -1,12 +1,15 @@
 """Run configuration: typed dataclasses, loaded from YAML (configs/) and overridden with `key=value` strings.
 
 Every field has the paper's value as default (SPEC), so an empty YAML file is the paper's CycleGAN without
-noise. Unknown keys, wrong types and out-of-range values raise ConfigError naming the key and the fix.
+noise. Unknown keys, wrong types and out-of-range values raise ConfigError naming the key and the fix. A file
+may start from another (`base: FILE`, config_files). The comment beside (or above) a field documents it: the page
+docs/reference/config.md is generated from these comments (docs/config_reference.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -17,6 +20,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from cycleseg.config_files import read_config_file, snr_source
 from cycleseg.core.augment import AUGMENT_MODES
 from cycleseg.core.noise import DEFAULT_SCALE_RMS, NOISE_KINDS, SCALES, SIGMA_RULES, STES
 from cycleseg.errors import ConfigError
@@ -34,6 +38,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_keys",
     "config_from_dict",
     "flat_items",
     "labelled_subset",
@@ -54,7 +59,8 @@ CLASS_WEIGHTS = ("none", "enet")
 # or a sweep continues a run; any other difference is refused, naming the key.
 RESUMABLE_KEYS = (
     "data.root", "data.num_workers", "data.cache", "data.cache_dir", "data.check",
-    "train.device", "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
+    "train.device", "train.progress", "train.print_every", "train.log_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.keep_every",
     "train.max_nonfinite", "train.max_iters", "train.image_every",
 )
 
@@ -66,7 +72,7 @@ class DataConfig:
     # classes.yaml (docs/guide/own-data.md)
     format: str = "auto"
     height: int = 256  # images are resized to height x width (the paper: 256 x 512)
-    width: int = 512
+    width: int = 512  # see data.height; both multiples of 8, at least 32
     num_workers: int = 0  # DataLoader worker processes
     max_train_images: int | None = None  # use only the first N training images (quick runs); None = all
     max_val_images: int | None = None  # same for validation
@@ -103,18 +109,6 @@ class ModelConfig:
     num_classes: int | None = None
 
 
-SNR_FROM = "from "  # noise.snr_db: from RUN, the SNR measured for another run (cycleseg calibrate)
-
-
-def snr_source(value: Any) -> str | None:
-    """RUN of a `noise.snr_db: from RUN` value (of a loaded config, a YAML file or an override); None for a
-    number, None or any other value. The one reader of that syntax: validation, the sweep's plan and
-    calibrate's resolve_snr_from all ask it."""
-    if isinstance(value, str) and value.startswith(SNR_FROM):
-        return value[len(SNR_FROM):].strip() or None
-    return None
-
-
 @dataclass
 class NoiseConfig:
     kind: str = "none"  # none | max_only | quantize | gaussian
@@ -145,10 +139,10 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    batch_size: int = 4
+    lr: float = 2e-4  # Adam's learning rate for G, F and the discriminators (the paper: 2e-4)
+    beta1: float = 0.5  # Adam's beta_1 (the paper, as CycleGAN: 0.5)
+    beta2: float = 0.999  # Adam's beta_2
+    batch_size: int = 4  # images per iteration (per process under torchrun; the paper: 4 in all)
     epochs: int = 200  # total epochs
     decay_start_epoch: int = 100  # constant LR before this epoch, then linear decay to 0 at `epochs`
     pool_size: int = 50  # image history buffer for D_X (and for D_Y of a semi-supervised run)
@@ -163,12 +157,16 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = 0  # seeds the weights, the batch order, the noise, the pool and the augmentation
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 10  # iterations between log.jsonl / TensorBoard entries
     eval_every: int = 10  # epochs between validations (the last epoch is always validated); 0 = last only
     max_iters: int | None = None  # stop after this many iterations (smoke tests); None = full schedule
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm progress bar (the command line turns it off when stderr is not a terminal)
+    # iterations between plain progress lines on stdout (step, epoch, losses, it/s, ETA, peak memory), printed
+    # where no bar is watched: the bar off, or stdout not a terminal (a batch system's log file); also one at each
+    # validation; 0 = none
+    print_every: int = 50
     # iterations between checkpoints (last.pt; also at the start, the end and after validations); 0 = every epoch end
     checkpoint_every: int = 500
     keep_checkpoints: int = 0  # also keep a copy of the last N epochs' checkpoints (epoch_NNNN.pt)
@@ -183,7 +181,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    name: str = "cyclegan"
+    name: str = "cyclegan"  # in tables, reports, log lines (train appends its model/noise/loss overrides; --name)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -196,38 +194,16 @@ class Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file (None: defaults), apply `section.key=value` overrides, validate."""
-    raw = read_config_file(path) if path is not None else {}
+    """Read a YAML file (None: defaults) with its `base:` chain, apply `section.key=value` overrides, validate."""
+    raw: dict[str, Any] = read_config_file(path, check_keys) if path is not None else {}
     apply_overrides(raw, overrides)
     override_keys = {o.partition("=")[0].strip() for o in overrides}
     try:
         return config_from_dict(raw, source=str(path) if path else "config")
     except ConfigError as e:  # an error in a command-line override: name the command line, not the YAML file
-        if e.key in override_keys:
+        if e.key in override_keys or any(k.startswith(f"{e.key}.") for k in override_keys):  # nois.kind=x: nois
             raise ConfigError(f"command line: {e.reason}", key=e.key) from None
         raise
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A config YAML file as a dict, unvalidated: what `load_config` and the sweep's plan read. ConfigError
-    naming the file (and the line and column) when it is missing, not UTF-8, not YAML or not a mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; see configs/ for examples")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or _first_line(e)
-        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the file at that line and column") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not valid YAML ({_first_line(e)}); fix or recreate the file") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config ({e.strerror or e}); check the file") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
-    return raw
 
 
 def flat_items(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -240,10 +216,13 @@ def flat_items(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set `a.b=value` entries into the nested dict `raw` (values parsed as YAML scalars)."""
-    for item in overrides:
+    for i, item in enumerate(overrides):
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. noise.bits=2")
+            following = overrides[i + 1] if i + 1 < len(overrides) else None
+            hint = (f"did you mean {item}={following}?" if key and following is not None and "=" not in following
+                    else "e.g. noise.bits=2")
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE; {hint}")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
@@ -264,6 +243,11 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     return cfg
 
 
+def check_keys(raw: dict[str, Any], source: str) -> None:
+    """The keys and types of one file's settings (any part of a config), ConfigError naming `source`."""
+    _build(Config, raw, prefix="", source=source)
+
+
 def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {raw!r}")
@@ -271,7 +255,8 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            why = f"unknown key {f'{prefix}{key}'!r}; valid keys: {', '.join(sorted(fields))}"
+            why = f"unknown key {f'{prefix}{key}'!r}{_did_you_mean(prefix, str(key), fields)}; valid keys: " \
+                  f"{', '.join(sorted(fields))}"
             raise ConfigError(f"{source}: {why}", key=f"{prefix}{key}", reason=why)
     kwargs = {}
     for name, value in raw.items():
@@ -281,6 +266,19 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
         else:
             kwargs[name] = _check_type(value, hint, key, source)
     return cls(**kwargs)
+
+
+def _did_you_mean(prefix: str, key: str, fields: set[str]) -> str:
+    """" (did you mean 'noise.bits'?)": the closest key of the section (difflib), else a key of that name in another
+    section (`train.lr` -> optim.lr); "" when nothing is close."""
+    close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {prefix + close[0]!r}?)"
+    if prefix:  # the right key in the wrong section
+        elsewhere = [k for k, _ in flat_items(Config().to_dict()) if k.split(".")[-1] == key]
+        if elsewhere:
+            return f" (did you mean {elsewhere[0]!r}?)"
+    return ""
 
 
 def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -437,6 +435,8 @@ def _validate_optim(cfg: Config, fail: _Fail) -> None:
         fail("optim.pool_size", f"must be >= 0, got {o.pool_size}")
     if t.log_every < 1:
         fail("train.log_every", f"must be >= 1, got {t.log_every}")
+    if t.print_every < 0:
+        fail("train.print_every", f"must be >= 0 (0 = no progress lines), got {t.print_every}")
     if t.eval_every < 0:
         fail("train.eval_every", f"must be >= 0, got {t.eval_every}")
     for key, v in (("train.checkpoint_every", t.checkpoint_every), ("train.keep_checkpoints", t.keep_checkpoints)):
@@ -494,7 +494,3 @@ def _parse_float(text: str) -> float | None:
     except (ValueError, ZeroDivisionError):
         return None
     return value if math.isfinite(value) else None
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

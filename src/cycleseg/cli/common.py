@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import re
 import sys
 
 from cycleseg.errors import RunError, user_message
 
-__all__ = ["one_line", "parse_size", "quiet_overrides", "show_progress"]
+__all__ = ["missing_equals", "one_line", "parse_size", "quiet_overrides", "show_progress"]
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -28,6 +30,15 @@ def show_progress(args: argparse.Namespace) -> bool:
 def quiet_overrides(args: argparse.Namespace) -> list[str]:
     """The override that turns the training progress bar off with --quiet or when stderr is not a terminal."""
     return [] if show_progress(args) else ["train.progress=false"]
+
+
+def missing_equals(words: list[str]) -> str:
+    """The hint for `KEY VALUE` written without its `=` (`noise.bits 2`): "; did you mean noise.bits=2? (overrides
+    are KEY=VALUE)", or "" when no word looks like a config key followed by a value."""
+    for key, value in itertools.pairwise(words):
+        if re.fullmatch(r"[a-z_]+\.[a-z0-9_]+", key) and "=" not in value and not value.startswith("--"):
+            return f"; did you mean {key}={value}? (overrides are KEY=VALUE)"
+    return ""
 
 
 def one_line(error: BaseException | str) -> str:

@@ -7,7 +7,7 @@ import os
 import sys
 
 from cycleseg.cli import handlers, sweeps
-from cycleseg.cli.common import one_line
+from cycleseg.cli.common import missing_equals, one_line
 from cycleseg.cli.parser import build_parser
 from cycleseg.errors import CycleSegError, Interrupted
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides += extra
     elif extra:  # point at the subcommand's own help, where its options are listed
         words = " ".join(" ".join(extra).splitlines())
-        parser.exit(2, f"cycleseg {args.command}: error: unrecognized arguments: {words} "
+        parser.exit(2, f"cycleseg {args.command}: error: unrecognized arguments: {words}{missing_equals(extra)} "
                        f"(see cycleseg {args.command} --help)\n")
     try:
         if getattr(args, "device", None) is not None:  # an unknown --device fails before any run is read

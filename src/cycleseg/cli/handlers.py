@@ -8,10 +8,14 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cycleseg.cli.common import one_line, parse_size, quiet_overrides, show_progress
 from cycleseg.errors import ConfigError, RunError
 from cycleseg.runs.formats import fmt
+
+if TYPE_CHECKING:
+    from cycleseg.config import Config
 
 __all__ = ["cmd_calibrate", "cmd_check_data", "cmd_diagnose", "cmd_evaluate", "cmd_export", "cmd_make_synthetic",
            "cmd_predict", "cmd_prepare", "cmd_reward", "cmd_segment", "cmd_train", "cmd_upgrade", "print_result"]
@@ -51,21 +55,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.init_from is not None:
             raise ConfigError(f"--init-from {args.init_from} starts a new run; --resume {args.resume} continues "
                               f"one from its own {runs.LAST}: drop one of them")
+        if args.name is not None:
+            raise ConfigError(f"--name {args.name} names a new run; --resume {args.resume} keeps the run's name: "
+                              "drop --name")
         overrides = (([str(args.config)] if args.config is not None else []) + list(args.overrides)
                      + quiet_overrides(args))
         if args.data:
             overrides.append(f"data.root={args.data}")
         out = args.resume
         cfg, run_config = runs.resume_config(args.resume, overrides)
-        if runs.finished(out) and not any(o.startswith("train.max_iters=") for o in overrides):
-            metrics = runs.read_json(out / runs.METRICS)  # nothing to train: touch nothing
-            print(f"{out}: the run is already finished ({metrics['iterations']} iterations); nothing to do")
-            return print_result(cfg.name, metrics, out)
+        from cycleseg.commands.train import nothing_to_train
+
+        why = nothing_to_train(out, cfg)
+        if why is not None:  # nothing to train: touch nothing
+            print(f"{out}: {why}")
+            return print_result(cfg.name, runs.read_json(out / runs.METRICS), out)
     else:
         if args.config is None:
             raise ConfigError("train needs CONFIG and --out RUN_DIR (or --resume RUN_DIR)")
         overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else []) + quiet_overrides(args)
-        cfg, out = load_config(args.config, overrides), args.out
+        cfg, out = _named(load_config(args.config, overrides), args), args.out
         if out is None and not args.dry_run:
             raise ConfigError("train needs --out RUN_DIR, the folder to create the run in")
         if out is not None:
@@ -85,6 +94,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return print_result(cfg.name, metrics, out)
 
 
+# Overrides of these sections make another model than the config file's; they join its name (tables, log lines).
+NAMING_SECTIONS = ("model", "noise", "loss")
+
+
+def _named(cfg: Config, args: argparse.Namespace) -> Config:
+    """`cfg` named by --name, or by a `name=` override, or else by its file's name followed by the overrides that
+    make it another model ("cyclegan noise.kind=quantize noise.bits=2"), so that runs of one file tell apart."""
+    import dataclasses
+
+    if args.name is not None:
+        return dataclasses.replace(cfg, name=args.name)
+    words = [o.strip() for o in args.overrides]
+    if any(w.partition("=")[0].strip() == "name" for w in words):
+        return cfg
+    own = [w for w in words if w.partition("=")[0].split(".")[0].strip() in NAMING_SECTIONS]
+    return dataclasses.replace(cfg, name=" ".join([cfg.name, *own])) if own else cfg
+
+
 def print_result(name: str, metrics: dict, out: Path) -> int:
     print(f"{name}: mIoU {fmt(metrics.get('miou'), 1)} %, PSNR {fmt(metrics.get('psnr_db'), 2)} dB, "
           f"SNR {fmt(metrics.get('snr_db'), 2)} dB after {metrics['iterations']} iterations "
@@ -95,11 +122,18 @@ def print_result(name: str, metrics: dict, out: Path) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cycleseg.commands.evaluate import evaluate_run, format_results
 
-    results = evaluate_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint,
+    results = evaluate_run(args.run_dir, _data(args), args.split, device=args.device, checkpoint=args.checkpoint,
                            full_res=args.full_res, official=args.official, predictions=args.predictions,
                            precision=args.precision, progress=show_progress(args))
     print(json.dumps(results, indent=2) if args.json else format_results(results))
     return 0
+
+
+def _data(args: argparse.Namespace) -> Path:
+    """The data folder of a command on a run: --data when given, else the folder the run was trained on."""
+    from cycleseg import runs
+
+    return runs.run_data_root(args.run_dir, args.data)
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
@@ -148,7 +182,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from cycleseg.commands.predict import predict_run
 
-    summary = predict_run(args.run_dir, args.data, args.split, args.out, checkpoint=args.checkpoint,
+    summary = predict_run(args.run_dir, _data(args), args.split, args.out, checkpoint=args.checkpoint,
                           device=args.device, reconstruction=args.reconstruction, progress=show_progress(args),
                           precision=args.precision)
     print(f"wrote {', '.join(summary['outputs'])} of {summary['num_images']} {args.split} images to {args.out}")
@@ -160,7 +194,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.quantizers:
         return _calibrate_quantizers(args)
-    r = calibrate_run(args.run_dir, args.data, args.split, device=args.device, noise_overrides=args.noise,
+    r = calibrate_run(args.run_dir, _data(args), args.split, device=args.device, noise_overrides=args.noise,
                       progress=show_progress(args))
     noise = ", ".join(f"{k}={v}" for k, v in r["noise"].items() if v is not None)
     print(f"{r['run']}: {noise}: SNR {r['snr_db']:.2f} dB (mean of {r['num_images']} {args.split} images; "
@@ -177,7 +211,7 @@ def _calibrate_quantizers(args: argparse.Namespace) -> int:
 
     if args.noise:
         raise ConfigError("--quantizers measures its own noises; drop the KEY=VALUE settings")
-    r = calibrate_quantizers(args.run_dir, args.data, args.split, device=args.device, scale_rms=args.scale_rms,
+    r = calibrate_quantizers(args.run_dir, _data(args), args.split, device=args.device, scale_rms=args.scale_rms,
                              progress=show_progress(args))
     print(f"{r['run']}: SNR dB of n-bit quantization on its logits (logit RMS {r['logit_rms']:.2f}; mean of "
           f"{r['num_images']} {args.split} images; clipped: share of the quantizer's inputs beyond +-1)")
@@ -206,7 +240,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         from cycleseg.commands.diagnose import TRAINING_SNRS, diagnose_training
 
         chosen = snrs if args.snrs != "40,30,20,10,5,0,-5,-10" else TRAINING_SNRS
-        curve = diagnose_training(args.run_dir, args.data, args.split, device=args.device, max_images=args.max_images,
+        curve = diagnose_training(args.run_dir, _data(args), args.split, device=args.device, max_images=args.max_images,
                                   snrs=chosen, progress=show_progress(args))
         for point in curve["points"]:
             print(f"step {point['step']:>7}: watermark gap {fmt(point['watermark_gap_db'], 2)} dB, gap to class "
@@ -214,7 +248,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                   f"dB), mIoU {fmt(point['miou'], 1)} %")
         print(f"wrote {args.run_dir / ('diagnose_' + args.split + '_training.json')} and the .png beside it")
         return 0
-    results = diagnose_run(args.run_dir, args.data, args.split, device=args.device, checkpoint=args.checkpoint,
+    results = diagnose_run(args.run_dir, _data(args), args.split, device=args.device, checkpoint=args.checkpoint,
                            max_images=args.max_images, snrs=snrs, scale_to=args.scale_to, num_examples=args.examples,
                            progress=show_progress(args))
     print(format_summary(results, args.run_dir))

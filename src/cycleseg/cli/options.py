@@ -16,12 +16,13 @@ from cycleseg.core import precision as _precision
 from cycleseg.runs import BEST, LAST
 
 __all__ = ["CHECKPOINT_ALIASES", "CHECKPOINT_DEFAULT", "LABELLED_SPLITS", "SPLITS", "checkpoint", "checkpoint_name",
-           "data", "data_format", "device", "max_images", "precision", "quiet", "run_dir", "split"]
+           "data", "data_format", "device", "max_images", "precision", "quiet", "run_data", "run_dir", "split"]
 
 SPLITS = ("train", "val", "test")
 LABELLED_SPLITS = ("train", "val")  # the splits with labels: what can be scored
-# --checkpoint's default: runs.LAST, the latest weights of the run (what `train --resume` continues); evaluate,
-# predict, diagnose and export read it. segment passes runs.BEST instead, as cycleseg.load does.
+# --checkpoint's default for every reader (evaluate, predict, diagnose, export, segment, and cycleseg.load):
+# runs.LAST, the weights at the end of the schedule, as the paper reports its models (no choice on the validation
+# split, which Table 2 scores) and as metrics.json, `table` and `report` count them. best.pt is opt-in.
 CHECKPOINT_DEFAULT = LAST
 CHECKPOINT_ALIASES = {"last": LAST, "best": BEST}
 
@@ -53,6 +54,12 @@ def data(required: bool = True, role: str | None = None) -> argparse.ArgumentPar
     parser.add_argument("--data", type=Path, required=required, metavar="DIR",
                         help=f"{text}; {role}" if role else text)
     return parser
+
+
+def run_data() -> argparse.ArgumentParser:
+    """--data DIR of a command on a run: optional, the folder the run was trained on by default
+    (runs.run_data_root)."""
+    return data(required=False, role="default: the folder the run was trained on (its config.yaml's data.root)")
 
 
 def split(what: str = "split to read", choices: Sequence[str] | None = LABELLED_SPLITS,
@@ -97,7 +104,7 @@ def checkpoint(default: str | None = None, why: str | None = None) -> argparse.A
     subcommand that needs another."""
     parser = _parent()
     default = default or CHECKPOINT_DEFAULT
-    why = why or "the latest weights, what most commands read"
+    why = why or "the weights at the end of training, what every command and cycleseg.load read"
     parser.add_argument("--checkpoint", default=default, type=checkpoint_name, metavar="FILE",
                         help=f"checkpoint file in RUN_DIR: {LAST} (the latest weights; `last`), {BEST} (the weights "
                              f"at the best validation mIoU; `best`) or another, e.g. epoch_0004.pt (default "

@@ -67,6 +67,8 @@ def train(sub: Subparsers) -> None:
                         f"{BEST}, else {LAST}): G, F and D_X as both models have them; not its optimizer, "
                         "schedule or progress. A plain run's G can start a cycle model's G")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--name", help="the run's name in tables, reports and log lines (default: the config's name, "
+                                  "followed by the model.*, noise.* and loss.* overrides)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
@@ -76,7 +78,7 @@ def evaluate(sub: Subparsers) -> None:
     p = _add(sub, "evaluate", "evaluate a trained run on a split",
              "Compute class IoU and mIoU and, for cycle models, the PSNR of the forward-cycle reconstruction and the "
              "measured SNR of the noise injection. Prints a table and writes RUN_DIR/eval_<split>.json.",
-             options.run_dir(), options.data(), options.split("split to evaluate"), options.device(),
+             options.run_dir(), options.run_data(), options.split("split to evaluate"), options.device(),
              options.precision(), options.checkpoint(),
              epilog="metrics:\n" + "\n".join(f"  {k:<8} {v}" for k, v in METRICS.items()))
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -131,8 +133,7 @@ def segment(sub: Subparsers) -> None:
              "OUT/labels/<name>.png (the dataset's label values), OUT/color/<name>.png (its class colours) and "
              "OUT/overlay/<name>.jpg (the colours over the photo); a folder's images keep their paths. The same "
              "from Python: cycleseg.load(RUN_DIR).segment(image).",
-             options.run_dir(), options.device(), options.precision(),
-             options.checkpoint(BEST, "the weights at the best validation mIoU, as cycleseg.load reads"))
+             options.run_dir(), options.device(), options.precision(), options.checkpoint())
     p.add_argument("images", type=Path, nargs="+", help="image files or folders of images")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--reconstruction", action="store_true", help="also write F's reconstruction x_rec (cycle models)")
@@ -144,7 +145,7 @@ def predict(sub: Subparsers) -> None:
              "(labelIds at the image's own size: what the official evaluation and the benchmark server take), "
              "OUT/color/<city>/<name>_color.png (official palette) and, with --reconstruction, "
              "OUT/reconstruction/<city>/<name>_rec.png (x_rec at the training size).",
-             options.run_dir(), options.data(), options.split("split to predict", options.SPLITS), options.device(),
+             options.run_dir(), options.run_data(), options.split("split to predict", options.SPLITS), options.device(),
              options.precision(), options.checkpoint())
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--reconstruction", action="store_true", help="also write F's reconstruction x_rec (cycle models)")
@@ -163,7 +164,7 @@ def calibrate(sub: Subparsers) -> None:
              "kind=quantize bits=1) and report the mean per-image SNR (eq. 11): the paper's 'SNR of a quantizer'. "
              "With the run's own noise, writes RUN_DIR/calibrate_<split>.json, which a Gaussian config reads "
              "through `noise.snr_db: from RUN_DIR`.",
-             options.run_dir(), options.data(), options.split("split to measure"), options.device())
+             options.run_dir(), options.run_data(), options.split("split to measure"), options.device())
     p.add_argument("noise", nargs="*", metavar="KEY=VALUE", help="another noise to measure, e.g. kind=quantize bits=1")
     p.add_argument("--quantizers", action="store_true",
                    help="instead: the SNR of 1 to 4-bit quantization on the run's logits as eq. 9 reads and with "
@@ -185,7 +186,7 @@ def diagnose(sub: Subparsers) -> None:
              "  4. pictures: the residuals amplified to full range, and F's outputs.\n"
              "Writes RUN_DIR/diagnose_<split>.json, RUN_DIR/diagnose_<split>.md and figures in\n"
              "RUN_DIR/diagnose_<split>/.",
-             options.run_dir("(a cycle model)"), options.data(), options.split("split to diagnose"),
+             options.run_dir("(a cycle model)"), options.run_data(), options.split("split to diagnose"),
              options.device(), options.checkpoint(), options.max_images())
     p.add_argument("--examples", type=int, default=4, metavar="K",
                    help="images shown in diagnose_<split>/examples.png (default 4)")
@@ -251,6 +252,9 @@ def sweep(sub: Subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="sweep folder (one run directory per config)")
     p.add_argument("--only", help="comma-separated config names to run, e.g. plain,nonoise,quant2")
     p.add_argument("--report", action="store_true", help="build the report when the sweep is done")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (every run, its folder and what it would do: train, continue, skip) after "
+                        "the checks, and exit; nothing is written")
     p.add_argument("--retrain", action="store_true",
                    help="train anew the runs in SWEEP_DIR that were made with other settings (default: refuse)")
     p.add_argument("--seeds", type=int, metavar="N",

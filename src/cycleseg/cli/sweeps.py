@@ -38,6 +38,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     jobs = args.jobs if args.jobs is not None else len(gpus) if gpus else 1
     launcher = args.launcher or ("local" if jobs > 1 or gpus or args.threads else "inprocess")
+    if args.dry_run:  # the plan of any launcher: which runs, in which order, what each would do
+        from cycleseg.experiments.sweep import format_plan, plan_sweep
+
+        print(format_plan(plan_sweep(args.configs, args.out, args.overrides, str(args.data) if args.data else None,
+                                     only, args.retrain, args.seeds)))
+        return 0
     if launcher == "slurm":
         return _submit_to_slurm(args, only)
     try:

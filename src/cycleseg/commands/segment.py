@@ -1,7 +1,7 @@
 """A trained run as a segmenter of any photo: the Python API (`cycleseg.load`) and `cycleseg segment`.
 
     import cycleseg
-    model = cycleseg.load("runs/demo/quant2", checkpoint="best")   # best.pt; "last" for last.pt
+    model = cycleseg.load("runs/demo/quant2")                      # last.pt; checkpoint="best" for best.pt
     labels = model.segment(Image.open("street.jpg"))              # (H, W) uint8 class indices, the photo's size
     colour = model.colorize(labels)                                # (H, W, 3) uint8, the dataset's colours
     x_rec = model.reconstruct(Image.open("street.jpg"))            # (H, W, 3) uint8: F(noise(G(x))), cycle runs
@@ -108,11 +108,12 @@ class Segmenter:
         return (alpha * self.colorize(labels) + (1 - alpha) * photo).round().astype(np.uint8)
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", precision: str = "auto",
+def load(run_dir: str | Path, checkpoint: str = "last", device: str = "auto", precision: str = "auto",
          trust: bool = False) -> Segmenter:
     """The trained model of `run_dir` as a Segmenter.
 
-    checkpoint: "best" (best.pt, the best validation mIoU), "last" (last.pt), or a file name in the run.
+    checkpoint: "last" (last.pt, the weights at the end of training: the default of every command), "best"
+        (best.pt, the best validation mIoU), or a file name in the run.
     precision: auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.
     trust: also read a checkpoint of cycleseg 0.1.0 (whose RNG state is pickled NumPy data; runs.load_checkpoint).
     """
@@ -120,8 +121,8 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", pr
     name = CHECKPOINTS.get(checkpoint, checkpoint)
     if not (run_dir / name).is_file() and run_dir.is_dir():
         have = ", ".join(sorted(p.name for p in run_dir.glob("*.pt"))) or "none"
-        raise RunError(f"{run_dir / name}: checkpoint not found (the run has: {have}); pass checkpoint='last' or "
-                       "a file name")
+        raise RunError(f"{run_dir / name}: checkpoint not found (the run has: {have}); pass "
+                       "checkpoint='last', 'best' or a file name it has")
     session = open_model(run_dir, device, name, precision, trust=trust)
     return Segmenter(session.models, session.config, session.classes, session.device, precision)
 

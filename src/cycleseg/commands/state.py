@@ -75,7 +75,10 @@ class TrainState:
         self.opt_d = make_adam(list(m.D.parameters()), **adam) if m.is_cycle else None
         # D_Y (semi-supervised, loss.adv_y > 0): its own Adam, schedule and pool of softmax maps, as D_X has
         self.opt_dy = make_adam(list(m.D_Y.parameters()), **adam) if m.D_Y is not None else None
-        schedule = lambda epoch: lr_factor(epoch, cfg.optim.epochs, cfg.optim.decay_start_epoch)
+        # past the last epoch nothing trains: 0 there (lr_factor divides by zero when decay_start_epoch == epochs,
+        # and the last epoch's close asks for epoch `epochs`)
+        schedule = lambda epoch: (lr_factor(epoch, cfg.optim.epochs, cfg.optim.decay_start_epoch)
+                                  if epoch < cfg.optim.epochs else 0.0)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in self.optimizers]
         self.pool = ImagePool(cfg.optim.pool_size, seed=cfg.train.seed + distributed.rank())
         # D_Y's pool: the seed of D_X's pool plus 1_000_003 (mix_seed(1, s) = 1_000_003 + s), its own stream
@@ -151,6 +154,11 @@ class TrainState:
                 o.load_state_dict(s)
             for sch, s in zip(self.schedulers, state["schedulers"], strict=True):
                 sch.load_state_dict(s)
+                # the current epoch's rate from this session's schedule: the saved one unless a resume extended
+                # optim.epochs (runs.resume_config allows that only where the epochs trained keep their rates)
+                for group, base, factor in zip(sch.optimizer.param_groups, sch.base_lrs, sch.lr_lambdas, strict=True):
+                    group["lr"] = base * factor(sch.last_epoch)
+                sch._last_lr = [group["lr"] for group in sch.optimizer.param_groups]
             self.pool.load_state_dict(state["pool"])
             if self.pool_y is not None:
                 self.pool_y.load_state_dict(state["pool_y"])

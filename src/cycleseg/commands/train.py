@@ -57,7 +57,7 @@ from cycleseg.data import ClassTable, open_source, resolve_classes
 from cycleseg.errors import ConfigError, DataError, Interrupted, RunError, user_message
 from cycleseg.runs import BEST, LAST
 
-__all__ = ["train"]
+__all__ = ["nothing_to_train", "train"]
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
@@ -72,16 +72,36 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, overwrite: boo
     run_dir = Path(run_dir)
     if resume and init_from is not None:
         raise ConfigError("--init-from starts a new run; a resumed run continues from its own last.pt (drop one)")
+    given = cfg.data.root  # as the user spelled it, for run.json
+    if not resume:  # the run records where its data is, wherever it is resumed or evaluated from
+        cfg = runs.absolute_data(cfg)
     device = _device(cfg)
     lock = runs.RunLock(run_dir, enabled=distributed.is_main())  # rank 0 writes, so rank 0 holds it for all
     try:
-        return _train(cfg, run_dir, resume, overwrite, run_config, init_from, device, lock)
+        return _train(cfg, run_dir, resume, overwrite, run_config, init_from, device, lock, given)
     finally:
         lock.release()
 
 
+def nothing_to_train(run_dir: str | Path, cfg: Config) -> str | None:
+    """Why resuming the run in `run_dir` with the session config `cfg` would train nothing (it is finished, and
+    neither a larger train.max_iters nor a longer optim.epochs takes it further); None when there is work."""
+    if not runs.finished(run_dir):
+        return None
+    metrics = runs.read_json(Path(run_dir) / runs.METRICS)
+    done, limit, epochs = metrics["iterations"], cfg.train.max_iters, cfg.optim.epochs
+    if metrics.get("epochs", 0) >= epochs:
+        return (f"the run is finished: it trained its whole schedule, optim.epochs={epochs} ({done} iterations), "
+                "and train.max_iters does not go past the schedule; nothing to do")
+    if limit is not None and limit <= done:
+        return (f"the run is finished at {done} iterations, where train.max_iters={limit} stops it; nothing to do "
+                f"(train.max_iters above {done} extends it, train.max_iters=null runs its whole schedule of "
+                f"{epochs} epochs)")
+    return None
+
+
 def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, run_config: dict[str, Any] | None,
-           init_from: str | Path | None, device: torch.device, lock: runs.RunLock) -> dict[str, Any]:
+           init_from: str | Path | None, device: torch.device, lock: runs.RunLock, given: str) -> dict[str, Any]:
     main = distributed.is_main()  # rank 0 writes files, logs and shows progress
     # A run of this version has its lock file: refused at once while another process holds it. (One decision for
     # all ranks: rank 0 may create the file while another rank still looks.)
@@ -89,20 +109,30 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, run_config
         _lock(lock, device)
     if main and not resume:
         runs.require_new_run(run_dir, overwrite)
-    classes, data, init_record, init = _open_run(cfg, run_dir, resume, overwrite, init_from, device, lock)
+    classes, data, init_record, init = _open_run(cfg, run_dir, resume, overwrite, init_from, device, lock, given,
+                                                 run_config)
     train_set, val_loader = data.labelled, data.val_loader
     state = None
     try:
         state, class_weights = _start(cfg, run_dir, device, run_config, train_set, resume, init)
+        if resume and main and runs.schedule_changed(run_dir, state.run_config):  # optim.epochs changed on resume
+            state.save(run_dir / LAST)  # the checkpoint first: resume_config accepts the old config.yaml beside it
+            runs.rewrite_schedule(run_dir, state.run_config)
         p = state.progress
         per_epoch = math.ceil(shard_size(len(train_set)) / cfg.optim.batch_size)
         total = min(cfg.optim.epochs * per_epoch, cfg.train.max_iters or math.inf)
         with RunLogger(run_dir, cfg.name, total, p.step, resumed=resume, validated=p.validated_step == p.step,
-                       progress=cfg.train.progress, enabled=main) as log, StopSignals() as stop:
+                       progress=cfg.train.progress, enabled=main, print_every=cfg.train.print_every,
+                       epochs=cfg.optim.epochs, device=device) as log, StopSignals() as stop:
             world = distributed.world_size()
             log.write(f"{cfg.name}: {state.amp.name} ({state.precision_reason}); {per_epoch} iterations per epoch"
                       + (f"; {world} processes, batch {cfg.optim.batch_size} per process, global batch "
                          f"{world * cfg.optim.batch_size}" if world > 1 else "") + describe_data(data, cfg))
+            if p.step > total:  # resumed with a train.max_iters (or a shorter epoch) below the step it reached
+                limit = (f"train.max_iters={cfg.train.max_iters}" if total == cfg.train.max_iters else
+                         f"optim.epochs={cfg.optim.epochs} of {per_epoch} iterations")
+                log.write(f"{cfg.name}: the run is at step {p.step}, past the {total} iterations of {limit}: it "
+                          f"stops here, validated and finished at step {p.step}")
             if init_record and p.step == 0:
                 log.write(f"initialised {', '.join(init_record['networks'])} from {init_record['path']} "
                           f"(step {init_record['step']})")
@@ -154,9 +184,7 @@ def _train_batches(state: TrainState, data: TrainData, cfg: Config, class_weight
         p.step += 1
         p.batch_in_epoch += 1
         log.advance()
-        if "nonfinite_skipped" in losses or p.step % cfg.train.log_every == 0 or p.step == total:
-            log.log(p.step, p.epoch, {k: float(v) for k, v in losses.items()} | {"lr": state.lr})
-            log.show(losses)
+        _log_iteration(state, cfg, log, losses, total)
         if distributed.is_main() and cfg.train.image_every and p.step % cfg.train.image_every == 0:
             log.images(p.step, _sample_images(state, image, labels, cfg, classes.palette))
         if cfg.train.checkpoint_every and p.step % cfg.train.checkpoint_every == 0:
@@ -169,12 +197,33 @@ def _train_batches(state: TrainState, data: TrainData, cfg: Config, class_weight
                               signum)
 
 
+def _log_iteration(state: TrainState, cfg: Config, log: RunLogger, losses: dict[str, Tensor | float], total: int
+                   ) -> None:
+    """The iteration's losses and LR to log.jsonl and TensorBoard every train.log_every iterations (and at a
+    skipped update and the last), to the bar, and as a progress line every train.print_every."""
+    p = state.progress
+    logged = "nonfinite_skipped" in losses or p.step % cfg.train.log_every == 0 or p.step == total
+    if not (logged or log.line_due(p.step)):
+        return
+    values = {k: float(v) for k, v in losses.items()} | {"lr": state.lr}  # float(): waits for the device
+    if logged:
+        log.log(p.step, p.epoch, values)
+        log.show(losses)
+    if log.line_due(p.step):
+        log.line(p.step, p.epoch, values)
+
+
 def _open_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, init_from: str | Path | None,
-              device: torch.device, lock: runs.RunLock
+              device: torch.device, lock: runs.RunLock, given: str, run_config: dict[str, Any] | None
               ) -> tuple[ClassTable, TrainData, dict[str, Any] | None, dict[str, Any] | None]:
     """The run's data, opened once and checked, then its folder locked and, for a new run, created (nothing is
-    written before the data passed): (class table, data, the --init-from record and weights, or None, None)."""
+    written before the data passed; run.json keeps the data folder as `given`; a resume whose recorded folder,
+    in `run_config`, is gone names the run): (class table, data, the --init-from record and weights, or None,
+    None)."""
     main = distributed.is_main()
+    recorded = resume and ((run_config or {}).get("data") or {}).get("root") == cfg.data.root
+    if recorded and not Path(cfg.data.root).is_dir():  # the folder the run recorded is gone (no --data): say so
+        raise runs.missing_data(run_dir, cfg.data.root)
     source = open_source(cfg.data.root, cfg.data.format)  # opened once: each split's folder is walked once
     classes = resolve_classes(cfg, source=source)  # the data's class table; model.num_classes from it when null
     if resume and not (run_dir / LAST).is_file():  # stopped before its first checkpoint: start as it started
@@ -183,8 +232,8 @@ def _open_run(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, init_fr
     init_record, init = runs.init_weights(init_from, cfg) if init_from is not None else (None, None)
     _lock(lock, device, create=not resume)  # before the first file is written or removed
     if main and not resume:
-        runs.create_run(run_dir, cfg, overwrite, fields={"init_from": init_record} if init_record else None,
-                        classes=classes)
+        runs.create_run(run_dir, cfg, overwrite, classes=classes,
+                        fields={runs.DATA_AS_GIVEN: given} | ({"init_from": init_record} if init_record else {}))
     if main and data.split is not None and (not resume or runs.read_labelled(run_dir) is None):
         runs.write_labelled(run_dir, data.split.paths(data.split.labelled))  # what a resume trains on
     return classes, data, init_record, init
@@ -348,7 +397,10 @@ def _validate(state: TrainState, loader: DataLoader, cfg: Config, log: RunLogger
     metrics = evaluate_models(state.models, batches, state.device, seed=cfg.train.seed,
                               distributed=distributed.is_distributed(), classes=classes)
     epoch = p.epoch - 1 if p.batch_in_epoch == 0 else p.epoch  # the epoch the validated weights finished
-    log.log(p.step, epoch, {f"val/{k}": metrics[k] for k in ("miou", "psnr_db", "snr_db") if metrics[k] is not None})
+    values = {f"val/{k}": metrics[k] for k in ("miou", "psnr_db", "snr_db") if metrics[k] is not None}
+    log.log(p.step, epoch, values)
+    log.line(p.step, epoch, values, validation=True)
+    log.pace.pause_ended()  # the next iterations per second count training, not this validation
     p.validated_step, p.last_metrics = p.step, metrics
     if metrics["miou"] is not None and (p.best_miou is None or metrics["miou"] > p.best_miou):
         p.best_miou = metrics["miou"]
@@ -379,7 +431,7 @@ def _mark(run_dir: Path, status: str, state: TrainState | None, message: str) ->
 
 
 def _device(cfg: Config) -> torch.device:
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     if distributed.init_from_env(device.type) and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank())  # torchrun: one GPU per process
     return device

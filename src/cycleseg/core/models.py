@@ -99,15 +99,17 @@ def one_hot(labels: Tensor, num_classes: int) -> Tensor:
     return F_.one_hot(labels.clamp(0, num_classes - 1), num_classes).permute(0, 3, 1, 2).float()
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "--device") -> torch.device:
     """"auto" -> the first CUDA GPU if there is one, else the CPU; "cpu", "cuda", "cuda:N" as given.
 
-    Any other name is a ConfigError listing the accepted ones (the --device flags reach here unchecked)."""
+    Any other name is a ConfigError listing the accepted ones (the --device flags reach here unchecked). `setting`
+    is where the name came from, for the fix the errors suggest: "--device" (evaluate and the other commands on a
+    run) or "train.device" (train has no --device, its config key says)."""
+    fix = f"{setting}=cpu" if "." in setting else f"{setting} cpu"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not (name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise ConfigError(f"device {name!r} is not known; use auto, cpu, cuda or cuda:N (e.g. --device cpu or "
-                          "train.device=cpu)")
+        raise ConfigError(f"device {name!r} is not known; use auto, cpu, cuda or cuda:N (e.g. {fix})")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"device {name!r} requested but no CUDA GPU is available; use --device cpu (train.device=cpu)")
+        raise RunError(f"device {name!r} requested but no CUDA GPU is available; use {fix} (or auto)")
     return torch.device(name)

@@ -29,9 +29,9 @@ from cycleseg.config import (  # snr_source: plan's callers read it here (tests 
     config_from_dict,
     flat_items,
     load_config,
-    read_config_file,
     snr_source,
 )
+from cycleseg.config_files import read_config_file
 from cycleseg.errors import ConfigError, DataError, RunError
 
 __all__ = ["ACTIONS", "MAX_SEEDS", "RunSpec", "SweepEntry", "check_request", "decide", "find_configs", "plan",
@@ -102,8 +102,8 @@ def find_configs(sources: list[Path], only: list[str] | None = None) -> list[Swe
     """
     paths: list[Path] = []
     for src in map(Path, sources):
-        if src.is_dir():
-            found = sorted(src.glob("*.yaml"))
+        if src.is_dir():  # a file named _*.yaml is a base of the others (`base: _base.yaml`), not a run
+            found = sorted(p for p in src.glob("*.yaml") if not p.name.startswith("_"))
             if not found:
                 raise ConfigError(f"{src}: no *.yaml configs in this folder")
             paths += found

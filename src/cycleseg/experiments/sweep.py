@@ -38,8 +38,8 @@ from cycleseg.fileio import require_file
 from cycleseg.runs import LAST, write_json
 
 __all__ = ["EXIT_IN_USE", "IN_USE", "LAUNCHERS", "LOGS", "MAX_SEEDS", "SWEEP_FILE", "RunState", "SweepEntry",
-           "check_request", "expand_runs", "find_configs", "find_runs", "format_status", "run_one", "run_status",
-           "run_sweep", "seed_dir", "sweep_status", "worker_main"]
+           "check_request", "expand_runs", "find_configs", "find_runs", "format_plan", "format_status",
+           "plan_sweep", "run_one", "run_status", "run_sweep", "seed_dir", "sweep_status", "worker_main"]
 
 SWEEP_FILE = "sweep.json"
 LOCK_FILE = "sweep.lock"
@@ -87,6 +87,50 @@ def run_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] =
         book = _Book(sweep_dir, specs, entries, seeds)
         module = importlib.import_module(f"cycleseg.experiments.launchers.{launcher}")
         return module.launch(specs, Sweep(sweep_dir, retrain, book, log, jobs, gpus or [], threads))
+
+
+def plan_sweep(sources: list[Path], sweep_dir: str | Path, overrides: list[str] = (), data_root: str | None = None,
+               only: list[str] | None = None, retrain: bool = False, seeds: int | None = None
+               ) -> list[tuple[RunSpec, str]]:
+    """`sweep --dry-run`: the runs `run_sweep` would execute with these arguments, each with what it would do
+    (`plan.decide` without measuring: new, continue, done, retrain, unknown, or "refused: WHY" for a run made with
+    other settings); the same checks first. Writes nothing, creates no folder."""
+    sweep_dir = Path(sweep_dir)
+    entries = find_configs(sources, only)
+    extra = list(overrides) + ([f"data.root={data_root}"] if data_root else [])
+    check_request(entries, extra, seeds)
+    specs = plan.plan(entries, sweep_dir, extra, seeds)
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise RunError(f"{sweep_dir}: exists and is not a folder; choose another --out")
+    _check_layout(sweep_dir, entries, seeds)
+    planned = []
+    for spec in specs:
+        try:
+            action = plan.decide(spec, retrain, measure=False)
+        except RunError as e:
+            action = f"refused: {user_message(e)}"
+        planned.append((spec, action))
+    return planned
+
+
+def format_plan(planned: list[tuple[RunSpec, str]]) -> str:
+    """The plan of `plan_sweep`, one line per run in the order they would run, then the counts."""
+    what = {"new": "train", "continue": "continue (or evaluate) it", "done": "skip: finished and evaluated",
+            "retrain": "train anew (--retrain)", "unknown": "decide once the SNR it takes is measured"}
+    lines = []
+    for spec, action in planned:
+        cfg = spec.config
+        after = f", after {spec.depends_on}" if spec.depends_on else ""
+        lines.append(f"[{spec.index}/{len(planned)}] {spec.name}: {what.get(action, action)} -> {spec.run_dir} "
+                     f"({cfg.optim.epochs} epochs at {cfg.data.width}x{cfg.data.height}, seed {cfg.train.seed}"
+                     f"{after})")
+    counts = {}
+    for _, action in planned:
+        key = action.split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    lines.append(f"dry run: {len(planned)} runs ({', '.join(f'{n} {k}' for k, n in counts.items())}); nothing "
+                 "written")
+    return "\n".join(lines)
 
 
 def _check_layout(sweep_dir: Path, entries: list[SweepEntry], seeds: int | None) -> None:

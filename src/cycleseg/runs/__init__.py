@@ -24,7 +24,7 @@ the checkpoint's own config: only `config.RESUMABLE_KEYS` may differ. Which resu
 evaluated at its last step?) is decided in one place, `summary`.
 
 The modules, lowest first: paths (the file names, `artifact`), files (atomic writes, JSON/YAML readers), lock
-(`RunLock`: one writer per run), checkpoint (save/load/upgrade, formats v1 and v2), record (run.json,
+(`RunLock`: one writer per run), checkpoint (save/load/upgrade, formats v1 and v2), record (run.json, its data folder,
 create/resume, the class table), models (`load_run`, `init_weights`, `seeded_inference`) and summary (one reader
 of a run). This package re-exports their public names: `runs.X` is the way in. A test that monkeypatches a
 function must patch the module that owns it (`cycleseg.fileio.os.fsync`): the package attribute is only a
@@ -72,15 +72,21 @@ from cycleseg.runs.paths import (
     inside_run,
 )
 from cycleseg.runs.record import (
+    DATA_AS_GIVEN,
+    absolute_data,
     config_difference,
     config_hash,
     create_run,
     finished,
+    missing_data,
     record_evaluation,
     require_new_run,
     require_same_classes,
     resume_config,
+    rewrite_schedule,
     run_classes,
+    run_data_root,
+    schedule_changed,
     set_status,
     software_versions,
 )
@@ -90,6 +96,7 @@ __all__ = [
     "BEST",
     "CLASSES",
     "CONFIG",
+    "DATA_AS_GIVEN",
     "LABELLED",
     "LAST",
     "LOCK",
@@ -101,6 +108,7 @@ __all__ = [
     "RunInUse",
     "RunLock",
     "RunSummary",
+    "absolute_data",
     "artifact",
     "atomic_write",
     "check_compatible",
@@ -114,6 +122,7 @@ __all__ = [
     "inside_run",
     "load_checkpoint",
     "load_run",
+    "missing_data",
     "numpy_rng_from_plain",
     "numpy_rng_to_plain",
     "read_json",
@@ -124,10 +133,13 @@ __all__ = [
     "require_new_run",
     "require_same_classes",
     "resume_config",
+    "rewrite_schedule",
     "run_classes",
+    "run_data_root",
     "run_in_use",
     "run_lock",
     "save_checkpoint",
+    "schedule_changed",
     "seeded_inference",
     "set_status",
     "software_versions",

@@ -1,5 +1,6 @@
 """The record of a run: creating it (`require_new_run`, `create_run`), resuming it (`resume_config`), its
-status in run.json (`set_status`, `finished`, `record_evaluation`), its config hash and its class table.
+status in run.json (`set_status`, `finished`, `record_evaluation`), its config hash, its class table and its data
+folder (`absolute_data`, `run_data_root`).
 
 A new run is created only after its config and data passed their checks; `--overwrite` then removes every
 artifact of the old run, so that no number of an old configuration can be read as one of the new. Resuming
@@ -8,8 +9,10 @@ compares the requested settings with the checkpoint's own config: only `config.R
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,10 @@ from typing import Any
 import torch
 
 from cycleseg.config import RESUMABLE_KEYS, Config, apply_overrides, config_from_dict, flat_items
+from cycleseg.core.steps import lr_factor
 from cycleseg.data.cityscapes import CITYSCAPES
 from cycleseg.data.classes import ClassTable
-from cycleseg.errors import ConfigError, RunError
+from cycleseg.errors import ConfigError, DataError, RunError
 from cycleseg.runs.checkpoint import load_checkpoint
 from cycleseg.runs.files import _first_line, _now, read_status, read_yaml, write_json, write_yaml
 from cycleseg.runs.lock import _IN_USE, _holder_of
@@ -28,6 +32,10 @@ from cycleseg.runs.summary import summary
 from cycleseg.version import __version__
 
 _STATES = ("running", "finished", "failed", "interrupted")
+DATA_AS_GIVEN = "data_root_as_given"  # run.json: the data folder as the user spelled it (config.yaml: absolute)
+# The LR schedule's keys: a resume may change them when the epochs already trained keep their learning rate
+# (`same_schedule`); the run then becomes the run of the new schedule (config.yaml rewritten: `rewrite_schedule`).
+SCHEDULE_KEYS = ("optim.epochs", "optim.decay_start_epoch")
 
 
 def require_new_run(run_dir: str | Path, overwrite: bool) -> None:
@@ -83,34 +91,142 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> tuple[Confi
     """
     run_dir = Path(run_dir)
     path = run_dir / LAST
+    progress = {}
     if path.is_file():
-        saved = load_checkpoint(path, mmap=True)["config"]
+        checkpoint = load_checkpoint(path, mmap=True)
+        saved, progress = checkpoint["config"], checkpoint.get("progress") or {}
     elif (run_dir / STATUS).is_file() and (run_dir / CONFIG).is_file():  # stopped before its first checkpoint
         path = run_dir / CONFIG
         saved = read_yaml(path)
     else:
         raise RunError(f"{path}: nothing to resume; train with --out {run_dir} first")
     saved_cfg = config_from_dict(saved, source=str(path))
+    trained = _epochs_fixed(progress)
     if path.name == LAST and (run_dir / CONFIG).is_file():
-        edited = config_difference(config_from_dict(read_yaml(run_dir / CONFIG), source=str(run_dir / CONFIG)),
-                                   saved_cfg)
+        recorded = config_from_dict(read_yaml(run_dir / CONFIG), source=str(run_dir / CONFIG))
+        # a schedule extended on resume: the checkpoint was written first, config.yaml follows at the next start
+        edited = config_difference(recorded, saved_cfg,
+                                   SCHEDULE_KEYS if same_schedule(recorded, saved_cfg, trained) else ())
         if edited:
             key, now, then = edited
             raise RunError(f"{run_dir / CONFIG}: {key} was changed to {now!r} after the run started with {then!r} "
                            f"(its checkpoint); restore it, or start a new run with --out")
     for item in overrides:
         key = item.partition("=")[0].strip()
-        if key not in RESUMABLE_KEYS:
+        if key not in RESUMABLE_KEYS + SCHEDULE_KEYS:
             raise ConfigError(f"{key} cannot change when a run is resumed (it changes what the run computes); "
                               f"start a new run with --out. On resume only these may change: "
-                              f"{', '.join(RESUMABLE_KEYS)}")
+                              f"{', '.join(RESUMABLE_KEYS)} (and {', '.join(SCHEDULE_KEYS)} while the epochs "
+                              "trained keep their learning rate)")
     session = config_from_dict(apply_overrides(json.loads(json.dumps(saved)), list(overrides)),
                                source="command line")
+    schedule = [o for o in overrides if o.partition("=")[0].strip() in SCHEDULE_KEYS]
+    if schedule:
+        _require_same_schedule(saved_cfg, session, trained, run_dir)
+        saved = apply_overrides(json.loads(json.dumps(saved)), schedule)  # the run's own, from now on
     return session, saved
 
 
-def config_difference(a: Config, b: Config) -> tuple[str, Any, Any] | None:
-    """The first key outside RESUMABLE_KEYS where two configs differ, as (key, a's value, b's value); else None.
+def _epochs_fixed(progress: dict[str, Any]) -> int:
+    """How many epochs have their learning rate in the weights: those trained at least in part (an empty progress:
+    a run that never reached its first checkpoint). The current epoch, if none of its batches has run, takes the
+    rate of the session's schedule (TrainState.load)."""
+    return progress.get("epoch", 0) + (1 if progress.get("batch_in_epoch", 0) else 0)
+
+
+def _factor(epoch: int, epochs: int, decay_start_epoch: int) -> float:
+    """lr_factor, and 0 from the last epoch on (where the schedule has ended)."""
+    return lr_factor(epoch, epochs, decay_start_epoch) if epoch < epochs else 0.0
+
+
+def same_schedule(a: Config, b: Config, epochs: int) -> bool:
+    """Whether the LR schedules of `a` and `b` give the first `epochs` epochs the same learning rate."""
+    return all(_factor(e, a.optim.epochs, a.optim.decay_start_epoch)
+               == _factor(e, b.optim.epochs, b.optim.decay_start_epoch) for e in range(epochs))
+
+
+def _require_same_schedule(saved: Config, session: Config, epochs: int, run_dir: Path) -> None:
+    """ConfigError, naming the first epoch that would change, when a new optim.epochs / decay_start_epoch gives an
+    epoch already trained another learning rate: the run could not become the run of that schedule."""
+    if same_schedule(saved, session, epochs):
+        return
+    old, new = saved.optim, session.optim
+    epoch = next(e for e in range(epochs) if _factor(e, old.epochs, old.decay_start_epoch)
+                 != _factor(e, new.epochs, new.decay_start_epoch))
+    raise ConfigError(f"optim.epochs={new.epochs}, optim.decay_start_epoch={new.decay_start_epoch} would change the "
+                      f"learning rate of epoch {epoch}, which the run trained with optim.epochs={old.epochs}, "
+                      f"optim.decay_start_epoch={old.decay_start_epoch}: a schedule changes on resume only where "
+                      f"the epochs trained keep their rate (before its decay starts); start a new run with "
+                      f"--init-from {run_dir / LAST} instead",
+                      key="optim.epochs")
+
+
+def schedule_changed(run_dir: str | Path, run_config: dict[str, Any]) -> bool:
+    """Whether a resume gave the run (whose own config is now `run_config`) another LR schedule than config.yaml's."""
+    path = Path(run_dir) / CONFIG
+    recorded = read_yaml(path) if path.is_file() else None
+    return recorded is not None and any(_value(recorded, k) != _value(run_config, k) for k in SCHEDULE_KEYS)
+
+
+def rewrite_schedule(run_dir: str | Path, run_config: dict[str, Any]) -> None:
+    """After a resume changed the LR schedule, once the checkpoint holds `run_config` (so that a kill in between
+    leaves a config.yaml that resume_config accepts): config.yaml and run.json's config hash rewritten to it."""
+    run_dir = Path(run_dir)
+    recorded = read_yaml(run_dir / CONFIG)
+    for key in SCHEDULE_KEYS:
+        recorded["optim"][key.split(".")[1]] = _value(run_config, key)
+    write_yaml(run_dir / CONFIG, recorded)
+    status = read_status(run_dir)
+    status["config_sha256"] = config_hash(config_from_dict(recorded, source=str(run_dir / CONFIG)))
+    write_json(run_dir / STATUS, status)
+
+
+def _value(raw: dict[str, Any], key: str) -> Any:
+    section, name = key.split(".")
+    return (raw.get(section) or {}).get(name)
+
+
+def absolute_data(cfg: Config) -> Config:
+    """`cfg` with data.root (and data.cache_dir) made absolute, as a new run records them: a resume, `evaluate` or
+    `report` started from another working directory then finds the data (data.labelled and data.unpaired_labels
+    are relative to data.root, and follow it)."""
+    data = cfg.data
+    cache_dir = os.path.abspath(data.cache_dir) if data.cache_dir is not None else None
+    return dataclasses.replace(cfg, data=dataclasses.replace(data, root=os.path.abspath(data.root),
+                                                             cache_dir=cache_dir))
+
+
+def run_data_root(run_dir: str | Path, override: str | Path | None = None) -> Path:
+    """The data folder a command reads for the run in `run_dir`: `override` (`--data`) when given, else the folder
+    the run recorded (config.yaml's data.root; absolute for runs since cycleseg 0.2.0). DataError naming the run,
+    the recorded folder and `--data` when that folder is not there."""
+    if override is not None:
+        return Path(override)
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG).is_file():
+        recorded = (read_yaml(run_dir / CONFIG).get("data") or {}).get("root")
+    elif (run_dir / LAST).is_file():  # a run from before config.yaml
+        recorded = load_checkpoint(run_dir / LAST, mmap=True)["config"]["data"]["root"]
+    else:
+        raise RunError(f"{run_dir}: no {CONFIG} or {LAST}, so no recorded data folder; pass the data with --data DIR")
+    root = Path(recorded if recorded is not None else "data/synthetic")
+    if not root.is_dir():
+        raise missing_data(run_dir, root)
+    return root
+
+
+def missing_data(run_dir: str | Path, root: str | Path) -> DataError:
+    """The error of a run whose recorded data folder is not there: names the run, the folder (and how the user
+    spelled it) and the fix."""
+    given = read_status(run_dir).get(DATA_AS_GIVEN)
+    spelled = f" (given as {given})" if given and given != str(root) else ""
+    return DataError(f"{run_dir}: the data folder it was trained on, {root}{spelled}, is not there; pass the data "
+                     "with --data DIR")
+
+
+def config_difference(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> tuple[str, Any, Any] | None:
+    """The first key outside RESUMABLE_KEYS (and `ignore`) where two configs differ, as (key, a's value, b's
+    value); else None.
 
     `model.num_classes: null` means "from the data" and matches the number a run resolved it to.
     """
@@ -118,7 +234,7 @@ def config_difference(a: Config, b: Config) -> tuple[str, Any, Any] | None:
     for key, value in flat_items(a.to_dict()):
         if key == "model.num_classes" and None in (value, values_b.get(key)):
             continue
-        if key not in RESUMABLE_KEYS and value != values_b.get(key):
+        if key not in RESUMABLE_KEYS + ignore and value != values_b.get(key):
             return key, value, values_b.get(key)
     return None
 
