@@ -73,12 +73,11 @@ def test_precision_offers_exactly_the_precisions_of_the_core(monkeypatch):
 
 def test_one_checkpoint_default_changes_every_subcommand(monkeypatch):
     defaults = {name: action.default for name, action in _having("--checkpoint").items()}
-    assert defaults == {"evaluate": LAST, "predict": LAST, "diagnose": LAST, "export": LAST, "segment": BEST}
+    assert defaults == {"evaluate": LAST, "predict": LAST, "diagnose": LAST, "export": LAST, "segment": LAST}
     monkeypatch.setattr(options, "CHECKPOINT_DEFAULT", "epoch_0007.pt")
     defaults = {name: action.default for name, action in _having("--checkpoint").items()}
-    assert defaults == {"evaluate": "epoch_0007.pt", "predict": "epoch_0007.pt", "diagnose": "epoch_0007.pt",
-                        "export": "epoch_0007.pt", "segment": BEST}  # segment keeps the one it passes
-    assert all("default epoch_0007.pt" in a.help for n, a in _having("--checkpoint").items() if n != "segment")
+    assert set(defaults.values()) == {"epoch_0007.pt"}  # one default for every reader, segment included
+    assert all("default epoch_0007.pt" in a.help for a in _having("--checkpoint").values())
 
 
 @pytest.mark.parametrize("value,expected", [("last", LAST), ("best", BEST), (LAST, LAST), ("epoch_0004.pt",
@@ -89,7 +88,7 @@ def test_checkpoint_names_and_aliases(value, expected):
                  ["predict", "runs/q2", "--data", "d", "--out", "o"], ["diagnose", "runs/q2", "--data", "d"],
                  ["export", "runs/q2", "--onnx", "g.onnx"]):
         assert parser.parse_args(argv + ["--checkpoint", value]).checkpoint == expected, argv
-    assert parser.parse_args(["segment", "runs/q2", "x.jpg", "--out", "o"]).checkpoint == BEST
+    assert parser.parse_args(["segment", "runs/q2", "x.jpg", "--out", "o"]).checkpoint == LAST
     assert parser.parse_args(["evaluate", "runs/q2", "--data", "d"]).checkpoint == LAST
 
 

@@ -12,14 +12,16 @@ from cycleseg.experiments.plan import find_configs
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
 
-# configs/paper/nonoise.yaml as it loaded before configs/paper/ had a base (every key, flattened)
+# configs/paper/nonoise.yaml as it loaded before configs/paper/ had a base (every key, flattened; with the
+# quantizer's keys noise.scale, noise.scale_rms and noise.ste at their defaults, added since)
 NONOISE = {
     "name": "nonoise", "data.root": "data/cityscapes", "data.format": "auto", "data.height": 256, "data.width": 512,
     "data.num_workers": 0, "data.max_train_images": None, "data.max_val_images": None, "data.cache": "auto",
     "data.cache_dir": None, "data.check": "fast", "data.augment": "none", "data.augment_scale": 1.5,
     "data.labelled": None, "data.unpaired_labels": None, "model.kind": "cyclegan", "model.arch": "erfnet",
     "model.f_input": "scores", "model.num_classes": None, "noise.kind": "none", "noise.bits": None,
-    "noise.snr_db": None, "noise.sigma_rule": "equal_snr", "loss.alpha": 0.5, "loss.beta": 0.09090909090909091,
+    "noise.snr_db": None, "noise.sigma_rule": "equal_snr", "noise.scale": "none", "noise.scale_rms": 0.44,
+    "noise.ste": "identity", "loss.alpha": 0.5, "loss.beta": 0.09090909090909091,
     "loss.gamma": 0.6451612903225806, "loss.ignore_background": False, "loss.class_weights": "none",
     "loss.adv_y": 0.03225806451612903, "loss.paired_f": 0.0, "optim.lr": 0.0002, "optim.beta1": 0.5,
     "optim.beta2": 0.999, "optim.batch_size": 4, "optim.epochs": 200, "optim.decay_start_epoch": 100,

@@ -83,7 +83,8 @@ def test_a_held_run_refuses_every_writing_command_and_names_the_holder(run, tiny
     before = _files(run)
     try:
         assert run_in_use(run) == HOLDER  # what `sweep status` reads: the probe never waits
-        for argv in (["train", "--resume", str(run), "train.max_iters=3"],  # (without: finished, nothing to do)
+        # a resume with work left (one epoch more); one with nothing to do exits before it takes the lock
+        for argv in (["train", "--resume", str(run), "optim.epochs=3"],
                      ["train", CYCLEGAN_YAML, "--data", str(tiny_data), "--out", str(run), "--overwrite", *TINY],
                      ["evaluate", str(run), "--data", str(tiny_data)],
                      ["calibrate", str(run), "--data", str(tiny_data)],
@@ -270,7 +271,7 @@ def test_under_torchrun_every_rank_stops_when_rank_0_is_refused(run):
     before = _files(run)
     try:
         proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "cycleseg.cli", "train",
-                               "--resume", run, "train.max_iters=3"], capture_output=True, text=True, timeout=300,
+                               "--resume", run, "optim.epochs=3"], capture_output=True, text=True, timeout=300,
                               check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
     finally:
         os.close(fd)

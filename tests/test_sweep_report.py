@@ -25,6 +25,12 @@ from cycleseg.report import build_report, collect_runs, load_paper_table, table2
 from system_deps import chromium_command
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
+
+
+def _paper_text(path: Path) -> str:
+    """A configs/paper row's text for a copy in another folder: its `base:` made absolute, so that the copy
+    finds configs/paper/_base.yaml wherever it is written."""
+    return path.read_text().replace("base: _base.yaml", f"base: {PAPER / '_base.yaml'}")
 TINY = ["data.height=32", "data.width=64", "optim.batch_size=2", "optim.epochs=4", "optim.decay_start_epoch=2",
         "train.progress=false", "train.log_every=1", "train.eval_every=2", "train.checkpoint_every=0"]
 # Renamed copies of three paper configs so that the sweep order (by name) puts a cycle model second: it is
@@ -61,7 +67,7 @@ def test_paper_table_holds_the_values_of_spec():
 def configs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("configs")
     for new, old in SWEEP.items():
-        text = (PAPER / f"{old}.yaml").read_text().replace(f"name: {old}", f"name: {new}")
+        text = _paper_text(PAPER / f"{old}.yaml").replace(f"name: {old}", f"name: {new}")
         (folder / f"{new}.yaml").write_text(text)
     return folder
 

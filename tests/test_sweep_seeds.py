@@ -25,6 +25,12 @@ from cycleseg.experiments import plan, sweep
 from cycleseg.report import build_report, collect_runs, format_table, load_paper_table, paired_rows, table2_rows
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
+
+
+def _paper_text(path: Path) -> str:
+    """A configs/paper row's text for a copy in another folder: its `base:` made absolute, so that the copy
+    finds configs/paper/_base.yaml wherever it is written."""
+    return path.read_text().replace("base: _base.yaml", f"base: {PAPER / '_base.yaml'}")
 TINY = ["data.height=32", "data.width=64", "optim.batch_size=2", "optim.epochs=1", "optim.decay_start_epoch=0",
         "train.progress=false", "train.log_every=1", "train.precision=fp32"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -197,8 +203,8 @@ def test_sweep_help_and_status_errors(tmp_path, capsys):
 def test_seeds_plan_takes_the_snr_of_the_same_seed(tmp_path):
     configs = tmp_path / "configs"
     configs.mkdir()
-    (configs / "quant2.yaml").write_text((PAPER / "quant2.yaml").read_text())
-    gauss = (PAPER / "gauss_7.38.yaml").read_text()
+    (configs / "quant2.yaml").write_text(_paper_text(PAPER / "quant2.yaml"))
+    gauss = _paper_text(PAPER / "gauss_7.38.yaml")
     (configs / "a_gauss.yaml").write_text(gauss.replace("snr_db: 7.38", "snr_db: from quant2"))
     (configs / "b_gauss.yaml").write_text(gauss.replace("snr_db: 7.38", "snr_db: from a_gauss"))  # a chain
     entries = plan.order(sweep.find_configs([configs]))
@@ -222,7 +228,7 @@ def test_seeds_plan_takes_the_snr_of_the_same_seed(tmp_path):
 def test_sweep_refuses_before_training(tmp_path, tiny_data):
     configs = tmp_path / "configs"
     configs.mkdir()
-    (configs / "nonoise.yaml").write_text((PAPER / "nonoise.yaml").read_text())
+    (configs / "nonoise.yaml").write_text(_paper_text(PAPER / "nonoise.yaml"))
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match="--seeds sets train.seed"):
         sweep.run_sweep([configs], out, ["train.seed=3"], seeds=2)
@@ -247,7 +253,7 @@ def test_sweep_refuses_before_training(tmp_path, tiny_data):
 def test_a_failing_run_of_the_local_launcher_is_reported(tmp_path, tiny_data, capsys):
     configs = tmp_path / "configs"
     configs.mkdir()
-    (configs / "gauss.yaml").write_text((PAPER / "gauss_7.38.yaml").read_text().replace("snr_db: 7.38",
+    (configs / "gauss.yaml").write_text(_paper_text(PAPER / "gauss_7.38.yaml").replace("snr_db: 7.38",
                                                                                         "snr_db: from nowhere"))
     out = tmp_path / "out"
     code = main(["sweep", str(configs), "--data", str(tiny_data), "--out", str(out), "--launcher", "local", *TINY])
@@ -266,7 +272,7 @@ def _configs(tmp_path: Path, names: dict[str, str]) -> Path:
     folder = tmp_path / "configs"
     folder.mkdir()
     for new, old in names.items():
-        text = (PAPER / f"{old}.yaml").read_text().replace(f"name: {old}", f"name: {new}")
+        text = _paper_text(PAPER / f"{old}.yaml").replace(f"name: {old}", f"name: {new}")
         (folder / f"{new}.yaml").write_text(text.replace("snr_db: 7.38", "snr_db: from quant2"))
     return folder
 
