@@ -209,7 +209,7 @@ def _start_trainer(out: Path, data: Path, *extra) -> subprocess.Popen:
 def test_a_training_run_is_refused_to_every_other_writer_and_ends_undisturbed(tiny_data, tmp_path, reference):
     sweep = tmp_path / "sweep"
     out = sweep / "cyclegan"  # a run of a sweep folder: the sweep and its worker aim at it too
-    trainer = _start_trainer(out, tiny_data)
+    trainer = _start_trainer(out, tiny_data, "--name", "cyclegan")  # the name the sweep gives its config's run
     trainer.send_signal(signal.SIGSTOP)
     try:
         time.sleep(0.2)  # a step's checkpoint write in flight when it stopped is no concern: it is stopped
@@ -231,8 +231,8 @@ def test_a_training_run_is_refused_to_every_other_writer_and_ends_undisturbed(ti
             code, _, err = results[name]
             assert code == 2 and len(err.strip().splitlines()) == 1, (name, err)
             assert f"{out}: {holder}" in err and f"(pid {trainer.pid} on {socket.gethostname()}" in err, (name, err)
-        code, stdout, _ = results["sweep"]
-        assert code == 2 and "in use elsewhere, left alone" in stdout and f"pid {trainer.pid}" in stdout, stdout
+        code, stdout, sweep_err = results["sweep"]
+        assert code == 2 and "in use elsewhere, left alone" in stdout and f"pid {trainer.pid}" in stdout, (stdout, sweep_err)
         code, stdout, err = results["worker"]
         assert code == EXIT_IN_USE and holder in err.strip().splitlines()[-1], err
         assert _files(out) == before  # byte-identical: nothing written, nothing removed
