@@ -137,10 +137,11 @@ def _split_class_means(models: Models, batches: Iterable[tuple[Tensor, Tensor]],
     for image, labels in batches:
         image = image.to(device)
         logits = models.G(image)
-        batch_sums, batch_counts = class_sums(models.to_f_input(models.noise(logits)), decision(logits))
+        decided = decision(logits)
+        batch_sums, batch_counts = class_sums(models.to_f_input(models.noise(logits)), decided)
         sums += batch_sums
         counts += batch_counts
-        logit_sums += class_sums(logits, decision(logits))[0]
+        logit_sums += class_sums(logits, decided)[0]
         batch_sums, batch_counts = class_sums(image, labels.to(device), s)
         colours += batch_sums
         colour_counts += batch_counts
