@@ -85,10 +85,12 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--devices", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
     parser.add_argument("--out", default="benchmarks/results/bench_infer", help="output path without suffix")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    names = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [torch.device(name) for name in names]
     results = []
     for device in devices:
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -38,6 +38,7 @@ FOOTER = """
 ## The modules
 
 ::: cycleseg.config
+::: cycleseg.config_files
 ::: cycleseg.errors
 ::: cycleseg.fileio
 """
@@ -86,8 +87,8 @@ def _cell(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    """Text for code in a table cell: only | needs escaping there."""
-    return text.replace("|", "\\|")
+    """Text for code in a table cell: as it is (a | inside backticks does not end the cell)."""
+    return text
 
 
 def page() -> str:
