@@ -4,11 +4,10 @@ a link, FIFO or folder where cycleseg writes a file is refused with one line, an
 import errno
 import os
 import re
-import threading
-import time
 
 import pytest
 
+from blocking import answered_within
 from cycleseg.errors import DataError, RunError
 from cycleseg.fileio import (
     atomic_file,
@@ -79,28 +78,6 @@ def test_an_error_inside_the_block_keeps_the_old_file(tmp_path):
 
 # ------------------------------------------------------------------ issue 35: links, FIFOs and folders refused
 
-def _answered_within(call, seconds=1.0):
-    """call() run in a daemon thread: what it returned or raised, asserting it came in under `seconds` (opening
-    a FIFO would block it for good)."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = call()
-        except BaseException as e:  # noqa: BLE001 -- handed to the test
-            outcome["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    start = time.monotonic()
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"no answer in {seconds} s (blocked on a FIFO?)"
-    assert time.monotonic() - start < seconds
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
 def _plant(tmp_path, kind):
     """`tmp_path/run/f` as a link to a file of the test's own folder, a dangling link, a FIFO or a folder;
     returns (path, the link's target or None)."""
@@ -134,7 +111,7 @@ def test_atomic_write_refuses_what_stands_at_the_path_and_writes_nothing(tmp_pat
     path, target = _plant(tmp_path, kind)
     before = _outside(target)
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: is {WHAT[kind]}.*remove it"):
-        _answered_within(lambda: atomic_write(path, b"new", error=DataError))
+        answered_within(lambda: atomic_write(path, b"new", error=DataError))
     assert _outside(target) == before  # the link's target byte-identical, nothing created through a dangling one
     assert not (path.parent / "f.tmp").exists() and os.path.lexists(path)
 
@@ -145,7 +122,7 @@ def test_a_planted_tmp_is_replaced_never_written_through_or_opened(tmp_path, kin
     tmp = path.parent / "f.tmp"
     os.replace(path, tmp)  # the plant stands at the temporary name instead
     before = _outside(target)
-    _answered_within(lambda: atomic_write(path, b"new"))
+    answered_within(lambda: atomic_write(path, b"new"))
     assert path.read_bytes() == b"new" and not os.path.lexists(tmp) and _outside(target) == before
 
 
@@ -154,7 +131,7 @@ def test_open_for_writing_refuses_before_opening(tmp_path, kind):
     path, target = _plant(tmp_path, kind)
     before = _outside(target)
     with pytest.raises(RunError, match=rf"^{re.escape(str(path))}: is {WHAT[kind]}"):
-        _answered_within(lambda: open_for_writing(path, os.O_RDWR | os.O_CREAT))
+        answered_within(lambda: open_for_writing(path, os.O_RDWR | os.O_CREAT))
     assert _outside(target) == before
 
 
@@ -170,9 +147,9 @@ def test_open_for_writing_refuses_a_link_swapped_in_after_the_check(tmp_path, mo
 def test_readers_never_open_a_fifo(tmp_path, kind):
     path, _ = _plant(tmp_path, kind)
     with pytest.raises(RunError, match=rf"^{re.escape(str(path))}: is {WHAT[kind]}.*, not a regular file"):
-        _answered_within(lambda: read_text(path))
+        answered_within(lambda: read_text(path))
     with pytest.raises(RunError, match="not a regular file"):
-        _answered_within(lambda: require_file(path))
+        answered_within(lambda: require_file(path))
 
 
 def test_readers_follow_a_link_to_a_regular_file(tmp_path):

@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 import cycleseg.commands.calibrate
 import cycleseg.commands.evaluate
 import cycleseg.experiments.sweep  # noqa: F401 -- imported before the timed calls: an import is no answer
+from blocking import answered_within
 from cycleseg import runs
 from cycleseg.cli import main
 from cycleseg.commands.state import TrainState
@@ -40,27 +40,6 @@ def run(trained_cycle_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(trained_cycle_run, copy)
     return copy
-
-
-def _answered_within(call, seconds=1.0):
-    """call() in a daemon thread: its result (or its exception, raised here), asserting it came in under
-    `seconds`: a reader that opened a FIFO would block for good."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = call()
-        except BaseException as e:  # noqa: BLE001 -- handed to the test
-            outcome["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    start = time.monotonic()
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive() and time.monotonic() - start < seconds, f"no answer in {seconds} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
 
 
 def _plant(path: Path, kind: str, outside: Path) -> None:
@@ -101,7 +80,7 @@ def test_a_planted_lock_is_refused_and_nothing_is_written_anywhere(run, tiny_dat
     _plant(run / LOCK, kind, outside)
     before, outside_before = _listing(run), _listing(outside)
     args = [a.format(run=run, data=tiny_data) for a in command]
-    assert _answered_within(lambda: main(args)) == 2
+    assert answered_within(lambda: main(args)) == 2
     what = "a FIFO" if kind == "fifo" else "a symbolic link"
     assert _one_line(capsys).endswith(f"error: {run / LOCK}: is {what}" + (" (named pipe)" if kind == "fifo" else "")
                                       + " where cycleseg writes a file, and cycleseg writes nothing through it; "
@@ -117,7 +96,7 @@ def test_sweep_status_answers_at_once_and_names_a_fifo(run, tmp_path, capsys, na
     shutil.move(run, sweep / "quant2")
     os.unlink(sweep / "quant2" / name)
     os.mkfifo(sweep / "quant2" / name)
-    assert _answered_within(lambda: main(["sweep", "status", str(sweep)])) == 0
+    assert answered_within(lambda: main(["sweep", "status", str(sweep)])) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("quant2"))
     assert "failed" in line and f"{sweep / 'quant2' / name}: is a FIFO (named pipe)" in line, line
 
@@ -144,7 +123,7 @@ def test_the_cache_never_writes_through_a_planted_link(tiny_data, tmp_path, caps
     folder.mkdir(parents=True)
     (folder / "val_images.npy.tmp").symlink_to(victim)  # replaced, never written through
     os.mkfifo(folder / "train_images.npy.tmp")  # removed, never opened
-    assert _answered_within(lambda: main(["prepare", str(data), "--size", "64x32"]), 10) == 0
+    assert answered_within(lambda: main(["prepare", str(data), "--size", "64x32"]), 10) == 0
     assert victim.read_bytes() == b"the user's own file\n" and np.load(folder / "val_images.npy").shape[0] == 4
     shutil.rmtree(data / "cycleseg_cache")
     (data / "cycleseg_cache").symlink_to(tmp_path / "elsewhere", target_is_directory=True)

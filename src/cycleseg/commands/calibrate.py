@@ -37,7 +37,7 @@ PAPER_MAX_ONLY_SNR_DB = 0.22  # Table 2's measured SNR of max-only
 
 
 def quantizer_calibration_path(run_dir: str | Path, split: str = "val") -> Path:
-    return Path(run_dir) / f"calibrate_{split}_quantizers.json"
+    return artifact(run_dir, "calibrate_quantizers", split)
 
 
 def calibration_path(run_dir: str | Path, split: str = "val") -> Path:

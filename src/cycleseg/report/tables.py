@@ -388,7 +388,7 @@ def quantizer_rows(groups: list[RunRecord], split: str = "val") -> list[dict[str
     rows = []
     for g in groups:
         tables = [read_json(p) for m in g.members or [g]
-                  if (p := m.run_dir / f"calibrate_{split}_quantizers.json").is_file()]
+                  if (p := artifact(m.run_dir, "calibrate_quantizers", split)).is_file()]
         if not tables:
             continue
         for i, first in enumerate(tables[0]["quantizers"]):

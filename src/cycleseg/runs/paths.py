@@ -30,10 +30,12 @@ _ARTIFACTS = (LAST, STATUS, BEST, "epoch_*.pt", "*.tmp", METRICS, LOG, VERSIONS,
 def artifact(run_dir: str | Path, kind: str, split: str | None = None) -> Path:
     """Path of a per-split artifact: artifact(run, "eval", "val") -> RUN/eval_val.json.
 
-    kinds: eval, calibrate, official, diagnose (.json), diagnose_md (.md), diagnose_figures, diagnose_training
-    (.json) and diagnose_training_png (the watermark along training), predictions (folders).
+    kinds: eval, calibrate, calibrate_quantizers (calibrate --quantizers), official, diagnose (.json), diagnose_md
+    (.md), diagnose_figures, diagnose_training (.json) and diagnose_training_png (the watermark along training),
+    predictions (folders).
     """
-    names = {"eval": "eval_{}.json", "calibrate": "calibrate_{}.json", "official": "official_{}.json",
+    names = {"eval": "eval_{}.json", "calibrate": "calibrate_{}.json",
+             "calibrate_quantizers": "calibrate_{}_quantizers.json", "official": "official_{}.json",
              "diagnose": "diagnose_{}.json", "diagnose_md": "diagnose_{}.md", "diagnose_figures": "diagnose_{}",
              "diagnose_training": "diagnose_{}_training.json", "diagnose_training_png": "diagnose_{}_training.png",
              "predictions": "predictions_{}"}
